@@ -1,0 +1,102 @@
+"""Graph-masked attention with a backend registry.
+
+One entry point, :func:`graph_attention`, one signature for every backend::
+
+    out = graph_attention(q, k, v, mask, backend="pairs", scale=None, dropout_p=0.0)
+
+``q, k, v`` are (B, H, N, D) over the concatenated sequence; ``mask`` is a :class:`gsit.graph.GraphMask`
+that says which query block may read which key block (and, in padding-aware mode, which positions are
+real).  Semantics, identical for every backend:
+
+* a query attends (one softmax, computed in fp32) over exactly the keys the mask allows;
+* a query row with no allowed key returns zeros, with finite gradients;
+* ``scale`` multiplies the logits (default ``1/sqrt(D)``); ``dropout_p`` is applied to the probabilities.
+
+Backends live in their own modules and are looked up by name.  A backend that cannot handle an input
+raises :class:`UnsupportedInput` listing every reason; nothing falls back silently to another backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from gsit.graph import GraphMask
+
+
+class UnsupportedInput(ValueError):
+    """Raised when a backend cannot run on the given inputs; the message lists every reason."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    module: str  # imported lazily, so `import gsit` never needs Triton or CUDA
+    description: str
+
+    def load(self):
+        return importlib.import_module(self.module)
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register_backend(name: str, module: str, description: str) -> None:
+    """Register a backend module that defines ``check(q, k, v, mask, *, dropout_p) -> list[str]`` and
+    ``attention(q, k, v, mask, *, scale, dropout_p) -> Tensor``."""
+    _REGISTRY[name] = Backend(name, module, description)
+
+
+register_backend("reference", "gsit.attention.reference", "dense masked softmax in fp32 (the oracle)")
+register_backend("pairs", "gsit.attention.pairs", "one scaled_dot_product_attention call per query block")
+register_backend("flex", "gsit.attention.flex", "FlexAttention with a BlockMask from the graph")
+register_backend("triton", "gsit.attention.triton", "fused Triton kernel over all allowed block pairs")
+
+
+def available_backends() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_backend(name: str):
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown attention backend {name!r}; known backends: {available_backends()}")
+    return _REGISTRY[name].load()
+
+
+def _common_checks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask) -> list[str]:
+    reasons = []
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        reasons.append(f"q, k, v must be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        return reasons
+    if q.shape != k.shape or q.shape[:3] != v.shape[:3]:
+        reasons.append(f"q, k, v shapes must agree on (B, H, N) and q/k on D; got {tuple(q.shape)}, "
+                       f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[2] != mask.total:
+        reasons.append(f"sequence length {q.shape[2]} != layout total {mask.total} "
+                       f"({dict(zip(mask.layout.modalities, mask.layout.lengths))})")
+    if mask.valid_lengths is not None and mask.valid_lengths.shape[0] != q.shape[0]:
+        reasons.append(f"valid_lengths batch {mask.valid_lengths.shape[0]} != q batch {q.shape[0]}")
+    if not (q.dtype == k.dtype == v.dtype):
+        reasons.append(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.dtype.is_floating_point:
+        reasons.append(f"q must be floating point, got {q.dtype}")
+    return reasons
+
+
+def graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *,
+                    backend: str = "reference", scale: float | None = None,
+                    dropout_p: float = 0.0) -> torch.Tensor:
+    """Attention of (B, H, N, D) ``q`` over ``k, v`` restricted by ``mask``; returns (B, H, N, Dv)."""
+    impl = get_backend(backend)
+    reasons = _common_checks(q, k, v, mask) + impl.check(q, k, v, mask, dropout_p=dropout_p)
+    if reasons:
+        raise UnsupportedInput(f"attention backend {backend!r} cannot run this input:\n  - " + "\n  - ".join(reasons))
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    return impl.attention(q, k, v, mask, scale=scale, dropout_p=dropout_p)
+
+
+AttentionFn = Callable[..., torch.Tensor]
