@@ -56,6 +56,9 @@ class ModalGraph:
     name: str = "custom"
 
     def __post_init__(self) -> None:
+        # normalise lists/sets to hashable tuples/frozensets: graphs are cache keys
+        object.__setattr__(self, "modalities", tuple(self.modalities))
+        object.__setattr__(self, "edges", frozenset(tuple(e) for e in self.edges))
         if len(self.modalities) < 2:
             raise ValueError(f"a modal graph needs at least 2 modalities, got {list(self.modalities)}")
         if len(set(self.modalities)) != len(self.modalities):
@@ -93,7 +96,11 @@ class ModalGraph:
                   ) -> tuple["ModalGraph", "ModalGraph"]:
         """The (forward, backward) encoder graphs of a paper mask structure (Table 4)."""
         mods = tuple(modalities)
-        if name == "original":
+        if name == "original" and set(mods) == {_T, _V, _A}:
+            # the paper's cycles are defined by modality names, whatever the concatenation order
+            fwd, bwd = PAPER_STRUCTURES["original"]
+            return cls(mods, frozenset(fwd), "forward"), cls(mods, frozenset(bwd), "backward")
+        if name == "original":  # any other modality set: the cycles follow the sequence order
             return cls.named("forward", mods), cls.named("backward", mods)
         if name == "bidirectional":
             g = cls.named("bidirectional", mods)
@@ -252,7 +259,10 @@ class GraphMask:
         valid = self.position_valid(dev)
         if valid is None:
             return static
-        return static[None] & valid[:, :, None] & valid[:, None, :]  # (B, N, N)
+        key = ("dense", str(dev))
+        if key not in self._cache:  # built once per mask, not once per layer
+            self._cache[key] = static[None] & valid[:, :, None] & valid[:, None, :]  # (B, N, N)
+        return self._cache[key]
 
     def query_groups(self) -> list[tuple[int, tuple[int, ...]]]:
         """[(query modality index, key modality indices)] for every query modality with at least one key."""

@@ -47,9 +47,11 @@ def last_steps(x: torch.Tensor, layout: SequenceLayout, valid_lengths: torch.Ten
     if valid_lengths is None:
         return x[:, ends].flatten(1)  # (B, M * D)
     starts = torch.tensor(layout.offsets, device=x.device)
-    idx = starts[None, :] + (valid_lengths.to(x.device) - 1).clamp(min=0)  # (B, M)
+    seg_lengths = torch.tensor(layout.lengths, device=x.device)
+    valid = torch.minimum(valid_lengths.to(x.device), seg_lengths)  # (B, M); never index past a segment
+    idx = starts[None, :] + (valid - 1).clamp(min=0)  # (B, M)
     picked = torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[-1]))  # (B, M, D)
-    picked = picked * (valid_lengths.to(x.device) > 0)[:, :, None].to(x.dtype)
+    picked = picked * (valid > 0)[:, :, None].to(x.dtype)
     return picked.flatten(1)
 
 

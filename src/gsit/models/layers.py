@@ -58,9 +58,10 @@ def check_modal_inputs(features: dict[str, torch.Tensor], *, input_dims: dict[st
             raise DataError(f"modality {m!r}: sequence length {x.shape[1]} is shorter than the conv kernel "
                             f"{kernel_sizes[m]} (shape {tuple(x.shape)})")
         if batch is None:
-            batch = (m, x.shape[0])
-        elif x.shape[0] != batch[1]:
-            raise DataError(f"batch sizes differ: {batch[0]!r} has {batch[1]}, {m!r} has {x.shape[0]}")
+            batch = (m, tuple(x.shape))
+        elif x.shape[0] != batch[1][0]:
+            raise DataError(f"batch sizes differ: {batch[0]!r} has shape {batch[1]}, {m!r} has shape "
+                            f"{tuple(x.shape)}")
         if nan_policy == "error" and x.is_floating_point() and not torch.isfinite(x).all():
             raise DataError(f"modality {m!r}: input contains NaN or inf (shape {tuple(x.shape)}); "
                             f"set model.nan_policy='ignore' to pass it through")

@@ -38,6 +38,9 @@ class Vanilla(nn.Module):
         layout = SequenceLayout(c.modalities, tuple(conv[m].shape[1] for m in c.modalities))
         valid = None
         if c.padding_aware:
+            if lengths is None or any(m not in lengths for m in c.modalities):
+                raise ValueError(f"padding_aware=True needs lengths for {list(c.modalities)}, got "
+                                 f"{sorted(lengths) if lengths else None}")
             out_lengths = self.front_end.output_lengths(lengths)
             valid = torch.stack([out_lengths[m] for m in c.modalities], dim=1)
         x = torch.cat([conv[m] for m in c.modalities], dim=1)  # (B, N, d)

@@ -1,0 +1,55 @@
+"""The ``triton`` backend: one fused Triton kernel over every allowed (query block, key block) pair.
+
+Usage (through the registry)::
+
+    out = graph_attention(q, k, v, mask, backend="triton", scale=None, dropout_p=0.0)
+
+Shapes: ``q, k`` (B, H, N, D), ``v`` (B, H, N, Dv), ``N = mask.total`` (segments in
+``mask.layout.modalities`` order); returns (B, H, N, Dv) in q's dtype.  Any strides with unit stride on
+the last dimension are used as they are (others are made contiguous).
+
+Semantics (identical to the ``reference`` backend):
+
+* query segment i attends, under ONE softmax, to the union of the key segments in
+  ``mask.graph.key_sets[i]``; logits are ``scale * q.k`` and the softmax is computed in fp32 with fp32
+  accumulation (inputs float16, bfloat16 or float32; fp32 inputs use IEEE fp32 products, not TF32);
+* with ``mask.valid_lengths`` (B, M), only the first ``valid_lengths[b, m]`` positions of segment m are
+  real (values are clamped to [0, segment length]): padded keys are never read, padded query rows
+  output exactly 0 and receive exactly 0 gradient; key tiles wholly past the valid length are skipped,
+  so the cost follows the real tokens;
+* a query row with no allowed key (its segment reads nothing, or every key segment it reads has valid
+  length 0) outputs exactly 0 with zero, finite gradients; keys nobody reads get zero gradients;
+* ``dropout_p`` in [0, 1) drops attention probabilities with an in-kernel Philox mask (scaled by
+  1/(1-p)); the backward regenerates the same mask.  The seed is drawn from torch's CPU generator,
+  so ``torch.manual_seed`` makes it reproducible (it is not the same random stream as ``F.dropout``).
+
+Limits (``check`` reports them): CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (Triton's
+interpreter, for tests: it must be set before the first launch); head dims 1..128 (non-powers of two
+are padded to the next power of two inside the kernel, masked); B * H <= 65535; with dropout,
+N <= 46340.  Backward is deterministic (no atomics).  Kernel design: :mod:`.kernel`; launch tables and
+tile sizes: :mod:`.function` (``fused_graph_attention`` exposes the tile sizes and the dropout seed).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gsit.attention.triton.function import check_inputs, fused_graph_attention
+from gsit.graph import GraphMask
+
+
+def check(q, k, v, mask: GraphMask, *, dropout_p: float) -> list[str]:
+    """Every reason this backend cannot run the input (empty list: it can)."""
+    return check_inputs(q, k, v, mask, dropout_p=dropout_p)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *, scale: float,
+              dropout_p: float) -> torch.Tensor:
+    """Graph-masked attention of (B, H, N, D) ``q`` over ``k``, (B, H, N, Dv) ``v``: returns (B, H, N, Dv).
+
+    Differentiable in q, k, v.  See the module docstring for the exact semantics and limits.
+    """
+    return fused_graph_attention(q, k, v, mask, scale=scale, dropout_p=dropout_p)
+
+
+__all__ = ["check", "attention", "fused_graph_attention"]

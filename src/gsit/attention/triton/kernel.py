@@ -1,0 +1,344 @@
+"""Triton kernels of the fused graph-attention backend (imported lazily: this module needs Triton).
+
+Layout and tables (built in :mod:`gsit.attention.triton.function`)
+------------------------------------------------------------------
+Tensors are (B, H, N, D) with unit stride on D; logsumexp and delta are (B, H, N) fp32, contiguous.
+The sequence is the concatenation of M segments.  Small int32 tables describe the graph:
+
+* ``SEG_START[M]``, ``SEG_LEN[M]``     -- where each segment lies in the sequence;
+* ``KEY_LIST[M, M]``, ``KEY_CNT[M]``   -- row i: the key segments query segment i reads (one softmax);
+* ``REV_LIST[M, M]``, ``REV_CNT[M]``   -- row j: the query segments that read key segment j;
+* ``TILE_MOD[T]``, ``TILE_START[T]``   -- tiles of BLOCK rows cut *inside* each segment (a tile never
+  straddles two segments; the last tile of a segment is partial): its segment and its first position;
+* ``VL[B, M]`` (row stride ``stride_vl``) -- valid length of segment m in sample b, already clamped to
+  ``[0, SEG_LEN[m]]``; without padding it is ``SEG_LEN`` itself with ``stride_vl = 0``.
+
+Every kernel runs on a grid (tiles, B * H): axis 0 walks the tiles of one (batch, head) so that the
+programs running together share K/V in L2.  Loops over key (or query) tiles stop at the *valid* end of
+each segment, so the work follows the real tokens, not the padded length.
+
+Numerics: logits are scaled by ``scale * log2(e)`` and exponentiated with exp2; the stored logsumexp is
+in that base-2 domain and is ``+inf`` for rows that are padding or have no allowed key, which makes
+every recomputed probability of those rows exactly 0 in the backward kernels.
+
+Dropout: the keep mask of element (row, col) of head ``bh`` is ``rand(key, row * N + col) >= p`` with
+the Philox key ``(bh << 32) + seed``; it depends only on global positions, so the forward and both
+backward kernels regenerate the same mask whatever their tile sizes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _dim_mask(HEAD: tl.constexpr, BLOCK: tl.constexpr):
+    """Mask of the head dimension padded from HEAD to BLOCK (a constant all-true mask when equal)."""
+    if HEAD == BLOCK:
+        mask = tl.full([BLOCK], 1, tl.int1)
+    else:
+        mask = tl.arange(0, BLOCK) < HEAD
+    return mask
+
+
+@triton.jit
+def _keep(seed, bh, rows, cols, N, p_drop):
+    """Dropout keep mask (True = kept) for the broadcast grid of global positions rows x cols."""
+    key = (bh.to(tl.int64) << 32) + seed
+    return tl.rand(key, rows * N + cols) >= p_drop
+
+
+# ----------------------------------------------------------------------------------------- forward
+# (Pointer arithmetic is written out in each kernel rather than in helper functions: nested jit calls
+# cost nothing when compiled but dominate the run time under the CPU interpreter used by the tests.)
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, O, LSE,
+    SEG_START, SEG_LEN, KEY_LIST, KEY_CNT, TILE_MOD, TILE_START,
+    VL, stride_vl,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    H, N, M, qk_scale, p_drop, seed,
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    qmod = tl.load(TILE_MOD + tile)
+    m0 = tl.load(TILE_START + tile)
+    q_seg = tl.load(SEG_START + qmod)
+    q_seg_end = q_seg + tl.load(SEG_LEN + qmod)
+    q_end = q_seg + tl.load(VL + b * stride_vl + qmod)  # end of the real rows of this segment
+
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    d_ok = _dim_mask(HEAD_D, BLOCK_D)
+    dv_ok = _dim_mask(HEAD_DV, BLOCK_DV)
+    in_seg = offs_m < q_seg_end  # rows this program owns (real or padding)
+    o_ptrs = (O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+              + offs_m[:, None] * stride_on + offs_dv[None, :])
+    lse_ptrs = LSE + bh.to(tl.int64) * N + offs_m
+
+    if m0 >= q_end:  # the whole tile is padding: zeros, no work
+        tl.store(o_ptrs, tl.zeros([BLOCK_M, BLOCK_DV], dtype=O.dtype.element_ty),
+                 mask=in_seg[:, None] & dv_ok[None, :])
+        tl.store(lse_ptrs, tl.full([BLOCK_M], float("inf"), tl.float32), mask=in_seg)
+        return
+
+    row_ok = offs_m < q_end
+    q_ptrs = (Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+              + offs_m[:, None] * stride_qn + offs_d[None, :])
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + offs_d[None, :]
+    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + offs_dv[None, :]
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    inv_keep = 1.0 / (1.0 - p_drop)
+
+    n_keys = tl.load(KEY_CNT + qmod)
+    for j in range(0, n_keys):
+        kmod = tl.load(KEY_LIST + qmod * M + j)
+        k_seg = tl.load(SEG_START + kmod)
+        k_end = k_seg + tl.load(VL + b * stride_vl + kmod)
+        # only key tiles that hold at least one real key; the last one is masked
+        for n0 in range(k_seg, k_end, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            col_ok = offs_n < k_end
+            k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=col_ok[:, None] & dv_ok[None, :], other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+            s = tl.where(col_ok[None, :], s, float("-inf"))
+            # column n0 is real, so every row has a finite logit here and m_new is finite
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            if DROPOUT:
+                keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], N, p_drop)
+                p = tl.where(keep, p * inv_keep, 0.0)
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+            m_i = m_new
+
+    has_key = row_ok & (l_i > 0.0)
+    l_safe = tl.where(has_key, l_i, 1.0)
+    out = tl.where(has_key[:, None], acc / l_safe[:, None], 0.0)
+    lse = tl.where(has_key, m_i + tl.log2(l_safe), float("inf"))
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_seg[:, None] & dv_ok[None, :])
+    tl.store(lse_ptrs, lse, mask=in_seg)
+
+
+# ---------------------------------------------------------------------------------------- backward
+@triton.jit
+def _bwd_preprocess_kernel(
+    O, DO, DELTA,
+    stride_ob, stride_oh, stride_on,
+    stride_dob, stride_doh, stride_don,
+    H, N,
+    HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """delta[b, h, n] = sum_d O * dO (fp32)."""
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    row_ok = offs_m < N
+    mask = row_ok[:, None] & _dim_mask(HEAD_DV, BLOCK_DV)[None, :]
+    o = tl.load(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+                + offs_m[:, None] * stride_on + offs_dv[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+                 + offs_m[:, None] * stride_don + offs_dv[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + bh.to(tl.int64) * N + offs_m, delta, mask=row_ok)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV,
+    SEG_START, SEG_LEN, REV_LIST, REV_CNT, TILE_MOD, TILE_START,
+    VL, stride_vl,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_dob, stride_doh, stride_don,
+    stride_dkb, stride_dkh, stride_dkn,
+    stride_dvb, stride_dvh, stride_dvn,
+    H, N, M, qk_scale, sm_scale, p_drop, seed,
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """One program per key tile: dK, dV over every query tile of every query segment reading it."""
+    tile = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    kmod = tl.load(TILE_MOD + tile)
+    n0 = tl.load(TILE_START + tile)
+    k_seg = tl.load(SEG_START + kmod)
+    k_seg_end = k_seg + tl.load(SEG_LEN + kmod)
+    k_end = k_seg + tl.load(VL + b * stride_vl + kmod)
+
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    d_ok = _dim_mask(HEAD_D, BLOCK_D)
+    dv_ok = _dim_mask(HEAD_DV, BLOCK_DV)
+    in_seg = offs_n < k_seg_end
+    dk_ptrs = (DK + b.to(tl.int64) * stride_dkb + h.to(tl.int64) * stride_dkh
+               + offs_n[:, None] * stride_dkn + offs_d[None, :])
+    dv_ptrs = (DV + b.to(tl.int64) * stride_dvb + h.to(tl.int64) * stride_dvh
+               + offs_n[:, None] * stride_dvn + offs_dv[None, :])
+
+    if n0 >= k_end:  # padded keys are never read: zero gradient
+        tl.store(dk_ptrs, tl.zeros([BLOCK_N, BLOCK_D], dtype=DK.dtype.element_ty),
+                 mask=in_seg[:, None] & d_ok[None, :])
+        tl.store(dv_ptrs, tl.zeros([BLOCK_N, BLOCK_DV], dtype=DV.dtype.element_ty),
+                 mask=in_seg[:, None] & dv_ok[None, :])
+        return
+
+    col_ok = offs_n < k_end
+    k = tl.load(K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+                + offs_n[:, None] * stride_kn + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    v = tl.load(V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+                + offs_n[:, None] * stride_vn + offs_dv[None, :], mask=col_ok[:, None] & dv_ok[None, :],
+                other=0.0)
+    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_d[None, :]
+    do_base = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh + offs_dv[None, :]
+    lse_base = LSE + bh.to(tl.int64) * N
+    delta_base = DELTA + bh.to(tl.int64) * N
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    inv_keep = 1.0 / (1.0 - p_drop)
+
+    n_readers = tl.load(REV_CNT + kmod)
+    for i in range(0, n_readers):
+        qmod = tl.load(REV_LIST + kmod * M + i)
+        q_seg = tl.load(SEG_START + qmod)
+        q_end = q_seg + tl.load(VL + b * stride_vl + qmod)
+        for m0 in range(q_seg, q_end, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            row_ok = offs_m < q_end
+            q = tl.load(q_base + offs_m[:, None] * stride_qn, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            do = tl.load(do_base + offs_m[:, None] * stride_don, mask=row_ok[:, None] & dv_ok[None, :],
+                         other=0.0)
+            lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
+            delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # (BLOCK_N, BLOCK_M)
+            p_t = tl.exp2(s_t - lse[None, :])
+            p_t = tl.where(col_ok[:, None], p_t, 0.0)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+            if DROPOUT:
+                keep = _keep(seed, bh, offs_m[None, :], offs_n[:, None], N, p_drop)
+                pd_t = tl.where(keep, p_t * inv_keep, 0.0)
+                dp_t = tl.where(keep, dp_t * inv_keep, 0.0)
+            else:
+                pd_t = p_t
+            dv = tl.dot(pd_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
+
+    tl.store(dk_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=in_seg[:, None] & d_ok[None, :])
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=in_seg[:, None] & dv_ok[None, :])
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ,
+    SEG_START, SEG_LEN, KEY_LIST, KEY_CNT, TILE_MOD, TILE_START,
+    VL, stride_vl,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_dob, stride_doh, stride_don,
+    stride_dqb, stride_dqh, stride_dqn,
+    H, N, M, qk_scale, sm_scale, p_drop, seed,
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """One program per query tile: dQ over the same key tiles the forward read (no atomics)."""
+    tile = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    qmod = tl.load(TILE_MOD + tile)
+    m0 = tl.load(TILE_START + tile)
+    q_seg = tl.load(SEG_START + qmod)
+    q_seg_end = q_seg + tl.load(SEG_LEN + qmod)
+    q_end = q_seg + tl.load(VL + b * stride_vl + qmod)
+
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    d_ok = _dim_mask(HEAD_D, BLOCK_D)
+    dv_ok = _dim_mask(HEAD_DV, BLOCK_DV)
+    in_seg = offs_m < q_seg_end
+    dq_ptrs = (DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
+               + offs_m[:, None] * stride_dqn + offs_d[None, :])
+
+    if m0 >= q_end:
+        tl.store(dq_ptrs, tl.zeros([BLOCK_M, BLOCK_D], dtype=DQ.dtype.element_ty),
+                 mask=in_seg[:, None] & d_ok[None, :])
+        return
+
+    row_ok = offs_m < q_end
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+                + offs_m[:, None] * stride_qn + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+                 + offs_m[:, None] * stride_don + offs_dv[None, :], mask=row_ok[:, None] & dv_ok[None, :],
+                 other=0.0)
+    lse = tl.load(LSE + bh.to(tl.int64) * N + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + bh.to(tl.int64) * N + offs_m, mask=row_ok, other=0.0)
+    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + offs_d[None, :]
+    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + offs_dv[None, :]
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    inv_keep = 1.0 / (1.0 - p_drop)
+
+    n_keys = tl.load(KEY_CNT + qmod)
+    for j in range(0, n_keys):
+        kmod = tl.load(KEY_LIST + qmod * M + j)
+        k_seg = tl.load(SEG_START + kmod)
+        k_end = k_seg + tl.load(VL + b * stride_vl + kmod)
+        for n0 in range(k_seg, k_end, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            col_ok = offs_n < k_end
+            k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=col_ok[:, None] & dv_ok[None, :], other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+            p = tl.exp2(s - lse[:, None])
+            p = tl.where(col_ok[None, :], p, 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+            if DROPOUT:
+                keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], N, p_drop)
+                dp = tl.where(keep, dp * inv_keep, 0.0)
+            ds = p * (dp - delta[:, None])
+            dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
+
+    tl.store(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=in_seg[:, None] & d_ok[None, :])
+
+
+# ------------------------------------------------------------------------------------------ testing
+@triton.jit
+def _dropout_keep_kernel(OUT, N, p_drop, seed, BLOCK: tl.constexpr):
+    """Materialise the (B*H, N, N) keep mask the attention kernels use (int8; for tests only)."""
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    bh = tl.program_id(2)
+    keep = _keep(seed, bh, rows[:, None], cols[None, :], N, p_drop)
+    ptrs = OUT + bh.to(tl.int64) * N * N + rows[:, None] * N + cols[None, :]
+    tl.store(ptrs, keep.to(tl.int8), mask=(rows[:, None] < N) & (cols[None, :] < N))

@@ -1,0 +1,283 @@
+"""The ``gsit`` command line.  Thin: each subcommand parses arguments and calls one library function.
+
+User errors (bad files, bad configs, bad names) print one line ``gsit: error: ...`` and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gsit.errors import GsitError
+
+
+def _add_common_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="gsit", help="gsit | mult | vanilla")
+    p.add_argument("--dataset", default=None,
+                   help="mosi | mosei | sims | simsv2 | mintrec | synthetic (default: synthetic without --data)")
+    p.add_argument("--data", default=None, help="MMSA pickle, converted directory, or MIntRec directory")
+    p.add_argument("--text-encoder", default=None, help="local BERT-family model directory (never downloaded)")
+    p.add_argument("--config", default=None, help="TOML file merged over the preset")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. model.d_model=64")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from gsit.train import init_distributed, new_run_dir, run_training
+    dataset = args.dataset or ("synthetic" if args.data is None else None)
+    if dataset is None:
+        raise GsitError("--dataset is required with --data (mosi, mosei, sims, simsv2, mintrec, synthetic)")
+    run = _load_run(args, dataset)
+    ctx = init_distributed(args.device)
+    data = _load_data(run, quiet=args.quiet or not ctx.main)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.json").is_file():
+            raise GsitError(f"--resume {str(run_dir)!r}: not a run directory (no config.json)")
+        saved = json.loads((run_dir / "config.json").read_text())
+        if saved != run.to_dict():
+            raise GsitError(f"--resume {str(run_dir)!r}: the run was started with a different configuration; "
+                            f"resume with the same arguments")
+    elif args.run_dir:
+        run_dir = Path(args.run_dir)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise GsitError(f"run directory {str(run_dir)!r} already exists and is not empty; runs are never "
+                            f"overwritten (use --resume to continue it)")
+    else:
+        run_dir = _shared_new_run_dir(Path(args.out), run.model_name, dataset, ctx)
+    results = run_training(run, data, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet,
+                           device=args.device, command=["gsit", *sys.argv[1:]], ctx=ctx)
+    if ctx.main:
+        _print_results(results, run_dir)
+    return 0
+
+
+def _shared_new_run_dir(root: Path, model: str, dataset: str, ctx) -> Path:
+    from gsit.train import _all_gather, new_run_dir
+    path = str(new_run_dir(root, model, dataset)) if ctx.main else None
+    return Path(_all_gather(path, ctx)[0])
+
+
+def _load_run(args, dataset: str):
+    from gsit.config import load_config
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f'data.path="{Path(args.data)}"')
+    if args.text_encoder:
+        overrides.append(f'data.text_encoder="{Path(args.text_encoder)}"')
+    if getattr(args, "seeds", None):
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError as e:
+            raise GsitError(f"--seeds {args.seeds!r} must be a comma-separated list of integers") from e
+        overrides.append(f"train.seeds={seeds}")
+    if getattr(args, "compile", False):
+        overrides.append("train.compile=true")
+    if getattr(args, "amp", None):
+        overrides.append(f'train.amp="{args.amp}"')
+    if getattr(args, "deterministic", False):
+        overrides.append("train.deterministic=true")
+    return load_config(args.model, dataset, args.config, overrides)
+
+
+def _load_data(run, *, quiet: bool = True):
+    from gsit.data import load_dataset
+    if not run.data.path:
+        if run.data.dataset != "synthetic":
+            raise GsitError(f"--data is required for dataset {run.data.dataset!r} (only 'synthetic' is generated)")
+        from gsit.data.synthetic import make_synthetic
+        if not quiet:
+            print("no --data given: training on a freshly generated synthetic dataset (gsit synth)", file=sys.stderr)
+        if run.data.synthetic_size == "small":
+            return make_synthetic(seed=0)
+        return make_synthetic(preset=run.data.synthetic_size, seed=0)
+    ds = None if run.data.dataset == "synthetic" else run.data.dataset
+    return load_dataset(run.data.path, dataset=ds, text_tokenizer_dir=run.data.text_encoder or None,
+                        mintrec_binary=run.data.binary)
+
+
+def _print_results(results: dict, run_dir: Path) -> None:
+    mean, std = results["mean"], results["std"]
+    print(f"{results['model']} on {results['dataset']} ({results['n_seeds']} seed(s)); run: {run_dir}")
+    for k in mean:
+        print(f"  {k:16s} {mean[k]:.4f} +- {std[k]:.4f}")
+
+
+def cmd_eval(args) -> int:
+    from gsit.evaluate import evaluate_run
+    out = evaluate_run(args.run_dir, data_path=args.data, split=args.split, seed=args.seed)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from gsit.evaluate import predict_run
+    n = predict_run(args.run_dir, data_path=args.data, out=args.out, split=args.split, seed=args.seed)
+    print(f"wrote {n} predictions to {args.out}")
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    import numpy as np
+
+    from gsit.metrics import compute_metrics
+    arrays = []
+    for path in (args.pred, args.true):
+        p = Path(path)
+        if not p.is_file():
+            raise GsitError(f"{path!r} is not a file")
+        try:
+            arrays.append(np.load(p, allow_pickle=False))
+        except Exception as e:
+            raise GsitError(f"{path!r} is not a readable .npy array: {e}") from e
+    print(json.dumps(compute_metrics(args.dataset, arrays[0], arrays[1]), indent=2))
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from gsit.analysis.profile import profile
+    models = [args.model] if args.model else ["gsit", "mult", "vanilla"]
+    datasets = [args.dataset] if args.dataset else ["mosi", "mosei", "sims"]
+    rows = [profile(m, d, args.overrides) for m in models for d in datasets]
+    if args.json:
+        print(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
+        return 0
+    print(f"{'model':8s} {'dataset':8s} {'conv':>10s} {'fusion':>11s} {'head':>10s} {'text enc':>10s} "
+          f"{'total':>11s} {'paper':>11s} {'GFLOPs/sample':>14s} {'attn GFLOPs':>12s}")
+    for r in rows:
+        p, f = r["params"], r["flops_per_sample"]
+        print(f"{r['model']:8s} {r['dataset']:8s} {p['front_end']:10,d} {p['fusion']:11,d} {p['head']:10,d} "
+              f"{p['text_encoder']:10,d} {p['total_without_text_encoder']:11,d} {p['paper_convention']:11,d} "
+              f"{f['total'] / 1e9:14.3f} {f['attention'] / 1e9:12.3f}")
+    print("paper convention: GsiT = fusion + conv (head excluded); MulT = all but the text encoder. "
+          "FLOPs: true forward FLOPs per sample at padded lengths, attention over allowed pairs only, no BERT.")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from gsit.data.synthetic import make_synthetic, write_mmsa_pickle
+    kw = {"seed": args.seed}
+    if args.preset != "small":
+        kw["preset"] = args.preset
+    data = make_synthetic(**kw)
+    out = Path(args.out)
+    if args.format == "pkl":
+        write_mmsa_pickle(data, out)
+    else:
+        from gsit.data.convert import save_converted
+        save_converted(data, out)
+    print(f"wrote {out} ({', '.join(f'{k} {len(v)}' for k, v in data.splits.items())})")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from gsit.data import load_dataset
+    from gsit.data.convert import save_converted
+    data = load_dataset(args.input, dataset=args.dataset)
+    save_converted(data, Path(args.out))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_build_mosi(args) -> int:
+    from gsit.data.convert import save_converted
+    from gsit.data.mosi_real import build_mosi_from_csv
+    data = build_mosi_from_csv(args.csv, tokenizer_dir=args.tokenizer, features_npz=args.features,
+                               max_text_len=args.max_text_len)
+    save_converted(data, Path(args.out))
+    print(f"wrote {args.out} ({', '.join(f'{k} {len(v)}' for k, v in data.splits.items())})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gsit", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("train", help="train and test a model (no --data: GsiT on a synthetic dataset)")
+    _add_common_train(p)
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's, 1111-1115)")
+    p.add_argument("--out", default="runs", help="root folder for new run directories")
+    p.add_argument("--run-dir", default=None, help="exact new run directory (must not exist or be empty)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a killed run")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (static shapes)")
+    p.add_argument("--amp", default=None, choices=["none", "bf16"])
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower on GPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress output (CI, logs)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="re-score a run's best checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("--data", default=None, help="data path (default: the run's)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="write predictions with sample ids to CSV")
+    p.add_argument("run_dir")
+    p.add_argument("--data", default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("metrics", help="MMSA-exact metrics of saved predictions")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--pred", required=True, help=".npy predictions")
+    p.add_argument("--true", required=True, help=".npy labels")
+    p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("profile", help="parameters and FLOPs per model and dataset preset")
+    p.add_argument("--model", default=None)
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("synth", help="write a synthetic MMSA-format dataset with a planted cross-modal label")
+    p.add_argument("--out", required=True)
+    p.add_argument("--preset", default="small", help="small | mosi | mosei | sims")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", default="pkl", choices=["pkl", "npz"])
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("convert", help="convert an MMSA pickle to gsit's code-free format (npz + json)")
+    p.add_argument("input")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dataset", default=None)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("build-mosi", help="build a MOSI dataset from an utterance CSV with a local tokenizer")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--tokenizer", required=True, help="local BERT-family model/tokenizer directory")
+    p.add_argument("--features", default=None, help="npz with utterance_id, audio, video arrays")
+    p.add_argument("--max-text-len", type=int, default=50)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_build_mosi)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from gsit import __version__
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except GsitError as e:
+        print(f"gsit: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        print(f"gsit: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""gsit's data layer (numpy arrays; torch only in :mod:`gsit.data.batch`).
+
+:func:`load_dataset` reads any supported source and validates it:
+
+* a directory with ``meta.json`` -- gsit's code-free converted format (:mod:`gsit.data.convert`);
+* a ``.pkl``/``.pickle`` file -- an MMSA processed pickle (:mod:`gsit.data.mmsa`, restricted unpickler);
+* a directory with ``train.tsv`` -- MIntRec (:mod:`gsit.data.mintrec`, needs ``text_tokenizer_dir``);
+* a ``.csv`` file -- a MOSI-style utterance CSV (:mod:`gsit.data.mosi_real`, needs ``text_tokenizer_dir``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gsit.data.batch import Batch, SplitDataset, collate, make_loader
+from gsit.data.convert import load_converted, save_converted
+from gsit.data.dataset import SPLIT_NAMES, MultimodalData, Split, validate
+from gsit.data.mmsa import load_mmsa
+from gsit.data.safe_pickle import load_pickle
+from gsit.data.synthetic import PRESET_SHAPES, make_synthetic, write_mmsa_pickle
+from gsit.errors import DataError
+
+__all__ = [
+    "Batch",
+    "DataError",
+    "MultimodalData",
+    "PRESET_SHAPES",
+    "SPLIT_NAMES",
+    "Split",
+    "SplitDataset",
+    "collate",
+    "load_converted",
+    "load_dataset",
+    "load_mintrec",
+    "load_mmsa",
+    "load_pickle",
+    "build_mosi_from_csv",
+    "make_loader",
+    "make_synthetic",
+    "save_converted",
+    "validate",
+    "write_mmsa_pickle",
+]
+
+
+def load_mintrec(*args, **kwargs) -> MultimodalData:  # lazy: keeps csv/transformers paths out of import time
+    from gsit.data.mintrec import load_mintrec as _load
+
+    return _load(*args, **kwargs)
+
+
+def build_mosi_from_csv(*args, **kwargs) -> MultimodalData:
+    from gsit.data.mosi_real import build_mosi_from_csv as _build
+
+    return _build(*args, **kwargs)
+
+
+def load_dataset(
+    path: str | os.PathLike,
+    *,
+    dataset: str | None = None,
+    text_tokenizer_dir: str | os.PathLike | None = None,
+    vocab_size: int | None = None,
+    feature_overrides: dict[str, str] | None = None,
+    max_text_len: int | None = None,
+    mintrec_binary: bool = False,
+    allow_missing_features: bool = False,
+    features_npz: str | os.PathLike | None = None,
+) -> MultimodalData:
+    """Load and :func:`validate` the data at ``path`` (format chosen from what is there; see module doc).
+
+    ``vocab_size``, when given, bounds the text_bert token ids; for tokenized sources (MIntRec, CSV) it
+    defaults to the tokenizer's vocabulary size.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file or directory.")
+    if feature_overrides and not (p.is_file() and p.suffix.lower() in (".pkl", ".pickle")):
+        raise DataError(f"{p}: feature_overrides apply only to MMSA pickles (.pkl).")
+    if p.is_dir() and (p / "meta.json").is_file():
+        data = load_converted(p)
+    elif p.is_file() and p.suffix.lower() in (".pkl", ".pickle"):
+        data = load_mmsa(p, dataset=dataset, feature_overrides=feature_overrides)
+    elif p.is_dir() and (p / "train.tsv").is_file():
+        from gsit.data.mintrec import load_mintrec as _load_mintrec
+
+        data = _load_mintrec(
+            p,
+            tokenizer_dir=text_tokenizer_dir,
+            max_text_len=max_text_len or 30,
+            binary=mintrec_binary,
+            allow_missing_features=allow_missing_features,
+        )
+        vocab_size = vocab_size if vocab_size is not None else _tokenizer_vocab(text_tokenizer_dir)
+    elif p.is_file() and p.suffix.lower() == ".csv":
+        from gsit.data.mosi_real import build_mosi_from_csv as _build
+
+        data = _build(
+            p, tokenizer_dir=text_tokenizer_dir, features_npz=features_npz, max_text_len=max_text_len or 50
+        )
+        vocab_size = vocab_size if vocab_size is not None else _tokenizer_vocab(text_tokenizer_dir)
+    elif p.is_dir():
+        raise DataError(
+            f"{p}: unknown data directory (expected meta.json for converted data or train.tsv for MIntRec)."
+        )
+    else:
+        raise DataError(f"{p}: unknown data format (expected an MMSA .pkl, a .csv or a data directory).")
+    return validate(data, dataset=dataset, vocab_size=vocab_size)
+
+
+def _tokenizer_vocab(tokenizer_dir) -> int | None:
+    from gsit.data._text import load_local_tokenizer
+
+    try:
+        return len(load_local_tokenizer(tokenizer_dir))
+    except DataError:
+        return None

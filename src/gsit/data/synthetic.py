@@ -1,0 +1,280 @@
+"""Synthetic multimodal data whose label can only be predicted by combining modalities.
+
+Every sample draws a text cue ``s_t`` in {-1, +1}, an audio cue ``s_a`` in {-1, +1} and a magnitude
+``m`` in [0.5, 2].  The text cue is planted at one random valid time step (a fixed direction added to the
+text features, or, for ``text_kind="bert"``, one of two cue token ids), the audio cue likewise in audio, and
+the magnitude as ``m`` times a fixed direction at one random valid vision step.  The label is
+
+    y = clip(1.5 * s_t * s_a * m + noise, -3, 3)
+
+so text alone and audio alone are statistically independent of ``y`` (``s_a`` is a fair coin), vision
+alone only knows ``|y|``, and only the cross-modal product recovers the label.  Valid lengths vary per
+sample; padding is zero at the end.  :data:`PRESET_SHAPES` gives the MMSA datasets' shapes and sizes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from gsit.data.dataset import SPLIT_NAMES, MultimodalData, Split
+
+__all__ = [
+    "make_synthetic",
+    "write_mmsa_pickle",
+    "PRESET_SHAPES",
+    "SYNTHETIC_VOCAB_SIZE",
+    "CUE_TOKEN_POS",
+    "CUE_TOKEN_NEG",
+]
+
+PRESET_SHAPES: dict[str, dict[str, int]] = {
+    "mosi": dict(
+        text_len=50,
+        text_dim=768,
+        audio_len=375,
+        audio_dim=5,
+        vision_len=500,
+        vision_dim=20,
+        n_train=1284,
+        n_valid=229,
+        n_test=686,
+    ),
+    "mosei": dict(
+        text_len=50,
+        text_dim=768,
+        audio_len=500,
+        audio_dim=74,
+        vision_len=500,
+        vision_dim=35,
+        n_train=16326,
+        n_valid=1871,
+        n_test=4659,
+    ),
+    "sims": dict(
+        text_len=39,
+        text_dim=768,
+        audio_len=400,
+        audio_dim=33,
+        vision_len=55,
+        vision_dim=709,
+        n_train=1368,
+        n_valid=456,
+        n_test=457,
+    ),
+}
+_SMALL_DEFAULTS = dict(
+    text_len=20,
+    text_dim=32,
+    audio_len=40,
+    audio_dim=5,
+    vision_len=40,
+    vision_dim=20,
+    n_train=600,
+    n_valid=150,
+    n_test=150,
+)
+_LABEL_SCALE = {"sims": 1.0 / 3.0}  # SIMS labels live in [-1, 1]
+
+SYNTHETIC_VOCAB_SIZE = 2048
+CLS_TOKEN, SEP_TOKEN = 101, 102
+CUE_TOKEN_POS, CUE_TOKEN_NEG = 2000, 2001
+_FILLER_TOKENS = (1000, 2000)
+
+
+def _unit(rng: np.random.Generator, d: int) -> np.ndarray:
+    v = rng.standard_normal(d)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def _lengths(rng: np.random.Generator, n: int, t: int, minimum: int) -> np.ndarray:
+    low = min(t, max(minimum, int(math.ceil(0.3 * t))))
+    return rng.integers(low, t + 1, size=n).astype(np.int64)
+
+
+def _features(
+    rng: np.random.Generator, n: int, t: int, d: int, lengths: np.ndarray, noise: float
+) -> np.ndarray:
+    x = rng.standard_normal((n, t, d), dtype=np.float32)
+    x *= noise
+    x[np.arange(t)[None, :] >= lengths[:, None]] = 0.0
+    return x
+
+
+def _plant(rng, x: np.ndarray, lengths: np.ndarray, amplitude: np.ndarray, direction: np.ndarray) -> None:
+    pos = (rng.random(x.shape[0]) * lengths).astype(np.int64)
+    x[np.arange(x.shape[0]), pos] += amplitude[:, None].astype(np.float32) * direction[None, :]
+
+
+def make_synthetic(
+    *,
+    n_train: int | None = None,
+    n_valid: int | None = None,
+    n_test: int | None = None,
+    text_len: int | None = None,
+    audio_len: int | None = None,
+    vision_len: int | None = None,
+    text_dim: int | None = None,
+    audio_dim: int | None = None,
+    vision_dim: int | None = None,
+    seed: int = 0,
+    text_kind: str = "features",
+    preset: str | None = None,
+    scale: float = 1.0,
+    cue_strength: float = 2.0,
+    feature_noise: float = 0.5,
+    label_noise: float = 0.1,
+    return_cues: bool = False,
+):
+    """Generate a :class:`MultimodalData` (task regression) with a planted cross-modal label.
+
+    Without ``preset`` the defaults are small (600/150/150 samples, text 20x32, audio 40x5, vision 40x20).
+    With ``preset`` in :data:`PRESET_SHAPES` the shapes are MMSA's and the split sizes are the dataset's
+    times ``scale`` (at least 2 each); any explicit argument overrides the preset.  ``text_kind="bert"``
+    gives ``text_bert`` rows ``[CLS] filler... cue ... [SEP] 0...`` with filler ids in [1000, 2000), cue id
+    :data:`CUE_TOKEN_POS`/:data:`CUE_TOKEN_NEG` and vocabulary :data:`SYNTHETIC_VOCAB_SIZE`.
+    With ``return_cues=True`` returns ``(data, cues)`` where ``cues[split]`` holds the arrays
+    ``text``, ``audio`` (signs) and ``magnitude``.
+    """
+    if text_kind not in ("features", "bert"):
+        raise ValueError(f"text_kind must be 'features' or 'bert', not {text_kind!r}")
+    if preset is not None and preset not in PRESET_SHAPES:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESET_SHAPES)}")
+    base = dict(PRESET_SHAPES[preset]) if preset else dict(_SMALL_DEFAULTS)
+    if preset:
+        for k in ("n_train", "n_valid", "n_test"):
+            base[k] = max(2, int(round(base[k] * scale)))
+    given = dict(
+        n_train=n_train,
+        n_valid=n_valid,
+        n_test=n_test,
+        text_len=text_len,
+        audio_len=audio_len,
+        vision_len=vision_len,
+        text_dim=text_dim,
+        audio_dim=audio_dim,
+        vision_dim=vision_dim,
+    )
+    cfg = {k: (v if v is not None else base[k]) for k, v in given.items()}
+    for k, v in cfg.items():
+        if int(v) < 1:
+            raise ValueError(f"{k} must be at least 1, not {v}")
+    if text_kind == "bert" and cfg["text_len"] < 3:
+        raise ValueError(
+            f"text_len must be at least 3 for text_kind='bert' ([CLS] cue [SEP]), not {cfg['text_len']}"
+        )
+    label_scale = _LABEL_SCALE.get(preset or "", 1.0)
+
+    shared = np.random.default_rng([seed, 7919])
+    u_t = _unit(shared, cfg["text_dim"])
+    u_a = _unit(shared, cfg["audio_dim"])
+    u_v = _unit(shared, cfg["vision_dim"])
+
+    splits: dict[str, Split] = {}
+    cues: dict[str, dict[str, np.ndarray]] = {}
+    for si, name in enumerate(SPLIT_NAMES):
+        n = int(cfg[f"n_{name}"])
+        rng = np.random.default_rng([seed, si])
+        s_t = rng.choice(np.array([-1.0, 1.0]), size=n)
+        s_a = rng.choice(np.array([-1.0, 1.0]), size=n)
+        m = rng.uniform(0.5, 2.0, size=n)
+        y = np.clip(1.5 * s_t * s_a * m + label_noise * rng.standard_normal(n), -3.0, 3.0) * label_scale
+
+        tl = _lengths(rng, n, cfg["text_len"], 3 if text_kind == "bert" else 1)
+        al = _lengths(rng, n, cfg["audio_len"], 1)
+        vl = _lengths(rng, n, cfg["vision_len"], 1)
+
+        audio = _features(rng, n, cfg["audio_len"], cfg["audio_dim"], al, feature_noise)
+        _plant(rng, audio, al, cue_strength * s_a, u_a)
+        vision = _features(rng, n, cfg["vision_len"], cfg["vision_dim"], vl, feature_noise)
+        _plant(rng, vision, vl, cue_strength * m, u_v)
+
+        split = Split(
+            name=name,
+            audio=audio,
+            vision=vision,
+            labels=y.astype(np.float32),
+            ids=np.array([f"synthetic_{name}_{i:06d}" for i in range(n)]),
+            text_lengths=tl,
+            audio_lengths=al,
+            vision_lengths=vl,
+        )
+        if text_kind == "features":
+            text = _features(rng, n, cfg["text_len"], cfg["text_dim"], tl, feature_noise)
+            _plant(rng, text, tl, cue_strength * s_t, u_t)
+            split.text = text
+        else:
+            L = cfg["text_len"]
+            pos = np.arange(L)[None, :]
+            tok = rng.integers(*_FILLER_TOKENS, size=(n, L)).astype(np.int64)
+            tok[pos >= tl[:, None]] = 0
+            tok[:, 0] = CLS_TOKEN
+            tok[np.arange(n), tl - 1] = SEP_TOKEN
+            cue_pos = 1 + (rng.random(n) * (tl - 2)).astype(np.int64)
+            tok[np.arange(n), cue_pos] = np.where(s_t > 0, CUE_TOKEN_POS, CUE_TOKEN_NEG)
+            mask = (pos < tl[:, None]).astype(np.int64)
+            split.text_bert = np.stack([tok, mask, np.zeros_like(tok)], axis=1)
+        splits[name] = split
+        cues[name] = {"text": s_t, "audio": s_a, "magnitude": m}
+
+    data = MultimodalData(
+        splits=splits,
+        source=f"synthetic(preset={preset}, seed={seed}, text_kind={text_kind})",
+        task="regression",
+        dataset=preset if preset else "synthetic",
+    )
+    return (data, cues) if return_cues else data
+
+
+def write_mmsa_pickle(data: MultimodalData, path: str | os.PathLike, *, protocol: int = 4) -> Path:
+    """Write ``data`` (regression) in the MMSA processed-pickle layout; refuses to overwrite ``path``.
+
+    Per split: ``raw_text, id, text and/or text_bert`` (float32, as MMSA stores it), ``audio, vision,
+    audio_lengths, vision_lengths`` (lists of ints), ``regression_labels``, ``classification_labels``
+    (0/1/2 = negative/neutral/positive), ``annotations`` and any extra labels under their own keys.
+    """
+    if data.task != "regression":
+        raise ValueError(
+            "write_mmsa_pickle writes regression data only (MMSA pickles carry regression_labels)"
+        )
+    p = Path(path)
+    out: dict[str, dict] = {}
+    for name in SPLIT_NAMES:
+        s = data.splits[name]
+        labels = np.asarray(s.labels, dtype=np.float32)
+        cls = np.where(labels < 0, 0, np.where(labels > 0, 2, 1)).astype(np.float32)
+        d: dict = {
+            "raw_text": np.array(list(s.raw_text if s.raw_text is not None else s.ids), dtype=object),
+            "id": np.array([str(i) for i in s.ids], dtype=object),
+            "audio": np.asarray(s.audio, dtype=np.float32),
+            "vision": np.asarray(s.vision, dtype=np.float32),
+            "regression_labels": labels,
+            "classification_labels": cls,
+            "annotations": np.array([("Negative", "Neutral", "Positive")[int(c)] for c in cls], dtype=object),
+        }
+        if s.text is not None:
+            d["text"] = np.asarray(s.text, dtype=np.float32)
+        if s.text_bert is not None:
+            d["text_bert"] = np.asarray(s.text_bert, dtype=np.float32)
+        if s.audio_lengths is not None:
+            d["audio_lengths"] = [int(v) for v in s.audio_lengths]
+        if s.vision_lengths is not None:
+            d["vision_lengths"] = [int(v) for v in s.vision_lengths]
+        for key, arr in s.extra_labels.items():
+            d[key] = np.asarray(arr)
+        out[name] = d
+    try:
+        fh = open(p, "xb")
+    except FileExistsError:
+        raise FileExistsError(f"{p}: exists; write_mmsa_pickle never overwrites a file") from None
+    try:
+        with fh:
+            pickle.dump(out, fh, protocol=protocol)
+    except BaseException:
+        p.unlink(missing_ok=True)
+        raise
+    return p

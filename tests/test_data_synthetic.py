@@ -1,0 +1,199 @@
+"""Synthetic data: shapes, determinism, padding, and a label that needs cross-modal interaction."""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import numpy as np
+import pytest
+
+from gsit.data import PRESET_SHAPES, load_dataset, make_synthetic, validate, write_mmsa_pickle
+from gsit.data.safe_pickle import load_pickle
+from gsit.data.synthetic import CUE_TOKEN_NEG, CUE_TOKEN_POS, SYNTHETIC_VOCAB_SIZE
+
+SPLITS = ("train", "valid", "test")
+
+
+def test_small_default_shapes_and_speed():
+    t0 = time.perf_counter()
+    data = make_synthetic()
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 1.0, elapsed
+    validate(data)
+    assert [len(data.splits[k]) for k in SPLITS] == [600, 150, 150]
+    assert data.seq_lengths == {"text": 20, "audio": 40, "vision": 40}
+    assert (data.text_dim, data.audio_dim, data.vision_dim) == (32, 5, 20)
+    assert data.task == "regression" and data.text_kind == "features"
+    s = data.splits["train"]
+    assert s.text.dtype == s.audio.dtype == s.vision.dtype == s.labels.dtype == np.float32
+    assert s.labels.min() >= -3 and s.labels.max() <= 3
+    assert len(set(s.ids.tolist())) == len(s)
+
+
+def test_deterministic_per_seed():
+    a, b, c = make_synthetic(seed=4), make_synthetic(seed=4), make_synthetic(seed=5)
+    for name in SPLITS:
+        np.testing.assert_array_equal(a.splits[name].audio, b.splits[name].audio)
+        np.testing.assert_array_equal(a.splits[name].labels, b.splits[name].labels)
+    assert not np.array_equal(a.splits["train"].labels, c.splits["train"].labels)
+
+
+@pytest.mark.parametrize("kind", ["features", "bert"])
+def test_lengths_vary_and_padding_is_zero_at_the_end(kind):
+    data = make_synthetic(text_kind=kind, seed=1)
+    for s in data.splits.values():
+        for mod, lengths in (("audio", s.audio_lengths), ("vision", s.vision_lengths)):
+            x = getattr(s, mod)
+            assert len(np.unique(lengths)) > 5 and lengths.min() >= 1 and lengths.max() <= x.shape[1]
+            pad = np.arange(x.shape[1])[None, :] >= lengths[:, None]
+            assert (x[pad] == 0).all()
+            assert (np.abs(x[~pad]).sum(-1) > 0).all()
+        tl = s.text_lengths
+        assert len(np.unique(tl)) > 5
+        if kind == "features":
+            pad = np.arange(s.text.shape[1])[None, :] >= tl[:, None]
+            assert (s.text[pad] == 0).all()
+        else:
+            pad = np.arange(s.text_bert.shape[2])[None, :] >= tl[:, None]
+            assert (s.text_bert[:, 0][pad] == 0).all() and (s.text_bert[:, 1].sum(1) == tl).all()
+
+
+def test_bert_rows_have_cls_sep_and_one_cue_token():
+    data, cues = make_synthetic(text_kind="bert", seed=2, return_cues=True)
+    validate(data, vocab_size=SYNTHETIC_VOCAB_SIZE)
+    assert data.text_kind == "bert" and data.text_dim is None
+    for name, s in data.splits.items():
+        ids, n = s.text_bert[:, 0], len(s)
+        assert (ids[:, 0] == 101).all() and (ids[np.arange(n), s.text_lengths - 1] == 102).all()
+        assert (s.text_bert[:, 2] == 0).all()
+        pos = (ids == CUE_TOKEN_POS).sum(1)
+        neg = (ids == CUE_TOKEN_NEG).sum(1)
+        assert ((pos + neg) == 1).all()
+        np.testing.assert_array_equal(np.where(pos == 1, 1.0, -1.0), cues[name]["text"])
+        filler = ids[
+            (ids != 0) & (ids != 101) & (ids != 102) & (ids != CUE_TOKEN_POS) & (ids != CUE_TOKEN_NEG)
+        ]
+        assert filler.min() >= 1000 and filler.max() < 2000
+
+
+def test_cues_are_planted_exactly_once():
+    """With the feature noise switched off, each modality holds exactly one planted step."""
+    data, cues = make_synthetic(seed=3, feature_noise=0.0, return_cues=True)
+    for name, s in data.splits.items():
+        c = cues[name]
+        for mod, sign in (("text", c["text"]), ("audio", c["audio"])):
+            x = getattr(s, mod)
+            nonzero = np.abs(x).sum(-1) > 0
+            assert (nonzero.sum(1) == 1).all()
+            rows = x[nonzero]  # (N, D): ±cue_strength * u
+            direction = rows[0] * sign[0]
+            np.testing.assert_allclose(rows, sign[:, None] * direction[None, :], rtol=1e-5, atol=1e-6)
+        v = s.vision[np.abs(s.vision).sum(-1) > 0]
+        np.testing.assert_allclose(np.linalg.norm(v, axis=1), 2.0 * c["magnitude"], rtol=1e-5)
+
+
+def _corr(a, b):
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_label_needs_cross_modal_interaction():
+    data, cues = make_synthetic(n_train=4000, n_valid=10, n_test=2000, seed=0, return_cues=True)
+    for name in ("train", "test"):
+        y, c = data.splits[name].labels, cues[name]
+        # each single modality's cue is uncorrelated with the label ...
+        assert abs(_corr(y, c["text"])) < 0.06
+        assert abs(_corr(y, c["audio"])) < 0.06
+        assert abs(_corr(y, c["magnitude"])) < 0.06
+        # ... and so is the product of any two cues that leaves out text or audio
+        assert abs(_corr(y, c["text"] * c["magnitude"])) < 0.06
+        # while the cross-modal product explains nearly all variance
+        prod = c["text"] * c["audio"] * c["magnitude"]
+        assert _corr(y, prod) ** 2 > 0.95
+        assert _corr(y, c["text"] * c["audio"]) ** 2 > 0.8
+
+
+def test_single_modality_linear_probe_fails():
+    """A ridge probe on pooled text (or audio) features cannot predict the label; an oracle product can."""
+    data, cues = make_synthetic(n_train=3000, n_valid=10, n_test=1000, seed=1, return_cues=True)
+
+    def pooled(split, mod):
+        s = data.splits[split]
+        x = getattr(s, mod)
+        return np.concatenate([x.sum(1), np.abs(x).max(1)], axis=1)
+
+    for mod in ("text", "audio", "vision"):
+        xtr, xte = pooled("train", mod), pooled("test", mod)
+        xtr = np.c_[xtr, np.ones(len(xtr))]
+        xte = np.c_[xte, np.ones(len(xte))]
+        w = np.linalg.solve(xtr.T @ xtr + 1e-2 * np.eye(xtr.shape[1]), xtr.T @ data.splits["train"].labels)
+        assert abs(_corr(xte @ w, data.splits["test"].labels)) < 0.15, mod
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_SHAPES))
+def test_presets(preset):
+    shapes = PRESET_SHAPES[preset]
+    data = validate(make_synthetic(preset=preset, scale=0.01, text_kind="bert"), vocab_size=30522)
+    assert data.dataset == preset
+    assert data.seq_lengths == {
+        "text": shapes["text_len"],
+        "audio": shapes["audio_len"],
+        "vision": shapes["vision_len"],
+    }
+    assert (data.audio_dim, data.vision_dim) == (shapes["audio_dim"], shapes["vision_dim"])
+    for name in SPLITS:
+        assert len(data.splits[name]) == max(2, round(shapes[f"n_{name}"] * 0.01))
+    lo, hi = (-1, 1) if preset == "sims" else (-3, 3)
+    labels = np.concatenate([s.labels for s in data.splits.values()])
+    assert labels.min() >= lo and labels.max() <= hi
+
+
+def test_preset_overrides_and_feature_text():
+    data = make_synthetic(preset="mosi", n_train=7, n_valid=3, n_test=3, audio_len=11)
+    assert [len(data.splits[k]) for k in SPLITS] == [7, 3, 3]
+    assert data.seq_lengths == {"text": 50, "audio": 11, "vision": 500} and data.text_dim == 768
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="preset"):
+        make_synthetic(preset="iemocap")
+    with pytest.raises(ValueError, match="text_kind"):
+        make_synthetic(text_kind="glove")
+    with pytest.raises(ValueError, match="text_len"):
+        make_synthetic(text_kind="bert", text_len=2)
+
+
+@pytest.mark.parametrize("kind", ["features", "bert"])
+def test_write_mmsa_pickle_layout_and_round_trip(tmp_path, kind):
+    data = make_synthetic(n_train=20, n_valid=8, n_test=8, text_kind=kind, seed=6)
+    path = write_mmsa_pickle(data, tmp_path / "unaligned.pkl")
+    raw = load_pickle(path)
+    assert sorted(raw) == ["test", "train", "valid"]
+    keys = set(raw["train"])
+    assert {
+        "raw_text",
+        "id",
+        "audio",
+        "vision",
+        "audio_lengths",
+        "vision_lengths",
+        "regression_labels",
+        "classification_labels",
+        "annotations",
+    } <= keys
+    assert ("text_bert" in keys) == (kind == "bert") and ("text" in keys) == (kind == "features")
+    if kind == "bert":
+        assert raw["train"]["text_bert"].dtype == np.float32  # as MMSA stores it
+    with open(path, "rb") as fh:  # it is an ordinary pickle too (written by us, read back as bytes only)
+        assert fh.read(2) == pickle.dumps(None, protocol=4)[:2]
+    back = load_dataset(path, dataset="mosi")
+    for name in SPLITS:
+        a, b = data.splits[name], back.splits[name]
+        for key in ("audio", "vision", "labels", "audio_lengths", "vision_lengths"):
+            np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+        assert a.ids.tolist() == b.ids.tolist()
+        if kind == "bert":
+            np.testing.assert_array_equal(a.text_bert, b.text_bert)
+            np.testing.assert_array_equal(a.text_lengths, b.text_lengths)
+        else:
+            np.testing.assert_array_equal(a.text, b.text)
