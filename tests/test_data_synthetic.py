@@ -77,9 +77,21 @@ def test_bert_rows_have_cls_sep_and_one_cue_token():
         assert filler.min() >= 1000 and filler.max() < 2000
 
 
+def test_cues_window_covers_fraction_of_valid_steps():
+    """Noise off: the cue fills ceil(fraction * length) consecutive valid steps, inside the valid part."""
+    data = make_synthetic(seed=4, feature_noise=0.0, cue_fraction=0.5)
+    for s in data.splits.values():
+        nonzero = np.abs(s.audio).sum(-1) > 0  # (N, T)
+        np.testing.assert_array_equal(nonzero.sum(1), np.maximum(1, np.ceil(0.5 * s.audio_lengths)))
+        first = nonzero.argmax(1)
+        last = s.audio.shape[1] - 1 - nonzero[:, ::-1].argmax(1)
+        assert (last - first + 1 == nonzero.sum(1)).all()  # one contiguous window
+        assert (last < s.audio_lengths).all()
+
+
 def test_cues_are_planted_exactly_once():
-    """With the feature noise switched off, each modality holds exactly one planted step."""
-    data, cues = make_synthetic(seed=3, feature_noise=0.0, return_cues=True)
+    """With the feature noise switched off and cue_fraction=0, each modality holds exactly one planted step."""
+    data, cues = make_synthetic(seed=3, feature_noise=0.0, cue_fraction=0.0, return_cues=True)
     for name, s in data.splits.items():
         c = cues[name]
         for mod, sign in (("text", c["text"]), ("audio", c["audio"])):

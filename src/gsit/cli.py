@@ -82,6 +82,11 @@ def _load_run(args, dataset: str):
 
 
 def _load_data(run, *, quiet: bool = True):
+    from gsit.data import apply_zero_modalities
+    return apply_zero_modalities(_read_data(run, quiet=quiet), run.data.zero_modalities)
+
+
+def _read_data(run, *, quiet: bool = True):
     from gsit.data import load_dataset
     if not run.data.path:
         if run.data.dataset != "synthetic":

@@ -57,6 +57,7 @@ class DataConfig:
     text_encoder: str = ""             # local BERT-family directory ("" = precomputed text features)
     binary: bool = False               # MIntRec binary mode
     synthetic_size: str = "small"      # small | a preset name (mosi, mosei, sims)
+    zero_modalities: tuple[str, ...] = ()  # replace these modalities' features by zeros (e.g. a text-only control)
 
 
 @dataclass(frozen=True)

@@ -116,3 +116,18 @@ def _tokenizer_vocab(tokenizer_dir) -> int | None:
         return len(load_local_tokenizer(tokenizer_dir))
     except DataError:
         return None
+
+
+def apply_zero_modalities(data: MultimodalData, modalities) -> MultimodalData:
+    """Replace the features of ``modalities`` (audio, vision, text) by zeros in every split, in place
+    (a control: e.g. ``("audio", "vision")`` leaves a text-only model of the same architecture)."""
+    known = ("text", "audio", "vision")
+    for m in modalities:
+        if m not in known:
+            raise DataError(f"data.zero_modalities: unknown modality {m!r}; known: {list(known)}")
+        if m == "text" and data.text_kind == "bert":
+            raise DataError("data.zero_modalities: text given as token ids (text_bert) cannot be zeroed")
+        for s in data.splits.values():
+            arr = getattr(s, m)
+            arr[...] = 0
+    return data

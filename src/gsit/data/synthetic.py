@@ -1,7 +1,7 @@
 """Synthetic multimodal data whose label can only be predicted by combining modalities.
 
 Every sample draws a text cue ``s_t`` in {-1, +1}, an audio cue ``s_a`` in {-1, +1} and a magnitude
-``m`` in [0.5, 2].  The text cue is planted at one random valid time step (a fixed direction added to the
+``m`` in [0.5, 2].  The text cue is planted over a window of consecutive valid steps (``cue_fraction`` of the length, random start) (a fixed direction added to the
 text features, or, for ``text_kind="bert"``, one of two cue token ids), the audio cue likewise in audio, and
 the magnitude as ``m`` times a fixed direction at one random valid vision step.  The label is
 
@@ -105,9 +105,16 @@ def _features(
     return x
 
 
-def _plant(rng, x: np.ndarray, lengths: np.ndarray, amplitude: np.ndarray, direction: np.ndarray) -> None:
-    pos = (rng.random(x.shape[0]) * lengths).astype(np.int64)
-    x[np.arange(x.shape[0]), pos] += amplitude[:, None].astype(np.float32) * direction[None, :]
+def _plant(rng, x: np.ndarray, lengths: np.ndarray, amplitude: np.ndarray, direction: np.ndarray,
+           fraction: float = 0.5) -> None:
+    """Add ``amplitude * direction`` over a window of ``ceil(fraction * length)`` consecutive valid steps
+    starting at a random valid step (the cue's timing varies per sample; fraction 0 = a single step)."""
+    n, t = x.shape[0], x.shape[1]
+    span = np.maximum(1, np.ceil(fraction * lengths)).astype(np.int64)
+    start = (rng.random(n) * (lengths - span + 1)).astype(np.int64)
+    steps = np.arange(t)[None, :]
+    window = (steps >= start[:, None]) & (steps < (start + span)[:, None])  # (n, t)
+    x += window[:, :, None] * (amplitude[:, None, None].astype(np.float32) * direction[None, None, :])
 
 
 def make_synthetic(
@@ -128,6 +135,7 @@ def make_synthetic(
     cue_strength: float = 2.0,
     feature_noise: float = 0.5,
     label_noise: float = 0.1,
+    cue_fraction: float = 0.5,
     return_cues: bool = False,
 ):
     """Generate a :class:`MultimodalData` (task regression) with a planted cross-modal label.
@@ -189,9 +197,9 @@ def make_synthetic(
         vl = _lengths(rng, n, cfg["vision_len"], 1)
 
         audio = _features(rng, n, cfg["audio_len"], cfg["audio_dim"], al, feature_noise)
-        _plant(rng, audio, al, cue_strength * s_a, u_a)
+        _plant(rng, audio, al, cue_strength * s_a, u_a, cue_fraction)
         vision = _features(rng, n, cfg["vision_len"], cfg["vision_dim"], vl, feature_noise)
-        _plant(rng, vision, vl, cue_strength * m, u_v)
+        _plant(rng, vision, vl, cue_strength * m, u_v, cue_fraction)
 
         split = Split(
             name=name,
@@ -205,7 +213,7 @@ def make_synthetic(
         )
         if text_kind == "features":
             text = _features(rng, n, cfg["text_len"], cfg["text_dim"], tl, feature_noise)
-            _plant(rng, text, tl, cue_strength * s_t, u_t)
+            _plant(rng, text, tl, cue_strength * s_t, u_t, cue_fraction)
             split.text = text
         else:
             L = cfg["text_len"]

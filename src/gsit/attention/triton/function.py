@@ -61,8 +61,11 @@ def check_inputs(q, k, v, mask: GraphMask, *, dropout_p: float) -> list[str]:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dtype not in SUPPORTED_DTYPES:
             reasons.append(f"{name} dtype {t.dtype} is not supported (float16, bfloat16, float32)")
-    if q.device.type == "cuda" and q.dtype == torch.bfloat16 and not interpret_mode():
-        if torch.cuda.get_device_capability(q.device) < (8, 0):
+    if q.dtype == torch.bfloat16:
+        if interpret_mode():
+            reasons.append("bfloat16 is not supported under TRITON_INTERPRET=1 (the interpreter's tl.dot "
+                           "gives wrong bfloat16 products); use float16/float32 there, bfloat16 on the GPU")
+        elif q.device.type == "cuda" and torch.cuda.get_device_capability(q.device) < (8, 0):
             reasons.append("bfloat16 needs a GPU of compute capability 8.0 or newer")
     d, dv = q.shape[-1], v.shape[-1]
     if not 1 <= d <= MAX_HEAD_DIM or not 1 <= dv <= MAX_HEAD_DIM:
@@ -80,19 +83,24 @@ def check_inputs(q, k, v, mask: GraphMask, *, dropout_p: float) -> list[str]:
 # ---------------------------------------------------------------------------------- configuration
 @dataclass(frozen=True)
 class TileConfig:
-    """Tile sizes and launch parameters.  ``fwd_*``: forward; ``dkdv_*``: the key-tile backward kernel
-    (``dkdv_n`` keys per program, ``dkdv_m`` query rows per step); ``dq_*``: the query-tile backward."""
+    """Tile sizes and launch parameters of the three kernels.
+
+    ``fwd_m`` x ``fwd_n``: query rows x keys per step of the forward; ``dkdv_n`` keys per program and
+    ``dkdv_m`` query rows per step of the dK/dV kernel; ``dq_m`` x ``dq_n`` likewise for the dQ kernel.
+    """
 
     fwd_m: int = 64
     fwd_n: int = 64
+    fwd_warps: int = 4
+    fwd_stages: int = 2
     dkdv_m: int = 64
     dkdv_n: int = 64
+    dkdv_warps: int = 4
+    dkdv_stages: int = 2
     dq_m: int = 64
     dq_n: int = 64
-    num_warps: int = 4
-    num_stages: int = 2
-    bwd_num_warps: int = 4
-    bwd_num_stages: int = 2
+    dq_warps: int = 4
+    dq_stages: int = 2
 
     def __post_init__(self):
         for name in ("fwd_m", "fwd_n", "dkdv_m", "dkdv_n", "dq_m", "dq_n"):
@@ -101,23 +109,30 @@ class TileConfig:
                 raise ValueError(f"TileConfig.{name} must be a power of 2 >= 16, got {val}")
 
 
-INTERPRETER_TILES = TileConfig(16, 16, 16, 16, 16, 16, 1, 1, 1, 1)
+def small_tiles(m: int = 16, n: int = 16) -> TileConfig:
+    """Uniform small tiles (the CPU interpreter's default; tests use them to force many tiles)."""
+    return TileConfig(m, n, 1, 1, m, n, 1, 1, m, n, 1, 1)
+
+
+INTERPRETER_TILES = small_tiles(16, 16)
 
 
 def default_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> TileConfig:
-    """Tiles for the GPU (H100/H200 class); small tiles under the CPU interpreter."""
+    """Tiles for the GPU (H100/H200 class; chosen from ptxas register/spill counts for sm_90, no
+    autotuning); small tiles under the CPU interpreter.
+
+    16-bit inputs use tensor cores (wgmma) with 64-row tiles: real GsiT segments are short (tens of real
+    tokens), so taller tiles would mostly hold padding.  fp32 inputs use IEEE fp32 products (no tensor
+    cores), which need small tiles to stay in registers.
+    """
     if device.type != "cuda" or interpret_mode():
         return INTERPRETER_TILES
-    wide = dtype == torch.float32 or head_dim > 64
-    if not wide:  # 16-bit, D <= 64: tall query tiles, 3-stage K/V pipeline
-        return TileConfig(fwd_m=128, fwd_n=64, dkdv_m=64, dkdv_n=64, dq_m=64, dq_n=64,
-                          num_warps=4, num_stages=3, bwd_num_warps=4, bwd_num_stages=2)
-    if dtype == torch.float32 and head_dim > 64:  # fp32 accumulators of D=128 tiles: keep them small
-        return TileConfig(fwd_m=64, fwd_n=32, dkdv_m=32, dkdv_n=32, dq_m=32, dq_n=32,
-                          num_warps=4, num_stages=2, bwd_num_warps=4, bwd_num_stages=1)
-    return TileConfig(fwd_m=64, fwd_n=64, dkdv_m=64, dkdv_n=64, dq_m=64, dq_n=64,
-                      num_warps=4 if head_dim <= 64 else 8, num_stages=2,
-                      bwd_num_warps=4 if head_dim <= 64 else 8, bwd_num_stages=2)
+    if dtype == torch.float32:
+        w = 4 if head_dim <= 64 else 8
+        return TileConfig(32, 32, w, 2, 32, 32, w, 2, 32, 32, w, 2)
+    if head_dim <= 64:
+        return TileConfig(64, 64, 4, 3, 64, 64, 4, 2, 64, 64, 4, 2)
+    return TileConfig(64, 64, 4, 2, 32, 64, 8, 2, 64, 64, 8, 2)
 
 
 # ------------------------------------------------------------------------------------------- tables
@@ -235,7 +250,7 @@ def _forward(q, k, v, ln: _Launch):
         H, N, ln.num_modalities, ln.scale * kern.LOG2E, ln.dropout_p, ln.seed,
         HEAD_D=D, HEAD_DV=DV, BLOCK_D=_pow2(D), BLOCK_DV=_pow2(DV),
         BLOCK_M=cfg.fwd_m, BLOCK_N=cfg.fwd_n, DROPOUT=ln.dropout_p > 0.0, DOT_PREC=_dot_precision(q.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages,
     )
     return o, lse
 
@@ -258,8 +273,7 @@ def _backward(q, k, v, o, lse, do, ln: _Launch):
     )
     t = ln.tables
     common = dict(HEAD_D=D, HEAD_DV=DV, BLOCK_D=_pow2(D), BLOCK_DV=_pow2(DV),
-                  DROPOUT=ln.dropout_p > 0.0, DOT_PREC=_dot_precision(q.dtype),
-                  num_warps=cfg.bwd_num_warps, num_stages=cfg.bwd_num_stages)
+                  DROPOUT=ln.dropout_p > 0.0, DOT_PREC=_dot_precision(q.dtype))
     scalars = (H, N, ln.num_modalities, ln.scale * kern.LOG2E, ln.scale, ln.dropout_p, ln.seed)
 
     kt_mod, kt_start = tile_table(ln.lengths, cfg.dkdv_n, str(q.device))
@@ -269,6 +283,7 @@ def _backward(q, k, v, o, lse, do, ln: _Launch):
         ln.vl, ln.stride_vl,
         *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
         *scalars, BLOCK_M=cfg.dkdv_m, BLOCK_N=cfg.dkdv_n, **common,
+        num_warps=cfg.dkdv_warps, num_stages=cfg.dkdv_stages,
     )
     qt_mod, qt_start = tile_table(ln.lengths, cfg.dq_m, str(q.device))
     kern._bwd_dq_kernel[(qt_mod.numel(), B * H)](
@@ -277,6 +292,7 @@ def _backward(q, k, v, o, lse, do, ln: _Launch):
         ln.vl, ln.stride_vl,
         *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
         *scalars, BLOCK_M=cfg.dq_m, BLOCK_N=cfg.dq_n, **common,
+        num_warps=cfg.dq_warps, num_stages=cfg.dq_stages,
     )
     return dq, dk, dv
 
