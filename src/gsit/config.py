@@ -47,6 +47,7 @@ class TrainConfig:
     deterministic: bool = False        # torch.use_deterministic_algorithms + cuDNN deterministic
     compile: bool = False              # torch.compile the model (static shapes)
     eval_batch_size: int = 0           # 0 = batch_size
+    length_bucketing: bool = False     # batches of similar total length (pays with model.padding_aware)
     modality_dropout: float = 0.0      # training-time probability of zeroing each non-text modality per sample
 
 

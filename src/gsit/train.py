@@ -112,15 +112,31 @@ def set_seed(seed: int, *, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True)
 
 
-def epoch_batches(n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: int) -> list[np.ndarray]:
+def epoch_batches(n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
+                  sizes: np.ndarray | None = None) -> list[np.ndarray]:
     """Global batches of row indices; the permutation depends only on (seed, epoch), so a resumed run and
-    every DDP rank see the same batches."""
+    every DDP rank see the same batches.  With ``sizes`` (per-row total valid length), rows are bucketed:
+    each chunk of 32 batches is sorted by size before batching, and the batch order is shuffled."""
     if shuffle:
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(n, generator=g).numpy()
     else:
-        order = np.arange(n)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        g, order = None, np.arange(n)
+    if sizes is not None:
+        chunk = 32 * batch_size
+        order = np.concatenate([c[np.argsort(sizes[c], kind="stable")] for c in
+                                (order[i:i + chunk] for i in range(0, n, chunk))])
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if sizes is not None and g is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    return batches
+
+
+def total_lengths(split) -> np.ndarray:
+    """Per-row sum of valid lengths over the modalities (for length bucketing)."""
+    split.fill_lengths()
+    return (np.asarray(split.text_lengths) + np.asarray(split.audio_lengths)
+            + np.asarray(split.vision_lengths)).astype(np.int64)
 
 
 def _rank_slice(batch: np.ndarray, ctx: Dist) -> np.ndarray:
@@ -225,7 +241,8 @@ def train_epoch(model, optimizer, split, *, run: RunConfig, seed: int, epoch: in
     """One epoch of summed-gradient accumulation; returns the mean training loss over batches."""
     t = run.train
     model.train()
-    batches = epoch_batches(len(split), t.batch_size, shuffle=True, seed=seed, epoch=epoch)
+    batches = epoch_batches(len(split), t.batch_size, shuffle=True, seed=seed, epoch=epoch,
+                            sizes=total_lengths(split) if t.length_bucketing else None)
     total, count = 0.0, 0
     autocast = _autocast(run, ctx)
     for i, batch_idx in enumerate(batches):

@@ -104,6 +104,34 @@ def prepare_text(inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tenso
     return {**inputs, "text": text_encoder(text)}, lengths  # text -> (B, L, D_t)
 
 
+def multimodal_sequence(c: GsiTConfig, front_end: ConvFrontEnd, text_dropout: nn.Module,
+                        text_encoder: nn.Module | None, inputs: dict[str, torch.Tensor],
+                        lengths: dict[str, torch.Tensor] | None):
+    """The "multimodal graph embedding": text encoder (if any), text dropout, conv front ends, and the
+    concatenation along time in ``c.modalities`` order.  Returns ``(x (B, N, d), layout, valid)`` where
+    ``valid`` is the (B, M) valid-length tensor in padding-aware mode, else ``None``.
+
+    In padding-aware mode each batch is first trimmed to its longest valid input per modality (at least
+    the conv kernel): padding cannot change any valid output there, so the result is identical and the
+    cost follows the real tokens -- combine with length-bucketed batches for the full effect."""
+    inputs, lengths = prepare_text(inputs, lengths, text_encoder)
+    check_modal_inputs(inputs, input_dims=c.input_dims, kernel_sizes=c.kernel_sizes, nan_policy=c.nan_policy)
+    if c.padding_aware:
+        if lengths is None or any(m not in lengths for m in c.modalities):
+            raise ValueError(f"padding_aware=True needs lengths for {list(c.modalities)}, got "
+                             f"{sorted(lengths) if lengths else None}")
+        keep = {m: max(int(lengths[m].max()), c.kernel_sizes[m]) for m in c.modalities}
+        inputs = {m: inputs[m][:, :keep[m]] for m in c.modalities}  # trim padding
+    feats = {**inputs, "text": text_dropout(inputs["text"])} if "text" in inputs else dict(inputs)
+    conv = front_end(feats)  # modality -> (B, T_m - k + 1, d)
+    layout = SequenceLayout(c.modalities, tuple(conv[m].shape[1] for m in c.modalities))
+    valid = None
+    if c.padding_aware:
+        out_lengths = front_end.output_lengths(lengths)
+        valid = torch.stack([out_lengths[m] for m in c.modalities], dim=1)  # (B, M)
+    return torch.cat([conv[m] for m in c.modalities], dim=1), layout, valid  # (B, N, d)
+
+
 class GsiT(nn.Module):
     """GsiT for regression (``output_dim=1``) or classification (``output_dim=C``).
 
@@ -136,20 +164,8 @@ class GsiT(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor],
                 lengths: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        c = self.config
-        inputs, lengths = prepare_text(inputs, lengths, self.text_encoder)
-        check_modal_inputs(inputs, input_dims=c.input_dims, kernel_sizes=c.kernel_sizes, nan_policy=c.nan_policy)
-        feats = {**inputs, "text": self.text_dropout(inputs["text"])} if "text" in inputs else dict(inputs)
-        conv = self.front_end(feats)  # modality -> (B, T_m - k + 1, d)
-        layout = SequenceLayout(c.modalities, tuple(conv[m].shape[1] for m in c.modalities))
-        valid = None
-        if c.padding_aware:
-            if lengths is None or any(m not in lengths for m in c.modalities):
-                raise ValueError(f"padding_aware=True needs lengths for {list(c.modalities)}, got "
-                                 f"{sorted(lengths) if lengths else None}")
-            out_lengths = self.front_end.output_lengths(lengths)
-            valid = torch.stack([out_lengths[m] for m in c.modalities], dim=1)  # (B, M)
-        x = torch.cat([conv[m] for m in c.modalities], dim=1)  # (B, N, d)
+        x, layout, valid = multimodal_sequence(self.config, self.front_end, self.text_dropout, self.text_encoder,
+                                               inputs, lengths)  # (B, N, d)
         fused = self.post_fusion_dropout(self.fusion(x, layout, valid))  # (B, M * 2d)
         hidden = torch.relu(self.head_hidden(fused))  # (B, d)
         return {"prediction": self.head_out(hidden), "features": hidden}

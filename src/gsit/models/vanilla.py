@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gsit.graph import GraphMask, ModalGraph, SequenceLayout
-from gsit.models.gsit import GsiTConfig, last_steps, prepare_text
-from gsit.models.layers import ConvFrontEnd, GraphEncoder, check_modal_inputs
+from gsit.graph import GraphMask, ModalGraph
+from gsit.models.gsit import GsiTConfig, last_steps, multimodal_sequence
+from gsit.models.layers import ConvFrontEnd, GraphEncoder
 
 
 class Vanilla(nn.Module):
@@ -30,20 +30,8 @@ class Vanilla(nn.Module):
         self.head_out = nn.Linear(c.d_model, c.output_dim)
 
     def forward(self, inputs, lengths=None):
-        c = self.config
-        inputs, lengths = prepare_text(inputs, lengths, self.text_encoder)
-        check_modal_inputs(inputs, input_dims=c.input_dims, kernel_sizes=c.kernel_sizes, nan_policy=c.nan_policy)
-        feats = {**inputs, "text": self.text_dropout(inputs["text"])} if "text" in inputs else dict(inputs)
-        conv = self.front_end(feats)
-        layout = SequenceLayout(c.modalities, tuple(conv[m].shape[1] for m in c.modalities))
-        valid = None
-        if c.padding_aware:
-            if lengths is None or any(m not in lengths for m in c.modalities):
-                raise ValueError(f"padding_aware=True needs lengths for {list(c.modalities)}, got "
-                                 f"{sorted(lengths) if lengths else None}")
-            out_lengths = self.front_end.output_lengths(lengths)
-            valid = torch.stack([out_lengths[m] for m in c.modalities], dim=1)
-        x = torch.cat([conv[m] for m in c.modalities], dim=1)  # (B, N, d)
+        x, layout, valid = multimodal_sequence(self.config, self.front_end, self.text_dropout, self.text_encoder,
+                                               inputs, lengths)  # (B, N, d)
         h = self.encoder(x, GraphMask(self.graph, layout, valid))
         hidden = torch.relu(self.head_hidden(last_steps(h, layout, valid)))
         return {"prediction": self.head_out(hidden), "features": hidden}
