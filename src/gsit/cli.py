@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-text-len", type=int, default=50)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_build_mosi)
+
+    from gsit.analysis.commands import register as register_analysis
+    register_analysis(sub)
     return parser
 
 
