@@ -183,7 +183,13 @@ def load_config(model: str = "gsit", dataset: str = "synthetic", path: str | Pat
     model_values = dict(raw.get("model", {}))
     cls = model_config_class(model)
     # validate model keys now (input dims are filled from the data later)
-    _build(cls, "model", model_values)
+    model_cfg = _build(cls, "model", model_values)
+    backend = getattr(model_cfg, "attention_backend", None)
+    if backend is not None:
+        from gsit.attention import available_backends
+        if backend not in available_backends():
+            raise ConfigError(f"model.attention_backend={backend!r} is not a known attention backend; "
+                              f"known backends: {available_backends()}")
     data = _build(DataConfig, "data", {"dataset": dataset, **raw.get("data", {})})
     if data.dataset != dataset:
         raise ConfigError(f"[data] dataset={data.dataset!r} conflicts with --dataset {dataset!r}")

@@ -31,6 +31,9 @@ def _run_and_data(run_dir: str | Path, data_path: str | None):
         data = load_dataset(path, dataset=None if dataset == "synthetic" else dataset,
                             text_tokenizer_dir=raw["data"]["text_encoder"] or None,
                             mintrec_binary=raw["data"]["binary"])
+    from gsit.data import apply_zero_modalities
+    # a control run (e.g. text only) is scored on the data it was trained on
+    apply_zero_modalities(data, raw["data"].get("zero_modalities", ()))
     return run_dir, dataset, data
 
 

@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -164,7 +165,39 @@ def load_text_encoder(run: RunConfig, data):
     if not run.data.text_encoder:
         data_input_dims(data, None)  # raises the clear error
     from gsit.models.text import BertTextEncoder
-    return BertTextEncoder.from_pretrained(run.data.text_encoder)
+    encoder = BertTextEncoder.from_pretrained(run.data.text_encoder)
+    check_token_ids(data, getattr(encoder.bert.config, "vocab_size", None), run.data.text_encoder)
+    return encoder
+
+
+def check_token_ids(data, vocab_size: int | None, encoder_path: str = "") -> None:
+    """text_bert ids must index the text encoder's vocabulary (an MMSA pickle carries no vocabulary, so
+    this is known only once the encoder is loaded); otherwise the embedding lookup fails mid-training."""
+    if not vocab_size:
+        return
+    for name, split in data.splits.items():
+        tb = getattr(split, "text_bert", None)
+        if tb is None:
+            continue
+        ids = tb[:, 0, :]
+        bad = (ids < 0) | (ids >= vocab_size)
+        if bad.any():
+            i, j = (int(x) for x in np.argwhere(bad)[0])
+            raise ConfigError(f"{data.source}: split '{name}' key 'text_bert' holds token id {int(ids[i, j])} at "
+                              f"(sample, position) ({i}, {j}), outside the vocabulary of size {vocab_size} of "
+                              f"the text encoder {encoder_path!r}")
+
+
+def preflight(run: RunConfig, data) -> None:
+    """Build the model once (and load the text encoder) so that a bad model setting, text encoder, token
+    id or too-short sequence fails before a run directory is created or written."""
+    model = build_model(run, data, load_text_encoder(run, data))
+    kernels = getattr(getattr(model, "config", None), "kernel_sizes", None) or {}
+    lengths = data.seq_lengths
+    for m, k in kernels.items():
+        if m in lengths and lengths[m] < int(k):
+            raise ConfigError(f"model.kernel_sizes: the {m} conv kernel {int(k)} is longer than the data's {m} "
+                              f"sequences (length {lengths[m]}); set e.g. model.kernel_sizes={{{m}=1, ...}}")
 
 
 def build_model(run: RunConfig, data, text_encoder=None) -> torch.nn.Module:
@@ -426,8 +459,13 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
     if ctx.main:
         seed_dir.mkdir(parents=True, exist_ok=True)
     _barrier(ctx)
+    die_at = int(os.environ.get("GSIT_TEST_DIE_AT_EPOCH", "0"))  # fault-injection hook for tests (see below)
     while not state["done"]:
         epoch = state["epoch"] + 1
+        if die_at and epoch == die_at and ctx.rank == int(os.environ.get("GSIT_TEST_DIE_RANK", ctx.world - 1)):
+            # GSIT_TEST_DIE_AT_EPOCH=E [GSIT_TEST_DIE_RANK=R]: rank R (default: the last) dies abruptly at the
+            # start of epoch E, after epoch E-1's checkpoint was written (tests of worker failure under DDP)
+            os._exit(13)
         t0 = time.time()
         train_loss = train_epoch(train_model, optimizer, data.splits["train"], run=run, seed=seed, epoch=epoch,
                                  task=task, ctx=ctx, progress=progress.batch(seed, epoch))
@@ -499,7 +537,7 @@ def run_training(run: RunConfig, data, *, run_dir: Path, resume: bool = False, q
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             atomic_write_json(run_dir / "config.json", run.to_dict())
-            atomic_write_bytes(run_dir / "command.txt", (" ".join(command or sys.argv) + "\n").encode())
+            atomic_write_bytes(run_dir / "command.txt", (shlex.join(command or sys.argv) + "\n").encode())
             atomic_write_json(run_dir / "versions.json", versions())
             atomic_write_json(run_dir / "data.json", data_facts(data))
     per_seed = []

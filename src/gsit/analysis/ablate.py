@@ -1,0 +1,140 @@
+"""``gsit ablate``: train the paper's mask ablations (Table 4) plus design switches, the baselines and a
+text-only control, and write one table (CSV + Markdown) in Table 4's layout.
+
+Every variant is an ordinary ``gsit train`` run (:func:`gsit.train.run_training`) in its own sub-run
+directory ``OUT/<variant>/`` with a ``variant.json`` naming the variant and its overrides, so ``gsit report``
+and ``gsit robustness`` work on them too.  Rows are variants; columns are the dataset's primary metrics
+(:func:`gsit.metrics.primary_metric_names`) as mean ± std over seeds (population std, as ``results.json``),
+plus the number of seeds.  Selection is on validation loss as always; the table reports test metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gsit.analysis._common import (csv_text, fmt_mean_std, markdown_table, metric_dataset, new_dir, read_data,
+                                   write_json_new, write_text_new)
+from gsit.errors import GsitError
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str            # id used on the command line and as the sub-run directory
+    label: str           # row label in the table
+    model: str           # gsit | mult | vanilla
+    overrides: tuple[str, ...] = ()
+    note: str = ""
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("original", "Original", "gsit", (), "forward/backward interlaced cycles (SPEC §5)"),
+    Variant("structure1", "Structure-1", "gsit", ('model.structure="structure1"',), "Appendix C"),
+    Variant("structure2", "Structure-2", "gsit", ('model.structure="structure2"',), "Appendix C"),
+    Variant("structure3", "Structure-3", "gsit", ('model.structure="structure3"',), "Appendix C"),
+    Variant("self_only", "Self-Only", "gsit", ('model.structure="self_only"',), "no cross-modal edges"),
+    Variant("bidirectional", "Bidirectional", "gsit", ('model.structure="bidirectional"',),
+            "one joint softmax over both other modalities (SPEC §7)"),
+    Variant("share_layers_false", "share_layers=false", "gsit", ("model.share_layers=false",),
+            "distinct weights per depth"),
+    Variant("official_code", "attention_semantics=official_code", "gsit",
+            ('model.attention_semantics="official_code"',), "scale 1/head_dim, no attention dropout (SPEC §6)"),
+    Variant("padding_aware", "padding_aware=true", "gsit", ("model.padding_aware=true",),
+            "padding never attended nor pooled (a deviation from the paper)"),
+    Variant("mult", "MulT", "mult", (), "baseline, its preset"),
+    Variant("vanilla", "Vanilla", "vanilla", (), "one unmasked transformer (paper Table 8)"),
+    Variant("text_only", "Text-only control", "gsit", ('data.zero_modalities=["audio", "vision"]',),
+            "GsiT with audio and vision features zeroed"),
+)}
+DEFAULT_VARIANTS = tuple(VARIANTS)
+
+
+def _model_keys(model: str) -> set[str]:
+    from gsit.config import model_config_class
+    return {f.name for f in dataclasses.fields(model_config_class(model))}
+
+
+def variant_overrides(variant: Variant, overrides=()) -> tuple[list[str], list[str]]:
+    """(overrides to apply, overrides skipped): ``model.*`` overrides the variant's model does not know
+    (e.g. ``model.structure`` for MulT) are skipped; train/data overrides always apply.  The variant's own
+    overrides come last, so they win."""
+    known = _model_keys(variant.model)
+    use, skipped = [], []
+    for o in overrides:
+        key = o.split("=", 1)[0].strip()
+        parts = key.split(".")
+        if parts[0] == "model" and len(parts) == 2 and parts[1] not in known:
+            skipped.append(o)
+        else:
+            use.append(o)
+    return use + list(variant.overrides), skipped
+
+
+def parse_variants(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return DEFAULT_VARIANTS
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise GsitError(f"unknown ablation variants {unknown}; known: {list(VARIANTS)}")
+    return names
+
+
+def run_ablation(dataset: str, *, data_path: str | None = None, out: str | Path | None = None,
+                 seeds: tuple[int, ...] | None = None, variants: tuple[str, ...] = DEFAULT_VARIANTS,
+                 overrides: tuple[str, ...] = (), text_encoder: str | None = None, config: str | None = None,
+                 quiet: bool = True, device: str | None = None) -> dict[str, Any]:
+    """Train every variant into ``out/<variant>/`` and write ``ablation.csv``, ``ablation.md`` and
+    ``ablation.json`` in ``out``.  Returns ``{"out", "metrics", "rows"}``."""
+    from gsit.config import load_config
+    from gsit.metrics import primary_metric_names
+    from gsit.train import run_training
+    names = parse_variants(",".join(variants)) if variants else DEFAULT_VARIANTS
+    out_dir = new_dir(out, default_root=Path("runs"), prefix=f"ablation-{dataset}")
+    common = list(overrides)
+    if data_path:
+        common.append(f'data.path="{Path(data_path)}"')
+    if text_encoder:
+        common.append(f'data.text_encoder="{Path(text_encoder)}"')
+    if seeds:
+        common.append(f"train.seeds={list(seeds)}")
+    metrics = primary_metric_names(metric_dataset(dataset))
+    data_cache: dict[Any, Any] = {}
+    rows = []
+    for name in names:
+        v = VARIANTS[name]
+        use, skipped = variant_overrides(v, common)
+        run = load_config(v.model, dataset, config, use)
+        key = json.dumps(dataclasses.asdict(run.data), sort_keys=True)
+        if key not in data_cache:
+            data_cache[key] = read_data(run)
+        if not quiet:
+            print(f"ablation variant {name}: {v.model} {' '.join(use)}", file=sys.stderr)
+        run_dir = out_dir / name
+        results = run_training(run, data_cache[key], run_dir=run_dir, quiet=quiet, device=device,
+                               command=["gsit", "ablate", "--variant", name, *use])
+        write_json_new(run_dir / "variant.json", {"variant": name, "label": v.label, "model": v.model,
+                                                  "overrides": list(v.overrides), "skipped_overrides": skipped,
+                                                  "note": v.note})
+        rows.append({"variant": name, "label": v.label, "model": v.model, "n_seeds": results["n_seeds"],
+                     "mean": {m: results["mean"].get(m, float("nan")) for m in metrics},
+                     "std": {m: results["std"].get(m, float("nan")) for m in metrics},
+                     "run_dir": str(run_dir), "skipped_overrides": skipped})
+    write_ablation_table(out_dir, dataset, metrics, rows)
+    return {"out": str(out_dir), "metrics": metrics, "rows": rows}
+
+
+def write_ablation_table(out_dir: Path, dataset: str, metrics: list[str], rows: list[dict[str, Any]]) -> None:
+    header = ["variant", "model", "n_seeds"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+    body = [[r["variant"], r["model"], r["n_seeds"]] + [r[s][m] for m in metrics for s in ("mean", "std")]
+            for r in rows]
+    write_text_new(out_dir / "ablation.csv", csv_text(header, body))
+    md_rows = [[r["label"]] + [fmt_mean_std(r["mean"][m], r["std"][m]) for m in metrics] + [r["n_seeds"]]
+               for r in rows]
+    md = (f"Ablation on {dataset} (test split; mean ± std over seeds; model selected on validation loss)\n\n"
+          + markdown_table(["Variant"] + metrics + ["n_seeds"], md_rows))
+    write_text_new(out_dir / "ablation.md", md)
+    write_json_new(out_dir / "ablation.json", {"dataset": dataset, "metrics": metrics, "rows": rows})

@@ -1,0 +1,167 @@
+"""The paper's efficiency numbers: thop-style MACs (SPEC §12) next to true FLOPs and both parameter conventions.
+
+The paper's "FLOPS (G)" column is what ``thop.profile`` returns for one MOSI batch of 8 at the full padded
+lengths, BERT excluded.  thop attaches a counting rule to *module types* only, so it sees:
+
+* ``nn.Conv1d``: ``output.numel() * in_channels/groups * prod(kernel)`` (+1 per output with a bias);
+* ``nn.Linear``: ``output.numel() * in_features`` (``out_proj``, ``fc1``, ``fc2`` and the head layers);
+* ``nn.LayerNorm``: ``2 * input.numel()``, doubled with elementwise affine -> ``4 * numel`` per call;
+* every call of a module counts, so a depth-shared layer called 4 times counts 4 times;
+
+and it does NOT see the functional packed ``in_proj`` (``F.linear`` on a bare parameter), the attention
+matmuls/softmax, activations, dropout or scaling.  :func:`thop_macs` reproduces this with forward hooks
+(no thop dependency) and gives GsiT fusion + conv = 26.224 G and the GsiT repository's MulT-dagger
+(d=128, 4 heads, depth-shared, causal, no positions; SPEC §13) = 26.294 G including its head.
+
+One adjustment keeps the count faithful to the official code: MMSA's ``TransformerEncoderLayer`` calls its
+first LayerNorm separately on the query, the key and the value of a cross-modal layer, even though key and
+value are the same tensor at evaluation time; gsit's MulT normalises that shared tensor once.  The hook on
+``MulTEncoderLayer`` adds the third call (``4 * key.numel()``) so the count matches thop on the official
+model (this is the "extra LN calls" SPEC §12 mentions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+
+from gsit.presets import DATASET_SHAPES
+
+# The GsiT repository's MulT-dagger baseline (SPEC §13): MMSA MulT with d=128, 4 heads, depth sharing,
+# the causal future mask and no positional embedding.
+MULT_DAGGER_OVERRIDES = ("model.d_model=128", "model.num_heads=4", "model.share_layers=true",
+                         "model.causal=true", "model.positional=false")
+MODEL_ALIASES = {"mult_dagger": ("mult", MULT_DAGGER_OVERRIDES)}
+PAPER_FLOPS_G = {("gsit", "mosi"): 26.224, ("mult_dagger", "mosi"): 26.294}
+PAPER_PARAMS_M = {("gsit", "mosi"): 1.695, ("mult_dagger", "mosi"): 5.251}
+
+
+def resolve_model(model_name: str, overrides=()) -> tuple[str, tuple[str, ...]]:
+    """``mult_dagger`` -> ``("mult", MulT-dagger overrides + overrides)``; other names pass through."""
+    if model_name in MODEL_ALIASES:
+        base, extra = MODEL_ALIASES[model_name]
+        return base, tuple(extra) + tuple(overrides)
+    return model_name, tuple(overrides)
+
+
+def _thop_rule(module: nn.Module, inputs: tuple, output: Any) -> tuple[str, int] | None:
+    if isinstance(module, nn.Conv1d):
+        kernel = math.prod(module.kernel_size)
+        per_out = module.in_channels // module.groups * kernel + (1 if module.bias is not None else 0)
+        return "Conv1d", int(output.numel() * per_out)
+    if isinstance(module, nn.Linear):
+        return "Linear", int(output.numel() * module.in_features)
+    if isinstance(module, nn.LayerNorm):
+        flops = 2 * inputs[0].numel()
+        if module.elementwise_affine:
+            flops *= 2
+        return "LayerNorm", int(flops)
+    return None
+
+
+def _module_parts(model: nn.Module) -> dict[int, str]:
+    """id(module) -> part name (front_end, fusion, head, text_encoder) via the model's parameter groups."""
+    param_part = {id(p): part for part, params in model.parameter_groups().items() for p in params}
+    out = {}
+    for mod in model.modules():
+        params = list(mod.parameters(recurse=False))
+        if params and id(params[0]) in param_part:
+            out[id(mod)] = param_part[id(params[0])]
+    return out
+
+
+@torch.no_grad()
+def count_thop_macs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Run ``model(inputs)`` once with counting hooks; returns MACs by part and by module type."""
+    from gsit.models.mult import MulTEncoderLayer
+    parts = _module_parts(model)
+    by_part: dict[str, int] = defaultdict(int)
+    by_type: dict[str, int] = defaultdict(int)
+    handles = []
+
+    def hook(mod, args, out):
+        rule = _thop_rule(mod, args, out)
+        if rule is None:
+            return
+        kind, macs = rule
+        by_type[kind] += macs
+        by_part[parts.get(id(mod), "other")] += macs
+
+    def mult_layer_hook(mod, args, out):  # MMSA normalises key and value separately (see module doc)
+        x, key, value = args[0], args[1], args[2]
+        if key is not None and value is key and mod.attn_norm.elementwise_affine:
+            macs = 4 * key.numel()
+            by_type["LayerNorm"] += macs
+            by_part[parts.get(id(mod.attn_norm), "fusion")] += macs
+
+    for mod in model.modules():
+        if isinstance(mod, (nn.Conv1d, nn.Linear, nn.LayerNorm)):
+            handles.append(mod.register_forward_hook(hook))
+        if isinstance(mod, MulTEncoderLayer):
+            handles.append(mod.register_forward_hook(mult_layer_hook))
+    try:
+        model.eval()
+        model(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return {"by_part": dict(by_part), "by_type": dict(by_type)}
+
+
+def thop_macs(model_name: str, dataset: str, batch: int = 8, overrides=()) -> dict[str, Any]:
+    """thop-convention MACs of one batch of ``batch`` at ``dataset``'s full padded lengths, BERT excluded.
+
+    ``model_name``: gsit | mult | vanilla | mult_dagger (MulT with the GsiT repository's settings).
+    Returns ``{"model", "dataset", "batch", "front_end", "fusion", "head", "fusion_plus_conv", "total",
+    "paper_convention", "paper_convention_rule", "by_type"}`` (MACs as integers)."""
+    from gsit.analysis.profile import build_for_profile
+    if dataset not in DATASET_SHAPES:
+        raise ValueError(f"unknown dataset preset {dataset!r}; known: {sorted(DATASET_SHAPES)}")
+    base, ovr = resolve_model(model_name, overrides)
+    _, model = build_for_profile(base, dataset, ovr)
+    shapes = DATASET_SHAPES[dataset]
+    inputs = {m: torch.zeros(batch, shapes[m][0], shapes[m][1]) for m in ("text", "audio", "vision")}
+    counts = count_thop_macs(model, inputs)
+    part = counts["by_part"]
+    conv, fusion, head = part.get("front_end", 0), part.get("fusion", 0), part.get("head", 0)
+    total = conv + fusion + head + part.get("other", 0)
+    if base == "mult":
+        paper, rule = total, "everything but BERT (head included), as the paper counts MulT"
+    else:
+        paper, rule = conv + fusion, "fusion encoders + conv front ends (head excluded), as the paper counts GsiT"
+    return {"model": model_name, "dataset": dataset, "batch": batch, "front_end": conv, "fusion": fusion,
+            "head": head, "fusion_plus_conv": conv + fusion, "total": total, "paper_convention": paper,
+            "paper_convention_rule": rule, "by_type": counts["by_type"]}
+
+
+def efficiency_row(model_name: str, dataset: str, batch: int = 8, overrides=()) -> dict[str, Any]:
+    """Params (both conventions), true forward FLOPs per sample and thop MACs per batch for one model."""
+    from gsit.analysis.profile import profile
+    base, ovr = resolve_model(model_name, overrides)
+    prof = profile(base, dataset, ovr)
+    thop = thop_macs(model_name, dataset, batch=batch, overrides=overrides)
+    return {"model": model_name, "dataset": dataset, "params": prof["params"],
+            "flops_per_sample": {k: v for k, v in prof["flops_per_sample"].items() if k != "by_op"},
+            "thop": thop, "paper_flops_g": PAPER_FLOPS_G.get((model_name, dataset)),
+            "paper_params_m": PAPER_PARAMS_M.get((model_name, dataset))}
+
+
+def format_efficiency(rows: list[dict[str, Any]]) -> str:
+    header = (f"{'model':12s} {'dataset':8s} {'params total':>13s} {'params paper':>13s} {'GFLOP/sample':>14s} "
+              f"{'attn GFLOPs':>12s} {'thop G (B)':>11s} {'thop paper G':>13s} {'paper says':>11s}")
+    lines = [header]
+    for r in rows:
+        p, f, t = r["params"], r["flops_per_sample"], r["thop"]
+        paper = f"{r['paper_flops_g']:.3f}" if r["paper_flops_g"] is not None else "-"
+        lines.append(f"{r['model']:12s} {r['dataset']:8s} {p['total_without_text_encoder']:13,d} "
+                     f"{p['paper_convention']:13,d} {f['total'] / 1e9:14.3f} {f['attention'] / 1e9:12.3f} "
+                     f"{t['total'] / 1e9:8.3f} ({t['batch']}) {t['paper_convention'] / 1e9:13.3f} {paper:>11s}")
+    lines.append("params total: all but the text encoder; params paper: GsiT/Vanilla = fusion + conv (head "
+                 "excluded), MulT = all but BERT.  GFLOP/sample: true forward FLOPs (2 x MACs) per sample incl. "
+                 "attention over allowed pairs.  thop: MACs of one batch counted like thop (Conv1d, Linear, "
+                 "LayerNorm modules only; no in_proj, no attention matmuls); paper convention as for params.")
+    return "\n".join(lines)

@@ -1,0 +1,189 @@
+"""``gsit report``: collect run directories into paper-style tables and training-curve plots.
+
+Every directory under RUNS_DIR holding a run-level ``results.json`` (one with ``per_seed``) and a
+``config.json`` is a run.  Runs are grouped by (model, dataset, variant) and their seeds pooled:
+
+* the variant is the ``variant`` of a ``variant.json`` (written by ``gsit ablate``), else the settings in
+  which the run's config differs from the preset of its model and dataset (seeds, data path and text
+  encoder ignored), e.g. ``model.d_model=16; train.max_epochs=5``, or ``default``;
+* a metric is reported as mean ± std (population std, as ``results.json``) over the pooled seeds, with the
+  numbers of seeds and runs; columns are each dataset's primary metrics.
+
+Writes (new files only): ``report.md`` (one table per dataset), ``report.csv`` (all groups), ``report.tex``
+(one booktabs table per dataset) and ``curves-<model>-<dataset>-<variant>.png`` per group: training loss and
+validation loss per epoch from every seed's ``epochs.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from gsit.analysis._common import (csv_text, fmt_mean_std, latex_table, markdown_table, mean_std, metric_dataset,
+                                   new_dir, require_matplotlib, save_figure, write_text_new)
+from gsit.errors import GsitError
+
+_IGNORED = {"train.seeds", "data.path", "data.text_encoder", "data.dataset"}
+
+
+def _flat(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def variant_of(run_dir: Path, config: dict[str, Any]) -> str:
+    vfile = run_dir / "variant.json"
+    if vfile.is_file():
+        return str(json.loads(vfile.read_text())["variant"])
+    from gsit.config import load_config
+    try:
+        preset = load_config(config["model_name"], config["data"]["dataset"])
+    except GsitError:
+        return "unknown"
+    diffs = []
+    model_preset = dict(preset.model)
+    for k, v in sorted(config.get("model", {}).items()):
+        if model_preset.get(k, object()) != v:
+            diffs.append(f"model.{k}={json.dumps(v)}")
+    for section, ref in (("train", dataclasses.asdict(preset.train)), ("data", dataclasses.asdict(preset.data))):
+        ref = _flat(section, ref)
+        for k, v in sorted(_flat(section, config.get(section, {})).items()):
+            if k not in _IGNORED and ref.get(k) != v:
+                diffs.append(f"{k}={json.dumps(v)}")
+    return "; ".join(diffs) or "default"
+
+
+def collect_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise GsitError(f"{str(root)!r} is not a directory")
+    runs = []
+    for res in sorted(root.rglob("results.json")):
+        run_dir = res.parent
+        cfg = run_dir / "config.json"
+        if not cfg.is_file():
+            continue
+        try:
+            results = json.loads(res.read_text())
+            config = json.loads(cfg.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if "per_seed" not in results:
+            continue
+        runs.append({"run_dir": run_dir, "model": results.get("model", config.get("model_name")),
+                     "dataset": results.get("dataset", config["data"]["dataset"]),
+                     "variant": variant_of(run_dir, config), "results": results})
+    return runs
+
+
+def group_runs(runs: list[dict[str, Any]]) -> "OrderedDict[tuple[str, str, str], dict[str, Any]]":
+    groups: OrderedDict[tuple[str, str, str], dict[str, Any]] = OrderedDict()
+    for r in runs:
+        key = (r["model"], r["dataset"], r["variant"])
+        g = groups.setdefault(key, {"runs": [], "per_seed": []})
+        g["runs"].append(r["run_dir"])
+        for s in r["results"]["per_seed"]:
+            g["per_seed"].append({**s, "run_dir": r["run_dir"]})
+    return groups
+
+
+def summarize_groups(groups) -> list[dict[str, Any]]:
+    from gsit.metrics import primary_metric_names
+    rows = []
+    for (model, dataset, variant), g in groups.items():
+        try:
+            metrics = primary_metric_names(metric_dataset(dataset))
+        except Exception:
+            metrics = sorted({k for s in g["per_seed"] for k in s.get("test", {})})
+        row = {"model": model, "dataset": dataset, "variant": variant, "n_runs": len(g["runs"]),
+               "n_seeds": len(g["per_seed"]), "metrics": metrics, "mean": {}, "std": {}}
+        for m in metrics:
+            row["mean"][m], row["std"][m] = mean_std([s["test"].get(m) for s in g["per_seed"] if "test" in s])
+        rows.append(row)
+    return rows
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")[:80] or "default"
+
+
+def read_epochs(seed_dir: Path) -> dict[str, list[float]]:
+    path = seed_dir / "epochs.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out: dict[str, list[float]] = {"epoch": [], "train_loss": [], "valid_loss": []}
+    for r in rows:
+        out["epoch"].append(int(r["epoch"]))
+        out["train_loss"].append(float(r["train_loss"]))
+        out["valid_loss"].append(float(r.get("valid_Loss", "nan") or "nan"))
+    return out
+
+
+def plot_curves(key: tuple[str, str, str], group: dict[str, Any], path: Path) -> Path | None:
+    plt = require_matplotlib()
+    curves = []
+    for s in group["per_seed"]:
+        ep = read_epochs(Path(s["run_dir"]) / f"seed-{s['seed']}")
+        if ep:
+            curves.append((f"{Path(s['run_dir']).name}/seed-{s['seed']}", ep, s.get("best_epoch")))
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
+    for i, (label, ep, best) in enumerate(curves):
+        color = f"C{i % 10}"
+        axes[0].plot(ep["epoch"], ep["train_loss"], color=color, label=label)
+        axes[1].plot(ep["epoch"], ep["valid_loss"], color=color, label=label)
+        if best:
+            axes[1].axvline(best, color=color, ls=":", lw=0.8)
+    axes[0].set_title("training loss")
+    axes[1].set_title("validation loss (dotted: selected epoch)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("loss")
+    axes[1].legend(fontsize=7)
+    model, dataset, variant = key
+    fig.suptitle(f"{model} on {dataset} ({variant})", fontsize=10)
+    fig.tight_layout()
+    out = save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
+def report(runs_dir: str | Path, *, out: str | Path | None = None, curves: bool = True) -> dict[str, Any]:
+    runs = collect_runs(runs_dir)
+    if not runs:
+        raise GsitError(f"no run directories (config.json + results.json) under {str(runs_dir)!r}")
+    groups = group_runs(runs)
+    rows = summarize_groups(groups)
+    out_dir = new_dir(out, default_root=Path(runs_dir), prefix="report")
+    all_metrics = list(dict.fromkeys(m for r in rows for m in r["metrics"]))
+    header = ["model", "dataset", "variant", "n_runs", "n_seeds"] + [f"{m}_{s}" for m in all_metrics
+                                                                     for s in ("mean", "std")]
+    body = [[r["model"], r["dataset"], r["variant"], r["n_runs"], r["n_seeds"]] +
+            [r[s].get(m, "") for m in all_metrics for s in ("mean", "std")] for r in rows]
+    write_text_new(out_dir / "report.csv", csv_text(header, body))
+    md, tex = [f"# Results under {runs_dir}\n", "test split; mean ± std over seeds; n = seeds (runs)\n"], []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        part = [r for r in rows if r["dataset"] == dataset]
+        metrics = part[0]["metrics"]
+        h = ["Model", "Variant"] + metrics + ["n"]
+        b = [[r["model"], r["variant"]] + [fmt_mean_std(r["mean"][m], r["std"][m]) for m in metrics]
+             + [f"{r['n_seeds']} ({r['n_runs']})"] for r in part]
+        md.append(f"\n## {dataset}\n\n" + markdown_table(h, b))
+        tex.append(latex_table(h, b, caption=f"{dataset}: test metrics, mean ± std over seeds"))
+    write_text_new(out_dir / "report.md", "".join(md))
+    write_text_new(out_dir / "report.tex", "\n".join(tex))
+    pngs = []
+    if curves:
+        for key, g in groups.items():
+            p = plot_curves(key, g, out_dir / f"curves-{_slug('-'.join(key))}.png")
+            if p is not None:
+                pngs.append(str(p))
+    return {"out": str(out_dir), "rows": rows, "pngs": pngs}

@@ -1,0 +1,82 @@
+"""Smoke test of the fusion benchmark on CPU: tiny shapes (lengths / 16), eager only, reference / pairs /
+MulT.  It checks the plumbing (correctness-first rows, CSV columns, statuses), not speed."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from gsit import bench
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_bench_quick_cpu_writes_checked_rows(tmp_path):
+    out = tmp_path / "bench.csv"
+    assert bench.main(["--quick", "--device", "cpu", "--scale", "16", "--reps", "2", "--warmup", "1",
+                       "--padding-batches", "1", "--out", str(out)]) == 0
+    rows = _rows(out)
+    assert list(rows[0]) == list(bench.CSV_COLUMNS)
+    assert {(r["model"], r["backend"]) for r in rows} == {("gsit", "reference"), ("gsit", "pairs"), ("mult", "sdpa")}
+    assert {r["padding"] for r in rows} == set(bench.PADDINGS)
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["dtype"] == "fp32" and r["mode"] == "eager"
+        assert float(r["check_rel_err"]) < 1e-4, r
+        assert float(r["p10_ms"]) <= float(r["median_ms"]) <= float(r["p90_ms"])
+
+
+def test_bench_records_refusals_and_budget_skips(tmp_path):
+    out = tmp_path / "bench.csv"
+    # flex has no CPU backward: its check refuses, and the row says why instead of timing something else
+    bench.main(["--quick", "--device", "cpu", "--scale", "16", "--reps", "1", "--warmup", "0", "--no-padding",
+                "--no-mult", "--backends", "flex,pairs", "--out", str(out)])
+    rows = {r["backend"]: r for r in _rows(out)}
+    assert rows["flex"]["status"].startswith("refused: ") and "no backward on CPU" in rows["flex"]["status"]
+    assert rows["flex"]["median_ms"] == ""
+    assert rows["pairs"]["status"] == "ok"
+    bench.main(["--quick", "--device", "cpu", "--scale", "16", "--no-padding", "--max-seconds", "0",
+                "--out", str(out)])
+    assert all(r["status"].startswith("skipped: --max-seconds") for r in _rows(out))
+
+
+def test_bench_only_filter_and_unknown_field(tmp_path):
+    cfg, _ = bench.parse_args(["--device", "cpu", "--only", "backend=pairs", "--only", "mode=eager"])
+    jobs = bench.plan(cfg)
+    assert jobs and all(j.backend == "pairs" and j.mode == "eager" for j in jobs)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--device", "cpu", "--only", "colour=red"])
+
+
+def test_padding_cases_share_samples_and_trim_to_the_batch_maximum():
+    cfg = bench.BenchConfig(device="cpu", scale=16, padding_batch=4, padding_batches=3)
+    cases = bench.padding_cases(cfg)
+    full = cases["padded"].batches[0].layout
+    for b in cases["aware"].batches + cases["aware_bucketed"].batches:
+        assert b.layout.lengths == tuple(int(v) for v in b.valid.max(dim=0).values)
+        assert all(n <= f for n, f in zip(b.layout.lengths, full.lengths))
+    tot = [int(b.valid.sum(dim=1).max()) for b in cases["aware_bucketed"].batches]
+    assert tot == sorted(tot)  # bucketed batches follow the total valid length
+    # the same samples in every padding row
+    assert sum(b.valid_tokens for b in cases["aware"].batches) == sum(
+        b.valid_tokens for b in cases["aware_bucketed"].batches)
+
+
+def test_plot_writes_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    import importlib.util
+    from pathlib import Path
+    out = tmp_path / "bench.csv"
+    bench.main(["--quick", "--device", "cpu", "--scale", "16", "--reps", "1", "--warmup", "0",
+                "--padding-batches", "1", "--no-mult", "--backends", "pairs", "--out", str(out)])
+    spec = importlib.util.spec_from_file_location(
+        "plot", Path(__file__).resolve().parents[1] / "benchmarks" / "plot.py")
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    png = tmp_path / "bench.png"
+    assert plot.main([str(out), "--out", str(png), "--dataset", "mosi", "--batch", "2", "--dtype", "fp32"]) == 0
+    assert png.stat().st_size > 1000
