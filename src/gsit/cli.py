@@ -141,6 +141,9 @@ def cmd_metrics(args) -> int:
         p = Path(path)
         if not p.is_file():
             raise GsitError(f"{path!r} is not a file")
+        with open(p, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":
+                raise GsitError(f"{path!r} is not a .npy file (no NumPy header); save arrays with numpy.save")
         try:
             arrays.append(np.load(p, allow_pickle=False))
         except Exception as e:
@@ -292,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     except GsitError as e:
         print(f"gsit: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+            NotADirectoryError) as e:
         print(f"gsit: error: {e}", file=sys.stderr)
         return 2
 

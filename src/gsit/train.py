@@ -165,7 +165,17 @@ def load_text_encoder(run: RunConfig, data):
     if not run.data.text_encoder:
         data_input_dims(data, None)  # raises the clear error
     from gsit.models.text import BertTextEncoder
-    encoder = BertTextEncoder.from_pretrained(run.data.text_encoder)
+    try:  # transformers >= 5 draws a "Loading weights" progress bar on stderr: keep logs to gsit's own lines
+        from transformers.utils import logging as hf_logging
+        bar_was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - no transformers: from_pretrained reports it
+        hf_logging, bar_was_on = None, False
+    try:
+        encoder = BertTextEncoder.from_pretrained(run.data.text_encoder)
+    finally:
+        if hf_logging is not None and bar_was_on:
+            hf_logging.enable_progress_bar()
     check_token_ids(data, getattr(encoder.bert.config, "vocab_size", None), run.data.text_encoder)
     return encoder
 

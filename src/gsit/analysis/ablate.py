@@ -16,8 +16,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gsit.analysis._common import (csv_text, fmt_mean_std, markdown_table, metric_dataset, new_dir, read_data,
-                                   write_json_new, write_text_new)
+from gsit.analysis._common import (
+    csv_text,
+    fmt_mean_std,
+    markdown_table,
+    metric_dataset,
+    new_dir,
+    read_data,
+    write_json_new,
+    write_text_new,
+)
 from gsit.errors import GsitError
 
 
@@ -31,7 +39,8 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("original", "Original", "gsit", (), "forward/backward interlaced cycles (SPEC §5)"),
+    Variant("original", "Original", "gsit", ('model.structure="original"',),
+            "forward/backward interlaced cycles (SPEC §5)"),
     Variant("structure1", "Structure-1", "gsit", ('model.structure="structure1"',), "Appendix C"),
     Variant("structure2", "Structure-2", "gsit", ('model.structure="structure2"',), "Appendix C"),
     Variant("structure3", "Structure-3", "gsit", ('model.structure="structure3"',), "Appendix C"),
@@ -48,8 +57,11 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("vanilla", "Vanilla", "vanilla", (), "one unmasked transformer (paper Table 8)"),
     Variant("text_only", "Text-only control", "gsit", ('data.zero_modalities=["audio", "vision"]',),
             "GsiT with audio and vision features zeroed"),
+    # not in the default set: training-time modality dropout (pair with ``gsit robustness``)
+    Variant("modality_dropout", "modality_dropout=0.3", "gsit", ("train.modality_dropout=0.3",),
+            "each sample's audio and vision zeroed with probability 0.3 during training"),
 )}
-DEFAULT_VARIANTS = tuple(VARIANTS)
+DEFAULT_VARIANTS = tuple(n for n in VARIANTS if n != "modality_dropout")
 
 
 def _model_keys(model: str) -> set[str]:

@@ -52,7 +52,7 @@ def capture_attention(model, inputs: dict[str, torch.Tensor], lengths: dict[str,
     def make_hook(name: str):
         def hook(mod: GraphSelfAttention, args, out):
             x, mask = args[0], args[1]
-            B, N, D = x.shape
+            B, N, _ = x.shape
             qkv = F.linear(x, mod.in_proj_weight, mod.in_proj_bias)  # (B, N, 3D)
             qkv = qkv.view(B, N, 3, mod.num_heads, mod.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
             w = attention_weights(qkv[0], qkv[1], mask, scale=mod.scale)  # (B, H, N, N)

@@ -92,7 +92,7 @@ def count_thop_macs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[s
         by_part[parts.get(id(mod), "other")] += macs
 
     def mult_layer_hook(mod, args, out):  # MMSA normalises key and value separately (see module doc)
-        x, key, value = args[0], args[1], args[2]
+        key, value = args[1], args[2]
         if key is not None and value is key and mod.attn_norm.elementwise_affine:
             macs = 4 * key.numel()
             by_type["LayerNorm"] += macs

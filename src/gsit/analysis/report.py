@@ -24,8 +24,18 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from gsit.analysis._common import (csv_text, fmt_mean_std, latex_table, markdown_table, mean_std, metric_dataset,
-                                   new_dir, require_matplotlib, save_figure, write_text_new)
+from gsit.analysis._common import (
+    csv_text,
+    fmt_mean_std,
+    latex_table,
+    markdown_table,
+    mean_std,
+    metric_dataset,
+    new_dir,
+    require_matplotlib,
+    save_figure,
+    write_text_new,
+)
 from gsit.errors import GsitError
 
 _IGNORED = {"train.seeds", "data.path", "data.text_encoder", "data.dataset"}
@@ -80,7 +90,7 @@ def collect_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
     return runs
 
 
-def group_runs(runs: list[dict[str, Any]]) -> "OrderedDict[tuple[str, str, str], dict[str, Any]]":
+def group_runs(runs: list[dict[str, Any]]) -> OrderedDict[tuple[str, str, str], dict[str, Any]]:
     groups: OrderedDict[tuple[str, str, str], dict[str, Any]] = OrderedDict()
     for r in runs:
         key = (r["model"], r["dataset"], r["variant"])
@@ -97,7 +107,7 @@ def summarize_groups(groups) -> list[dict[str, Any]]:
     for (model, dataset, variant), g in groups.items():
         try:
             metrics = primary_metric_names(metric_dataset(dataset))
-        except Exception:
+        except (GsitError, KeyError):
             metrics = sorted({k for s in g["per_seed"] for k in s.get("test", {})})
         row = {"model": model, "dataset": dataset, "variant": variant, "n_runs": len(g["runs"]),
                "n_seeds": len(g["per_seed"]), "metrics": metrics, "mean": {}, "std": {}}

@@ -37,9 +37,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from gsit.analysis._common import (csv_text, lower_is_better, mean_std, metric_dataset, new_dir,
-                                   require_matplotlib, run_config_from_dir, run_seeds, save_figure,
-                                   write_json_new, write_text_new)
+from gsit.analysis._common import (
+    csv_text,
+    lower_is_better,
+    mean_std,
+    metric_dataset,
+    new_dir,
+    require_matplotlib,
+    run_config_from_dir,
+    run_seeds,
+    save_figure,
+    write_json_new,
+    write_text_new,
+)
 from gsit.errors import GsitError
 
 MODALITIES = ("text", "audio", "vision")
@@ -184,6 +194,26 @@ def dropped_from_graph(model, absent: tuple[str, ...]):
 # ----------------------------------------------------------------------------- the sweep
 
 
+def _sweep(model, part, means, score, rates, mask_seed: int) -> list[dict[str, Any]]:
+    """Every condition for one model: intact, removals under each policy, random missing per rate."""
+    out = [{"condition": "none", "policy": "intact", "rate": 0.0, **score(part)}]
+    for mods in REMOVAL_SETS:
+        name = set_name(mods)
+        out.append({"condition": name, "policy": "zeroed", "rate": 1.0, **score(zeroed_split(part, mods))})
+        ms = mean_split(part, mods, means)
+        if ms is not None:
+            out.append({"condition": name, "policy": "mean", "rate": 1.0, **score(ms)})
+        if supports_graph_drop(model):
+            with dropped_from_graph(model, mods):
+                out.append({"condition": name, "policy": "graph", "rate": 1.0, **score(part)})
+    out.append({"condition": "all", "policy": "zeroed", "rate": 1.0, **score(zeroed_split(part, MODALITIES))})
+    for mods in RANDOM_SETS:
+        for r in rates:
+            out.append({"condition": set_name(mods), "policy": "random", "rate": float(r),
+                        **score(masked_split(part, mods, rate=float(r), seed=mask_seed))})
+    return out
+
+
 def robustness(run_dir: str | Path, *, data_path: str | None = None, split: str = "test",
                seeds: list[int] | None = None, rates=DEFAULT_RATES, mask_seed: int = 0,
                device: str = "cpu", metric: str | None = None) -> dict[str, Any]:
@@ -204,27 +234,10 @@ def robustness(run_dir: str | Path, *, data_path: str | None = None, split: str 
     for s in seeds:
         _, model = model_from_run_dir(run_dir, data, seed=s, device=device)
 
-        def score(sp):
+        def score(sp, model=model):
             return evaluate_split(model, sp, run=run, dataset=dataset, task=data.task, ctx=ctx)
 
-        per_seed.append({"seed": s, "condition": "none", "policy": "intact", "rate": 0.0, **score(part)})
-        for mods in REMOVAL_SETS:
-            name = set_name(mods)
-            per_seed.append({"seed": s, "condition": name, "policy": "zeroed", "rate": 1.0,
-                             **score(zeroed_split(part, mods))})
-            ms = mean_split(part, mods, means)
-            if ms is not None:
-                per_seed.append({"seed": s, "condition": name, "policy": "mean", "rate": 1.0, **score(ms)})
-            if supports_graph_drop(model):
-                with dropped_from_graph(model, mods):
-                    per_seed.append({"seed": s, "condition": name, "policy": "graph", "rate": 1.0,
-                                     **score(part)})
-        per_seed.append({"seed": s, "condition": "all", "policy": "zeroed", "rate": 1.0,
-                         **score(zeroed_split(part, MODALITIES))})
-        for mods in RANDOM_SETS:
-            for r in rates:
-                per_seed.append({"seed": s, "condition": set_name(mods), "policy": "random", "rate": float(r),
-                                 **score(masked_split(part, mods, rate=float(r), seed=mask_seed))})
+        per_seed += [{"seed": s, **r} for r in _sweep(model, part, means, score, rates, mask_seed)]
     metric_names = ["Loss"] + [k for k in per_seed[0] if k not in ("seed", "condition", "policy", "rate", "Loss")]
     rows = []
     keys = list(dict.fromkeys((r["condition"], r["policy"], r["rate"]) for r in per_seed))

@@ -39,8 +39,9 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -157,8 +158,9 @@ class SealedSplit:
     def __getattr__(self, attr):
         self._refuse(f"attribute {attr!r}")
 
-    def __len__(self):
+    def __len__(self) -> int:
         self._refuse("len()")
+        return 0  # unreachable
 
 
 def search_view(data):
@@ -175,8 +177,16 @@ def train_for_validation(run, data, *, seed: int, dataset: str, device: torch.de
                          ) -> dict[str, Any]:
     """Train one seed with the paper's loop and early stopping, scoring ``valid`` after each epoch; never
     touches ``test``.  ``on_epoch(epoch, valid_metrics, train_loss)`` may raise to stop (pruning)."""
-    from gsit.train import (Dist, build_model, evaluate_split, load_text_encoder, make_optimizer,
-                            make_scheduler, set_seed, train_epoch)
+    from gsit.train import (
+        Dist,
+        build_model,
+        evaluate_split,
+        load_text_encoder,
+        make_optimizer,
+        make_scheduler,
+        set_seed,
+        train_epoch,
+    )
     ctx = Dist(device=device)
     set_seed(seed, deterministic=run.train.deterministic)
     model = build_model(run, data, load_text_encoder(run, data)).to(device)
@@ -214,6 +224,10 @@ def tune(dataset: str, *, model: str = "gsit", trials: int = 20, data_path: str 
     into a new directory.  ``data`` (optional) replaces loading; ``on_phase("search"|"final")`` is called
     when a phase starts (the tests use it to check that the test split is read only in the final phase)."""
     optuna = require_optuna()
+    if trials < 1:
+        raise GsitError(f"--trials must be at least 1, got {trials}")
+    if not final_seeds:
+        raise GsitError("final_seeds is empty")
     from gsit.config import load_config
     from gsit.train import run_training
     if not isinstance(space, dict):

@@ -97,8 +97,10 @@ def block_mask(mask: GraphMask, device: torch.device | str) -> "BlockMask":
     per_device = _PER_MASK.setdefault(mask, {})
     if dev not in per_device:
         n = mask.total
+        # built every forward: on CUDA compile the construction (one fused kernel instead of a vmap over
+        # (B, N, N) with dozens of launches); it is compiled once per shape, not per valid-length value
         per_device[dev] = create_block_mask(mask.mask_mod_on(dev), mask.valid_lengths.shape[0], None, n, n,
-                                            device=dev)
+                                            device=dev, _compile=dev.startswith("cuda"))
     return per_device[dev]
 
 

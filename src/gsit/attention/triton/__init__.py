@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-from gsit.attention.triton.function import check_inputs, fused_graph_attention
+from gsit.attention.triton.function import apply_unchecked, check_inputs, fused_graph_attention
 from gsit.graph import GraphMask
 
 
@@ -49,7 +49,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask
 
     Differentiable in q, k, v.  See the module docstring for the exact semantics and limits.
     """
-    return fused_graph_attention(q, k, v, mask, scale=scale, dropout_p=dropout_p)
+    return apply_unchecked(q, k, v, mask, scale=scale, dropout_p=dropout_p)
 
 
 __all__ = ["check", "attention", "fused_graph_attention"]

@@ -136,65 +136,56 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> T
 
 
 # ------------------------------------------------------------------------------------------- tables
-@dataclass(frozen=True)
-class GraphTables:
-    seg_start: torch.Tensor  # (M,) int32
-    seg_len: torch.Tensor  # (M,) int32
-    key_list: torch.Tensor  # (M, M) int32, row i = key segments of query segment i (padded with 0)
-    key_cnt: torch.Tensor  # (M,) int32
-    rev_list: torch.Tensor  # (M, M) int32, row j = query segments reading key segment j
-    rev_cnt: torch.Tensor  # (M,) int32
-
-
-@functools.lru_cache(maxsize=256)
-def graph_tables(key_sets: tuple[tuple[int, ...], ...], lengths: tuple[int, ...], device: str) -> GraphTables:
+def _links(key_sets: tuple[tuple[int, ...], ...], lengths: tuple[int, ...], reverse: bool) -> list[list[int]]:
+    """Per segment: the key segments it reads (or, ``reverse``, the query segments reading it), both
+    sides non-empty."""
     m = len(lengths)
-    starts = [0]
-    for n in lengths[:-1]:
-        starts.append(starts[-1] + n)
-    key_list = torch.zeros(m, m, dtype=torch.int32)
-    rev_list = torch.zeros(m, m, dtype=torch.int32)
-    key_cnt = torch.zeros(m, dtype=torch.int32)
-    rev_cnt = torch.zeros(m, dtype=torch.int32)
+    links: list[list[int]] = [[] for _ in range(m)]
     for i, keys in enumerate(key_sets):
-        if lengths[i] == 0:
-            continue
         for j in keys:
-            if lengths[j] == 0:
-                continue
-            key_list[i, key_cnt[i]] = j
-            key_cnt[i] += 1
-            rev_list[j, rev_cnt[j]] = i
-            rev_cnt[j] += 1
-    as_dev = functools.partial(torch.as_tensor, dtype=torch.int32, device=device)
-    return GraphTables(as_dev(starts), as_dev(list(lengths)), key_list.to(device), key_cnt.to(device),
-                       rev_list.to(device), rev_cnt.to(device))
+            if lengths[i] > 0 and lengths[j] > 0:
+                if reverse:
+                    links[j].append(i)
+                else:
+                    links[i].append(j)
+    return links
 
 
 @functools.lru_cache(maxsize=512)
-def tile_table(lengths: tuple[int, ...], block: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tiles of ``block`` rows cut inside each segment: (segment index, first position), int32."""
-    mods, starts, pos = [], [], 0
-    for i, n in enumerate(lengths):
-        for t in range(0, n, block):
-            mods.append(i)
-            starts.append(pos + t)
-        pos += n
-    return (torch.tensor(mods, dtype=torch.int32, device=device),
-            torch.tensor(starts, dtype=torch.int32, device=device))
+def meta_table(key_sets: tuple[tuple[int, ...], ...], lengths: tuple[int, ...], block: int, reverse: bool,
+               device: str) -> tuple[torch.Tensor, int]:
+    """The packed int32 table of one kernel launch (layout in :mod:`.kernel`) and its number of tiles."""
+    m = len(lengths)
+    starts = [sum(lengths[:i]) for i in range(m)]
+    links = _links(key_sets, lengths, reverse)
+    flat = [0] * (m * m)
+    for i, row in enumerate(links):
+        flat[i * m:i * m + len(row)] = row
+    tile_mod = [i for i, n in enumerate(lengths) for _ in range(0, n, block)]
+    tile_start = [starts[i] + t for i, n in enumerate(lengths) for t in range(0, n, block)]
+    table = starts + list(lengths) + [len(r) for r in links] + flat + tile_mod + tile_start
+    return torch.tensor(table, dtype=torch.int32, device=device), len(tile_mod)
 
 
-def valid_length_table(mask: GraphMask, tables: GraphTables, device: torch.device) -> tuple[torch.Tensor, int]:
-    """(VL, row stride): per (sample, segment) valid lengths clamped to [0, segment length], int32."""
+@functools.lru_cache(maxsize=256)
+def _full_lengths(lengths: tuple[int, ...], batch: int, device: str) -> torch.Tensor:
+    return torch.tensor([list(lengths)] * batch, dtype=torch.int32, device=device).reshape(batch, len(lengths))
+
+
+def valid_length_table(mask: GraphMask, batch: int, device: torch.device) -> torch.Tensor:
+    """(B, M) int32 contiguous: per (sample, segment) valid lengths clamped to [0, segment length]
+    (the full lengths without padding).  Cached on the mask (GraphMask's private cache) per device."""
+    lengths = tuple(int(n) for n in mask.layout.lengths)
     if mask.valid_lengths is None:
-        return tables.seg_len, 0
+        return _full_lengths(lengths, batch, str(device))
     key = ("triton_valid_lengths", str(device))
     vl = mask._cache.get(key)
     if vl is None:
         vl = mask.valid_lengths.to(device=device, dtype=torch.int32)
-        vl = torch.minimum(vl.clamp_min(0), tables.seg_len[None, :]).contiguous()
+        vl = torch.minimum(vl.clamp_min(0), torch.tensor(lengths, dtype=torch.int32, device=device)[None])
+        vl = vl.contiguous()
         mask._cache[key] = vl
-    return vl, vl.stride(0)
+    return vl
 
 
 # --------------------------------------------------------------------------------------- launches
@@ -211,88 +202,69 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2)
-
-
 @dataclass
 class _Launch:
     """Everything both passes need (no tensor that requires grad)."""
 
-    tables: GraphTables
-    vl: torch.Tensor
-    stride_vl: int
-    num_modalities: int
+    key_sets: tuple[tuple[int, ...], ...]
     lengths: tuple[int, ...]
+    vl: torch.Tensor
     scale: float
     dropout_p: float
     seed: int
     cfg: TileConfig
 
 
+def _consts(q, v, ln: _Launch, block_m: int, block_n: int, warps: int, stages: int) -> dict:
+    D, DV = q.shape[-1], v.shape[-1]
+    return dict(HEAD_D=D, HEAD_DV=DV, BLOCK_D=_pow2(D), BLOCK_DV=_pow2(DV), BLOCK_M=block_m, BLOCK_N=block_n,
+                DROPOUT=ln.dropout_p > 0.0, DOT_PREC=_dot_precision(q.dtype), num_warps=warps, num_stages=stages)
+
+
 def _forward(q, k, v, ln: _Launch):
     kern = _kernels()
-    B, H, N, D = q.shape
-    DV = v.shape[-1]
-    o = torch.empty(B, H, N, DV, device=q.device, dtype=q.dtype)
+    B, H, N, _ = q.shape
+    o = torch.empty(B, H, N, v.shape[-1], device=q.device, dtype=q.dtype)
     lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
     cfg = ln.cfg
-    tile_mod, tile_start = tile_table(ln.lengths, cfg.fwd_m, str(q.device))
-    if tile_mod.numel() == 0 or B * H == 0:
+    meta, tiles = meta_table(ln.key_sets, ln.lengths, cfg.fwd_m, False, str(q.device))
+    if tiles == 0 or B * H == 0:
         return o, lse
-    t = ln.tables
-    grid = (tile_mod.numel(), B * H)
-    kern._fwd_kernel[grid](
-        q, k, v, o, lse,
-        t.seg_start, t.seg_len, t.key_list, t.key_cnt, tile_mod, tile_start,
-        ln.vl, ln.stride_vl,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        H, N, ln.num_modalities, ln.scale * kern.LOG2E, ln.dropout_p, ln.seed,
-        HEAD_D=D, HEAD_DV=DV, BLOCK_D=_pow2(D), BLOCK_DV=_pow2(DV),
-        BLOCK_M=cfg.fwd_m, BLOCK_N=cfg.fwd_n, DROPOUT=ln.dropout_p > 0.0, DOT_PREC=_dot_precision(q.dtype),
-        num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages,
+    kern._fwd_kernel[(tiles, B * H)](
+        q, k, v, o, lse, meta, ln.vl,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        H, N, len(ln.lengths), ln.scale * kern.LOG2E, ln.dropout_p, ln.seed,
+        **_consts(q, v, ln, cfg.fwd_m, cfg.fwd_n, cfg.fwd_warps, cfg.fwd_stages),
     )
     return o, lse
 
 
 def _backward(q, k, v, o, lse, do, ln: _Launch):
     kern = _kernels()
-    B, H, N, D = q.shape
-    DV = v.shape[-1]
+    B, H, N, _ = q.shape
     cfg = ln.cfg
-    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
-    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    dk = torch.empty(k.shape, device=k.device, dtype=k.dtype)
+    dv = torch.empty(v.shape, device=v.device, dtype=v.dtype)
     if N == 0 or B * H == 0:
         return dq, dk, dv
+    do = do.contiguous()
     delta = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
-    pre_m = 64 if not (interpret_mode() or q.device.type != "cuda") else 16
-    kern._bwd_preprocess_kernel[(triton_cdiv(N, pre_m), B * H)](
-        o, do, delta, *_strides(o), *_strides(do), H, N,
-        HEAD_DV=DV, BLOCK_DV=_pow2(DV), BLOCK_M=pre_m,
+    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+               v.stride(0), v.stride(1), v.stride(2))
+    scalars = (H, N, len(ln.lengths), ln.scale * kern.LOG2E, ln.dropout_p, ln.seed)
+    dev = str(q.device)
+    # dQ first: it also writes delta = rowsum(dO * O), which the dK/dV kernel reads
+    meta, tiles = meta_table(ln.key_sets, ln.lengths, cfg.dq_m, False, dev)
+    kern._bwd_dq_kernel[(tiles, B * H)](
+        q, k, v, o, do, lse, delta, dq, meta, ln.vl, *strides, *scalars,
+        **_consts(q, v, ln, cfg.dq_m, cfg.dq_n, cfg.dq_warps, cfg.dq_stages),
     )
-    t = ln.tables
-    common = dict(HEAD_D=D, HEAD_DV=DV, BLOCK_D=_pow2(D), BLOCK_DV=_pow2(DV),
-                  DROPOUT=ln.dropout_p > 0.0, DOT_PREC=_dot_precision(q.dtype))
-    scalars = (H, N, ln.num_modalities, ln.scale * kern.LOG2E, ln.scale, ln.dropout_p, ln.seed)
-
-    kt_mod, kt_start = tile_table(ln.lengths, cfg.dkdv_n, str(q.device))
-    kern._bwd_dkdv_kernel[(kt_mod.numel(), B * H)](
-        q, k, v, do, lse, delta, dk, dv,
-        t.seg_start, t.seg_len, t.rev_list, t.rev_cnt, kt_mod, kt_start,
-        ln.vl, ln.stride_vl,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
-        *scalars, BLOCK_M=cfg.dkdv_m, BLOCK_N=cfg.dkdv_n, **common,
-        num_warps=cfg.dkdv_warps, num_stages=cfg.dkdv_stages,
-    )
-    qt_mod, qt_start = tile_table(ln.lengths, cfg.dq_m, str(q.device))
-    kern._bwd_dq_kernel[(qt_mod.numel(), B * H)](
-        q, k, v, do, lse, delta, dq,
-        t.seg_start, t.seg_len, t.key_list, t.key_cnt, qt_mod, qt_start,
-        ln.vl, ln.stride_vl,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
-        *scalars, BLOCK_M=cfg.dq_m, BLOCK_N=cfg.dq_n, **common,
-        num_warps=cfg.dq_warps, num_stages=cfg.dq_stages,
+    meta, tiles = meta_table(ln.key_sets, ln.lengths, cfg.dkdv_n, True, dev)
+    kern._bwd_dkdv_kernel[(tiles, B * H)](
+        q, k, v, do, lse, delta, dk, dv, meta, ln.vl, *strides, *scalars,
+        **_consts(q, v, ln, cfg.dkdv_m, cfg.dkdv_n, cfg.dkdv_warps, cfg.dkdv_stages),
     )
     return dq, dk, dv
 
@@ -312,8 +284,33 @@ class GraphAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, o, lse, _unit_last(do), ctx.ln)
+        dq, dk, dv = _backward(q, k, v, o, lse, do, ctx.ln)
         return dq, dk, dv, None
+
+
+def _shape_reasons(q, k, v, mask: GraphMask) -> list[str]:
+    reasons = []
+    if q.shape[2] != mask.total:
+        reasons.append(f"sequence length {q.shape[2]} != layout total {mask.total}")
+    if q.shape[:3] != k.shape[:3] or q.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
+        reasons.append(f"shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        reasons.append(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if mask.valid_lengths is not None and mask.valid_lengths.shape[0] != q.shape[0]:
+        reasons.append(f"valid_lengths batch {mask.valid_lengths.shape[0]} != q batch {q.shape[0]}")
+    return reasons
+
+
+def apply_unchecked(q, k, v, mask: GraphMask, *, scale: float, dropout_p: float, seed: int | None = None,
+                    config: TileConfig | None = None) -> torch.Tensor:
+    """Launch without re-checking (the registry's ``graph_attention`` has already run ``check``)."""
+    if dropout_p > 0.0 and seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    cfg = config if config is not None else default_config(max(q.shape[-1], v.shape[-1]), q.dtype, q.device)
+    ln = _Launch(mask.graph.key_sets, tuple(int(n) for n in mask.layout.lengths),
+                 valid_length_table(mask, q.shape[0], q.device), float(scale), float(dropout_p),
+                 int(seed or 0) & 0x7FFFFFFF, cfg)
+    return GraphAttentionFunction.apply(_unit_last(q), _unit_last(k), _unit_last(v), ln)
 
 
 def fused_graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *,
@@ -324,29 +321,13 @@ def fused_graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mas
     ``seed``: Philox seed of the dropout mask (default: drawn from torch's CPU generator, so
     ``torch.manual_seed`` makes runs reproducible).  ``config``: tile sizes (default per head dim/dtype).
     """
-    reasons = check_inputs(q, k, v, mask, dropout_p=dropout_p)
-    if q.shape[2] != mask.total:
-        reasons.append(f"sequence length {q.shape[2]} != layout total {mask.total}")
-    if q.shape[:3] != k.shape[:3] or q.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
-        reasons.append(f"shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if not (q.dtype == k.dtype == v.dtype):
-        reasons.append(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-    if mask.valid_lengths is not None and mask.valid_lengths.shape[0] != q.shape[0]:
-        reasons.append(f"valid_lengths batch {mask.valid_lengths.shape[0]} != q batch {q.shape[0]}")
+    reasons = check_inputs(q, k, v, mask, dropout_p=dropout_p) + _shape_reasons(q, k, v, mask)
     if reasons:
         from gsit.attention import UnsupportedInput
         raise UnsupportedInput("triton attention cannot run this input:\n  - " + "\n  - ".join(reasons))
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    if dropout_p > 0.0 and seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-    cfg = config if config is not None else default_config(max(q.shape[-1], v.shape[-1]), q.dtype, q.device)
-    dev = str(q.device)
-    tables = graph_tables(mask.graph.key_sets, tuple(int(n) for n in mask.layout.lengths), dev)
-    vl, stride_vl = valid_length_table(mask, tables, q.device)
-    ln = _Launch(tables, vl, stride_vl, mask.num_modalities, tuple(int(n) for n in mask.layout.lengths),
-                 float(scale), float(dropout_p), int(seed or 0) & 0x7FFFFFFF, cfg)
-    return GraphAttentionFunction.apply(_unit_last(q), _unit_last(k), _unit_last(v), ln)
+    return apply_unchecked(q, k, v, mask, scale=scale, dropout_p=dropout_p, seed=seed, config=config)
 
 
 def dropout_keep_mask(batch_heads: int, n: int, dropout_p: float, seed: int, device) -> torch.Tensor:
