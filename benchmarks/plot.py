@@ -32,7 +32,8 @@ def scaling_series(rows, *, dataset: str, batch: str, dtype: str) -> dict[str, l
     for r in rows:
         if (r["status"] == "ok" and r["padding"] == "padded" and r["dataset"] == dataset
                 and r["batch"] == batch and r["dtype"] == dtype and "batches" not in r["note"]):
-            series[f"{r['model']}/{r['backend']}/{r['mode']}"].append((int(r["length_mult"]), float(r["median_ms"])))
+            name = f"{r['model']}/{r['backend']}/{r['mode']}"
+            series[name].append((int(r["length_mult"]), float(r["median_ms"])))
     return {k: sorted(v) for k, v in sorted(series.items())}
 
 

@@ -110,7 +110,7 @@ def test_flex_matches_reference_values_and_gradients_on_gpu(graph_name, padded, 
     ref = _grads("reference", q, k, v, mask, upstream)  # fp32 oracle
     got = _grads("flex", q.to(dtype), k.to(dtype), v.to(dtype), mask, upstream.to(dtype))
     if dtype == torch.float32:
-        tol = dict(atol=2e-5, rtol=2e-5)
+        tol = {"atol": 2e-5, "rtol": 2e-5}
     else:  # at most ~2x PyTorch's own bf16 error: the reference run on bf16 inputs
         low = _grads("reference", q.to(dtype), k.to(dtype), v.to(dtype), mask, upstream.to(dtype))
     for i, name in enumerate(("out", "dq", "dk", "dv")):
@@ -134,7 +134,8 @@ def test_flex_rows_without_keys_are_zero_with_finite_gradients_on_gpu():
         pytest.skip("needs a CUDA GPU")
     dev = "cuda"
     # forward graph: audio reads text; sample 0 has no valid text, so its audio rows have no key at all
-    mask = GraphMask(ModalGraph.named("forward"), RAGGED, torch.tensor([[0, 113, 203], [46, 113, 203]], device=dev))
+    valid = torch.tensor([[0, 113, 203], [46, 113, 203]], device=dev)
+    mask = GraphMask(ModalGraph.named("forward"), RAGGED, valid)
     q, k, v = _qkv(2, 2, RAGGED.total, 16, device=dev)
     upstream = torch.randn(2, 2, RAGGED.total, 16, device=dev)
     ref = _grads("reference", q, k, v, mask, upstream)
@@ -160,5 +161,6 @@ def test_flex_padding_aware_does_not_recompile_per_batch_on_gpu():
     for shift in (1, 2, 3):
         mask = GraphMask(graph, RAGGED, (_valid(RAGGED, dev) - shift).clamp(min=0))
         out = graph_attention(q, k, v, mask, backend="flex")
-        torch.testing.assert_close(out, graph_attention(q, k, v, mask, backend="reference"), atol=2e-5, rtol=2e-5)
+        ref = graph_attention(q, k, v, mask, backend="reference")
+        torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
     assert counters["stats"]["unique_graphs"] == before, "flex recompiled for new valid lengths"

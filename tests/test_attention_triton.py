@@ -237,7 +237,8 @@ def test_package_imports_without_triton():
     code = ("import sys; sys.modules['triton'] = None; import torch\n"
             "from gsit.graph import GraphMask, ModalGraph, SequenceLayout\n"
             "import gsit.attention.triton as t\n"
-            "m = GraphMask(ModalGraph.named('forward'), SequenceLayout(('text', 'vision', 'audio'), (1, 2, 3)))\n"
+            "lay = SequenceLayout(('text', 'vision', 'audio'), (1, 2, 3))\n"
+            "m = GraphMask(ModalGraph.named('forward'), lay)\n"
             "q = torch.zeros(1, 1, 6, 16)\n"
             "print(t.check(q, q, q, m, dropout_p=0.0))\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -64,7 +64,8 @@ def _errors(q, k, v, do, mask):
     return ref, tri, pai
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
+                         ids=["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("lengths", list(LENGTHS), ids=list(LENGTHS))
 @pytest.mark.parametrize("d", [32, 64])
 @pytest.mark.parametrize("padded", [False, True], ids=["dense", "padded"])
@@ -92,7 +93,8 @@ def test_error_within_twice_pytorch_low_precision(dtype, lengths, d, padded, gra
 
 def test_backward_is_deterministic():
     lens = LENGTHS["awkward"]
-    mask = GraphMask(ModalGraph.named("bidirectional", MODS), SequenceLayout(MODS, lens), _valid_lengths(lens, 4, 1))
+    mask = GraphMask(ModalGraph.named("bidirectional", MODS), SequenceLayout(MODS, lens),
+                     _valid_lengths(lens, 4, 1))
     q, k, v, do = _inputs(4, 4, sum(lens), 64, torch.bfloat16, seed=1)
     fn = lambda q, k, v: graph_attention(q, k, v, mask, backend="triton")  # noqa: E731
     a, b = _run(fn, q, k, v, do), _run(fn, q, k, v, do)
@@ -113,9 +115,15 @@ def _low_precision_dropout_attention(q, k, v, mask, scale, keep, p):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_dropout_matches_reference_with_the_kernel_mask(dtype):
     """Dropout: same error budget as above, the baseline being PyTorch eager in the same dtype with the
-    kernel's own keep mask (materialised by ``dropout_keep_mask``)."""
+    kernel's own keep mask (materialised by ``dropout_keep_mask``).
+
+    No query row here reads a single real key: for such a row eager autograd gives that key an exactly
+    zero dK, whereas any flash-attention-2 style backward (this kernel, PyTorch's flash/efficient SDPA)
+    computes ``delta = rowsum(dO * O)`` from the output rounded to bf16, and with dropout ``O = v / (1-p)``
+    is not exactly representable, so dK of that key collects ~one bf16 rounding per reading row."""
     lens, p, seed = (46, 96, 71), 0.2, 77
-    mask = GraphMask(ModalGraph.named("bidirectional", MODS), SequenceLayout(MODS, lens), _valid_lengths(lens, 2, 3))
+    vl = torch.tensor([[46, 96, 71], [20, 0, 35]], device=DEV)
+    mask = GraphMask(ModalGraph.named("bidirectional", MODS), SequenceLayout(MODS, lens), vl)
     n, d = sum(lens), 64
     q, k, v, do = _inputs(2, 4, n, d, dtype, seed=2)
     keep = dropout_keep_mask(8, n, p, seed, DEV).view(2, 4, n, n)
@@ -126,7 +134,8 @@ def test_dropout_matches_reference_with_the_kernel_mask(dtype):
 
     r = _run(ref, q.float(), k.float(), v.float(), do.float())
     t = _run(lambda q, k, v: fused_graph_attention(q, k, v, mask, dropout_p=p, seed=seed), q, k, v, do)
-    low = _run(lambda q, k, v: _low_precision_dropout_attention(q, k, v, mask, d ** -0.5, keep, p), q, k, v, do)
+    low = _run(lambda q, k, v: _low_precision_dropout_attention(q, k, v, mask, d ** -0.5, keep, p),
+               q, k, v, do)
     report = []
     for name, x, y, z in zip(("out", "dq", "dk", "dv"), t, r, low):
         err_t, err_p = (x - y).abs().max().item(), (z - y).abs().max().item()
@@ -178,7 +187,8 @@ def _benchmark():  # pragma: no cover - manual
                     torch.autograd.grad(graph_attention(q, k, v, mask, backend=backend), (q, k, v), do)
                 tf, tb = _time_ms(fwd), _time_ms(fb)
             except Exception as exc:  # e.g. flex missing
-                print(f"{lname}-d{d}-{'pad' if padded else 'dense'}-{graph:13s} {backend:9s} n/a ({type(exc).__name__})")
+                name = f"{lname}-d{d}-{'pad' if padded else 'dense'}-{graph}"
+                print(f"{name:44s} {backend:9s} n/a ({type(exc).__name__})")
                 continue
             print(f"{lname + '-d' + str(d) + '-' + ('pad' if padded else 'dense') + '-' + graph:44s} "
                   f"{backend:9s} {tf:8.3f} {tb:11.3f}", flush=True)

@@ -77,9 +77,6 @@ def expect_error(capsys, tmp_path, argv: list[str], *needles: str) -> str:
     assert lines[0].startswith("gsit: error: ")
     for n in needles:
         assert n in lines[0], f"{n!r} not in {lines[0]!r}"
-    if os.environ.get("GSIT_DUMP_ERRORS"):
-        with open(os.environ["GSIT_DUMP_ERRORS"], "a") as fh:
-            fh.write(lines[0] + "\n")
     # a failed start never leaves a run directory behind
     assert not out_root.exists() or not any(out_root.iterdir())
     return lines[0]

@@ -18,7 +18,7 @@ import torch
 
 import gsit
 from gsit import cli
-from gsit.data import make_synthetic, save_converted, write_mmsa_pickle
+from gsit.data import make_synthetic, save_converted
 
 TINY_CLI = ["model.d_model=16", "model.num_layers=1", "train.max_epochs=3", "train.batch_size=16"]
 

@@ -61,9 +61,9 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -72,8 +72,8 @@ from torch import nn
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout
 
 CSV_COLUMNS = ("gpu", "torch", "triton", "cudnn", "cuda", "model", "backend", "mode", "dataset", "batch",
-               "length_mult", "dtype", "padding", "n_tokens", "check_rel_err", "status", "median_ms", "p10_ms",
-               "p90_ms", "peak_mem_mb", "compile_s", "note")
+               "length_mult", "dtype", "padding", "n_tokens", "check_rel_err", "status", "median_ms",
+               "p10_ms", "p90_ms", "peak_mem_mb", "compile_s", "note")
 
 GSIT_MODALITIES = ("text", "vision", "audio")  # GsiTConfig's default concatenation order
 # conv-output lengths (raw padded length - kernel 5 + 1), in GSIT_MODALITIES order
@@ -149,11 +149,13 @@ class MulTFusion(nn.Module):
         self.cross = mult.cross
         self.mem = mult.mem
 
-    def forward(self, x: torch.Tensor, layout: SequenceLayout, valid: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: SequenceLayout,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
         seg = {m: x[:, layout.segment(i)] for i, m in enumerate(layout.modalities)}  # m -> (B, T_m, d)
         last = []
         for q in self.modalities:
-            crossed = [self.cross[f"{q}->{k}"](seg[q], seg[k]) for k in self.modalities if k != q]  # (B, T_q, d)
+            # (B, T_q, d) each
+            crossed = [self.cross[f"{q}->{k}"](seg[q], seg[k]) for k in self.modalities if k != q]
             h = self.mem[q](torch.cat(crossed, dim=-1))  # (B, T_q, 2d)
             last.append(h[:, -1])  # (B, 2d)
         return torch.cat(last, dim=-1)  # (B, 6d)
@@ -472,7 +474,8 @@ def plan(cfg: BenchConfig) -> list[Job]:
                         compiled = mode.startswith("compile")
                         tier = (2 if compiled else 0) if main else (4 if compiled else 3)
                         for model, backend in variants:
-                            jobs.append(Job(model, backend, mode, dataset, batch, mult, dtype, "padded", tier))
+                            jobs.append(Job(model, backend, mode, dataset, batch, mult, dtype, "padded",
+                                            tier))
     if cfg.padding:
         dtype = "bf16" if "bf16" in cfg.dtypes else cfg.dtypes[0]
         for padding in PADDINGS:
@@ -517,7 +520,7 @@ def run_job(job: Job, case: Case, oracle: Callable[[Batch], tuple], cfg: BenchCo
     first = case.batches[0]
     row = {"model": job.model, "backend": job.backend, "mode": job.mode, "dataset": job.dataset,
            "batch": job.batch, "length_mult": job.length_mult, "dtype": job.dtype, "padding": job.padding,
-           "n_tokens": int(round(statistics.fmean(b.x.shape[0] * b.layout.total for b in case.batches)))}
+           "n_tokens": round(statistics.fmean(b.x.shape[0] * b.layout.total for b in case.batches))}
     notes = [MULT_NOTE] if job.model == "mult" else []
     if job.padding != "padded" or len(case.batches) > 1:
         vt = statistics.fmean(b.valid_tokens for b in case.batches)
@@ -533,8 +536,9 @@ def run_job(job: Job, case: Case, oracle: Callable[[Batch], tuple], cfg: BenchCo
                 need = max(reference_bytes(b.x.shape[0], b.layout.total, cfg.num_heads) for b in case.batches)
                 budget = memory_budget(cfg)
                 if need > budget:
-                    return {**row, "status": f"skipped: dense reference needs ~{need / 2**30:.0f} GiB > budget "
-                                             f"{budget / 2**30:.0f} GiB", "note": "; ".join(notes)}
+                    status = (f"skipped: dense reference needs ~{need / 2**30:.0f} GiB > budget "
+                              f"{budget / 2**30:.0f} GiB")
+                    return {**row, "status": status, "note": "; ".join(notes)}
         # correctness first, on the first batch, in the variant's own mode and shape
         ref_out, ref_grad = oracle(first)
         if oracle.note:
@@ -554,7 +558,8 @@ def run_job(job: Job, case: Case, oracle: Callable[[Batch], tuple], cfg: BenchCo
         row["compile_s"] = runner.compile_s
         tol = cfg.tol[job.dtype]
         if not err <= tol:
-            return {**row, "status": f"failed: check rel err {err:.3g} > tol {tol:g}", "note": "; ".join(notes)}
+            status = f"failed: check rel err {err:.3g} > tol {tol:g}"
+            return {**row, "status": status, "note": "; ".join(notes)}
         medians = []
         all_times = []
         for i, batch in enumerate(case.batches):
@@ -574,7 +579,7 @@ def run_job(job: Job, case: Case, oracle: Callable[[Batch], tuple], cfg: BenchCo
         if cuda:
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
         return {**row, "status": "ok", "note": "; ".join(notes)}
-    except Exception as exc:  # recorded, and the run goes on
+    except Exception as exc:  # noqa: BLE001 -- recorded in the row, and the run goes on
         msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")
         if len(msg) > 400:
             msg = msg[:400] + "..."
@@ -598,7 +603,8 @@ class Oracles:
     def for_case(self, model: str, case: Case, cb: int):
         cfg = self.cfg
         backend, note = "reference", ""
-        if model == "gsit" and reference_bytes(cb, case.batches[0].layout.total, cfg.num_heads) > memory_budget(cfg):
+        n = case.batches[0].layout.total
+        if model == "gsit" and reference_bytes(cb, n, cfg.num_heads) > memory_budget(cfg):
             backend, note = "pairs", "oracle: pairs backend fp32 (the dense reference does not fit)"
 
         def oracle(batch: Batch):
@@ -639,9 +645,11 @@ def run(cfg: BenchConfig, out_path: Path, *, log=_log) -> list[dict]:
     for i, job in enumerate(jobs):
         elapsed = time.perf_counter() - start
         left = None if cfg.max_seconds is None else cfg.max_seconds - elapsed
-        if left is not None and (left <= 0 or (job.mode.startswith("compile") and left < cfg.compile_reserve_s)):
+        compiled = job.mode.startswith("compile")
+        if left is not None and (left <= 0 or (compiled and left < cfg.compile_reserve_s)):
             row = {"model": job.model, "backend": job.backend, "mode": job.mode, "dataset": job.dataset,
-                   "batch": job.batch, "length_mult": job.length_mult, "dtype": job.dtype, "padding": job.padding,
+                   "batch": job.batch, "length_mult": job.length_mult, "dtype": job.dtype,
+                   "padding": job.padding,
                    "status": f"skipped: --max-seconds {cfg.max_seconds:g} budget ({elapsed:.0f} s used)"}
             writer.add({**env, **row})
             continue
@@ -677,10 +685,12 @@ def _csv_list(text: str, cast=str) -> tuple:
 
 
 def parse_args(argv: list[str] | None = None, *, results_dir: Path | None = None):
-    p = argparse.ArgumentParser(description="GsiT / MulT fusion-block benchmark (correctness first, then time)")
+    p = argparse.ArgumentParser(
+        description="GsiT / MulT fusion-block benchmark (correctness first, then time)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: x1, B=32, bf16, few reps (on CPU: B=2, fp32, eager, reference/pairs/MulT)")
+                   help="smoke run: x1, B=32, bf16, few reps "
+                        "(on CPU: B=2, fp32, eager, reference/pairs/MulT)")
     p.add_argument("--out", default=None, help="CSV path (default: benchmarks/results/<gpu-name>.csv)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="stop starting rows after this many seconds (the rest are written as skipped)")
@@ -715,8 +725,8 @@ def parse_args(argv: list[str] | None = None, *, results_dir: Path | None = None
     if args.quick:
         cfg = replace(cfg, mults=(1,), warmup=2, reps=5, padding_batches=2,
                       **({"batches": (32,), "dtypes": ("bf16",)} if cuda else
-                         {"batches": (2,), "dtypes": ("fp32",), "modes": ("eager",), "backends": ("reference", "pairs"),
-                          "padding_batch": 2, "datasets": ("mosi",)}))
+                         {"batches": (2,), "dtypes": ("fp32",), "modes": ("eager",),
+                          "backends": ("reference", "pairs"), "padding_batch": 2, "datasets": ("mosi",)}))
     overrides = {}
     if args.datasets:
         overrides["datasets"] = _csv_list(args.datasets)
@@ -754,7 +764,8 @@ def parse_args(argv: list[str] | None = None, *, results_dir: Path | None = None
         bad = [v for v in getattr(cfg, name) if v not in allowed]
         if bad:
             p.error(f"--{name}: unknown {bad}; known: {list(allowed)}")
-    out = Path(args.out) if args.out else default_out_path(results_dir or Path("benchmarks/results"), cfg.device)
+    results_dir = results_dir or Path("benchmarks/results")
+    out = Path(args.out) if args.out else default_out_path(results_dir, cfg.device)
     return cfg, out
 
 

@@ -193,9 +193,9 @@ def check_token_ids(data, vocab_size: int | None, encoder_path: str = "") -> Non
         bad = (ids < 0) | (ids >= vocab_size)
         if bad.any():
             i, j = (int(x) for x in np.argwhere(bad)[0])
-            raise ConfigError(f"{data.source}: split '{name}' key 'text_bert' holds token id {int(ids[i, j])} at "
-                              f"(sample, position) ({i}, {j}), outside the vocabulary of size {vocab_size} of "
-                              f"the text encoder {encoder_path!r}")
+            raise ConfigError(f"{data.source}: split '{name}' key 'text_bert' holds token id "
+                              f"{int(ids[i, j])} at (sample, position) ({i}, {j}), outside the vocabulary "
+                              f"of size {vocab_size} of the text encoder {encoder_path!r}")
 
 
 def preflight(run: RunConfig, data) -> None:
@@ -206,8 +206,9 @@ def preflight(run: RunConfig, data) -> None:
     lengths = data.seq_lengths
     for m, k in kernels.items():
         if m in lengths and lengths[m] < int(k):
-            raise ConfigError(f"model.kernel_sizes: the {m} conv kernel {int(k)} is longer than the data's {m} "
-                              f"sequences (length {lengths[m]}); set e.g. model.kernel_sizes={{{m}=1, ...}}")
+            raise ConfigError(f"model.kernel_sizes: the {m} conv kernel {int(k)} is longer than the data's "
+                              f"{m} sequences (length {lengths[m]}); set e.g. "
+                              f"model.kernel_sizes={{{m}=1, ...}}")
 
 
 def build_model(run: RunConfig, data, text_encoder=None) -> torch.nn.Module:
@@ -470,9 +471,10 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
         seed_dir.mkdir(parents=True, exist_ok=True)
     _barrier(ctx)
     die_at = int(os.environ.get("GSIT_TEST_DIE_AT_EPOCH", "0"))  # fault-injection hook for tests (see below)
+    die_rank = int(os.environ.get("GSIT_TEST_DIE_RANK", ctx.world - 1))
     while not state["done"]:
         epoch = state["epoch"] + 1
-        if die_at and epoch == die_at and ctx.rank == int(os.environ.get("GSIT_TEST_DIE_RANK", ctx.world - 1)):
+        if die_at and epoch == die_at and ctx.rank == die_rank:
             # GSIT_TEST_DIE_AT_EPOCH=E [GSIT_TEST_DIE_RANK=R]: rank R (default: the last) dies abruptly at the
             # start of epoch E, after epoch E-1's checkpoint was written (tests of worker failure under DDP)
             os._exit(13)

@@ -29,7 +29,9 @@ Limits (``check`` reports them): no attention dropout (FlexAttention has none); 
 must be >= 16 (Triton's ``tl.dot``); on CPU only inference (torch's FlexAttention has no CPU backward),
 and it runs the unfused eager implementation, which materialises the scores -- CPU is for tests only.
 On CUDA ``flex_attention`` is wrapped in ``torch.compile`` once, lazily, at the first call (no
-compile at import); without the compile it would be the slow unfused fallback.
+compile at import); without the compile it would be the slow unfused fallback.  Padding-aware BlockMasks are
+built by a compiled ``create_block_mask`` on CUDA (compiled per shape; new valid lengths of the same shape
+reuse it).
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ def check(q, k, v, mask: GraphMask, *, dropout_p: float) -> list[str]:
     dev = q.device.type
     if dev == "cpu":
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-            reasons.append(f"FlexAttention in torch {torch.__version__} has no backward on CPU, and the inputs "
-                           f"require grad (run on CUDA, or under torch.no_grad() for inference)")
+            reasons.append(f"FlexAttention in torch {torch.__version__} has no backward on CPU, and the "
+                           f"inputs require grad (run on CUDA, or under torch.no_grad() for inference)")
     elif dev == "cuda":
         if min(q.shape[-1], v.shape[-1]) < MIN_CUDA_HEAD_DIM:
             reasons.append(f"FlexAttention on CUDA needs head dims >= {MIN_CUDA_HEAD_DIM}, got "
@@ -75,9 +77,26 @@ def check(q, k, v, mask: GraphMask, *, dropout_p: float) -> list[str]:
     return reasons
 
 
+# --------------------------------------------------------------------------- compiled once, lazily
+_COMPILED: dict = {}
+
+
+def _compiled(name: str):
+    """``torch.compile`` of ``flex_attention`` / ``create_block_mask``, made once, at first use."""
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile({"flex_attention": flex_attention,
+                                         "create_block_mask": create_block_mask}[name])
+    return _COMPILED[name]
+
+
+def _flex_for(device: torch.device):
+    """The compiled kernel on CUDA; the eager (unfused, forward-only) op elsewhere."""
+    return _compiled("flex_attention") if device.type == "cuda" else flex_attention
+
+
 # --------------------------------------------------------------------------- BlockMask construction
 @functools.lru_cache(maxsize=64)
-def _static_block_mask(graph: ModalGraph, lengths: tuple[int, ...], device: str) -> "BlockMask":
+def _static_block_mask(graph: ModalGraph, lengths: tuple[int, ...], device: str) -> BlockMask:
     """BlockMask of a static mask: the same for every sample and head (B = H = None broadcast)."""
     mask = GraphMask(graph, SequenceLayout(graph.modalities, lengths))
     n = mask.total
@@ -85,11 +104,11 @@ def _static_block_mask(graph: ModalGraph, lengths: tuple[int, ...], device: str)
 
 
 # one BlockMask per padding-aware GraphMask object, released with the mask
-_PER_MASK: "weakref.WeakKeyDictionary[GraphMask, dict[str, BlockMask]]" = weakref.WeakKeyDictionary()
+_PER_MASK: weakref.WeakKeyDictionary[GraphMask, dict[str, BlockMask]] = weakref.WeakKeyDictionary()
 
 
 @torch.compiler.disable  # a cache lookup: run it eagerly even inside a compiled model (one graph break)
-def block_mask(mask: GraphMask, device: torch.device | str) -> "BlockMask":
+def block_mask(mask: GraphMask, device: torch.device | str) -> BlockMask:
     """The BlockMask of ``mask`` on ``device`` (cached; see the module docstring)."""
     dev = str(torch.device(device))
     if mask.valid_lengths is None:
@@ -97,27 +116,14 @@ def block_mask(mask: GraphMask, device: torch.device | str) -> "BlockMask":
     per_device = _PER_MASK.setdefault(mask, {})
     if dev not in per_device:
         n = mask.total
-        # built every forward: on CUDA compile the construction (one fused kernel instead of a vmap over
-        # (B, N, N) with dozens of launches); it is compiled once per shape, not per valid-length value
-        per_device[dev] = create_block_mask(mask.mask_mod_on(dev), mask.valid_lengths.shape[0], None, n, n,
-                                            device=dev, _compile=dev.startswith("cuda"))
+        # built every forward, so on CUDA the construction is compiled (a few fused kernels instead of a
+        # vmap over (B, N, N) with dozens of launches); it recompiles for new shapes, not new valid lengths
+        make = _compiled("create_block_mask") if dev.startswith("cuda") else create_block_mask
+        per_device[dev] = make(mask.mask_mod_on(dev), mask.valid_lengths.shape[0], None, n, n, device=dev)
     return per_device[dev]
 
 
-# --------------------------------------------------------------------------- the kernel
-_COMPILED = None
-
-
-def _flex_for(device: torch.device):
-    """``torch.compile(flex_attention)`` on CUDA (compiled once, lazily); the eager op elsewhere."""
-    global _COMPILED
-    if device.type != "cuda":
-        return flex_attention
-    if _COMPILED is None:
-        _COMPILED = torch.compile(flex_attention)
-    return _COMPILED
-
-
+# --------------------------------------------------------------------------- the backend
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *, scale: float,
               dropout_p: float) -> torch.Tensor:
     """Graph-masked attention of (B, H, N, D) ``q`` over ``k``, (B, H, N, Dv) ``v``: returns (B, H, N, Dv).

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -54,8 +55,7 @@ def check_inputs(q, k, v, mask: GraphMask, *, dropout_p: float) -> list[str]:
         if not interpret_mode():
             reasons.append(f"tensors are on {q.device.type}; the triton backend needs CUDA tensors "
                            f"(or TRITON_INTERPRET=1 for Triton's CPU interpreter, slow, for tests)")
-        elif err is None and "gsit.attention.triton.kernel" in __import__("sys").modules \
-                and not _kernels().INTERPRET:
+        elif err is None and "gsit.attention.triton.kernel" in sys.modules and not _kernels().INTERPRET:
             reasons.append("TRITON_INTERPRET=1 was set after the triton kernels were compiled for the GPU; "
                            "set it before gsit.attention.triton runs its first launch")
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -76,7 +76,8 @@ def check_inputs(q, k, v, mask: GraphMask, *, dropout_p: float) -> list[str]:
     if not 0.0 <= dropout_p < 1.0:
         reasons.append(f"dropout_p must be in [0, 1), got {dropout_p}")
     elif dropout_p > 0.0 and q.shape[2] > MAX_DROPOUT_SEQ:
-        reasons.append(f"attention dropout needs N <= {MAX_DROPOUT_SEQ} (int32 Philox offsets), got {q.shape[2]}")
+        reasons.append(f"attention dropout needs N <= {MAX_DROPOUT_SEQ} (int32 Philox offsets), "
+                       f"got {q.shape[2]}")
     return reasons
 
 
@@ -169,7 +170,8 @@ def meta_table(key_sets: tuple[tuple[int, ...], ...], lengths: tuple[int, ...], 
 
 @functools.lru_cache(maxsize=256)
 def _full_lengths(lengths: tuple[int, ...], batch: int, device: str) -> torch.Tensor:
-    return torch.tensor([list(lengths)] * batch, dtype=torch.int32, device=device).reshape(batch, len(lengths))
+    table = torch.tensor([list(lengths)] * batch, dtype=torch.int32, device=device)
+    return table.reshape(batch, len(lengths))
 
 
 def valid_length_table(mask: GraphMask, batch: int, device: torch.device) -> torch.Tensor:
@@ -218,7 +220,8 @@ class _Launch:
 def _consts(q, v, ln: _Launch, block_m: int, block_n: int, warps: int, stages: int) -> dict:
     D, DV = q.shape[-1], v.shape[-1]
     return dict(HEAD_D=D, HEAD_DV=DV, BLOCK_D=_pow2(D), BLOCK_DV=_pow2(DV), BLOCK_M=block_m, BLOCK_N=block_n,
-                DROPOUT=ln.dropout_p > 0.0, DOT_PREC=_dot_precision(q.dtype), num_warps=warps, num_stages=stages)
+                DROPOUT=ln.dropout_p > 0.0, DOT_PREC=_dot_precision(q.dtype),
+                num_warps=warps, num_stages=stages)
 
 
 def _forward(q, k, v, ln: _Launch):

@@ -127,8 +127,10 @@ def _fwd_kernel(
         for n0 in range(k_seg, k_end, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             col_ok = offs_n < k_end
-            k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=col_ok[:, None] & dv_ok[None, :], other=0.0)
+            k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=col_ok[:, None] & d_ok[None, :],
+                        other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=col_ok[:, None] & dv_ok[None, :],
+                        other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
             s = tl.where(col_ok[None, :], s, float("-inf"))
             # column n0 is real, so every row has a finite logit here and m_new is finite
@@ -190,7 +192,8 @@ def _bwd_dq_kernel(
 
     row_ok = offs_m < q_end
     q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-                + offs_m[:, None] * stride_qn + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+                + offs_m[:, None] * stride_qn + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                other=0.0)
     ov_off = bh.to(tl.int64) * N * HEAD_DV + offs_m[:, None] * HEAD_DV + offs_dv[None, :]
     ov_mask = row_ok[:, None] & dv_ok[None, :]
     do = tl.load(DO + ov_off, mask=ov_mask, other=0.0)
@@ -212,8 +215,10 @@ def _bwd_dq_kernel(
         for n0 in range(k_seg, k_end, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             col_ok = offs_n < k_end
-            k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=col_ok[:, None] & dv_ok[None, :], other=0.0)
+            k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=col_ok[:, None] & d_ok[None, :],
+                        other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=col_ok[:, None] & dv_ok[None, :],
+                        other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
             p = tl.exp2(s - lse[:, None])
             p = tl.where(col_ok[None, :], p, 0.0)
@@ -269,7 +274,8 @@ def _bwd_dkdv_kernel(
 
     col_ok = offs_n < k_end
     k = tl.load(K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-                + offs_n[:, None] * stride_kn + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+                + offs_n[:, None] * stride_kn + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :],
+                other=0.0)
     v = tl.load(V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
                 + offs_n[:, None] * stride_vn + offs_dv[None, :], mask=col_ok[:, None] & dv_ok[None, :],
                 other=0.0)
@@ -291,7 +297,8 @@ def _bwd_dkdv_kernel(
             offs_m = m0 + tl.arange(0, BLOCK_M)
             row_ok = offs_m < q_end
             q = tl.load(q_base + offs_m[:, None] * stride_qn, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * HEAD_DV, mask=row_ok[:, None] & dv_ok[None, :], other=0.0)
+            do = tl.load(do_base + offs_m[:, None] * HEAD_DV, mask=row_ok[:, None] & dv_ok[None, :],
+                         other=0.0)
             lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
             delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
             s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # (BLOCK_N, BLOCK_M)
