@@ -72,13 +72,26 @@ def test_plot_writes_png(tmp_path):
     import importlib.util
     from pathlib import Path
     out = tmp_path / "bench.csv"
-    bench.main(["--quick", "--device", "cpu", "--scale", "16", "--reps", "1", "--warmup", "0",
-                "--padding-batches", "1", "--no-mult", "--backends", "pairs", "--out", str(out)])
+    writer = bench.CsvWriter(out)
+    base = {"gpu": "cpu", "torch": "x", "model": "gsit", "dataset": "mosei", "batch": 32, "dtype": "bf16",
+            "status": "ok", "note": ""}
+    for backend in ("pairs", "flex"):
+        for mult in (1, 2, 4, 8):
+            writer.add({**base, "backend": backend, "mode": "eager", "length_mult": mult, "padding": "padded",
+                        "median_ms": 10.0 * mult})
+        for padding in bench.PADDINGS:
+            writer.add({**base, "backend": backend, "mode": "eager", "dataset": "mosi", "length_mult": 1,
+                        "padding": padding, "median_ms": 5.0, "note": "8 batches; valid tokens/batch 3000"})
+    writer.add({**base, "backend": "triton", "mode": "eager", "length_mult": 1, "padding": "padded",
+                "status": "error: RuntimeError: boom"})  # not drawn
     spec = importlib.util.spec_from_file_location(
         "plot", Path(__file__).resolve().parents[1] / "benchmarks" / "plot.py")
     plot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plot)
+    rows = plot.read_rows(out)
+    assert set(plot.scaling_series(rows, dataset="mosei", batch="32", dtype="bf16")) == {
+        "gsit/pairs/eager", "gsit/flex/eager"}
+    assert set(plot.padding_groups(rows)["gsit/flex/eager"]) == set(bench.PADDINGS)
     png = tmp_path / "bench.png"
-    argv = [str(out), "--out", str(png), "--dataset", "mosi", "--batch", "2", "--dtype", "fp32"]
-    assert plot.main(argv) == 0
+    assert plot.main([str(out), "--out", str(png)]) == 0
     assert png.stat().st_size > 1000

@@ -46,6 +46,11 @@ frames), converted to conv-output lengths, and the same samples are timed as
 These rows run ``padding_batches`` batches; ``median_ms`` is the mean over batches of each batch's median
 step time (p10/p90: percentiles of the per-batch medians), ``n_tokens`` the mean padded tokens per batch.
 For grid rows ``n_tokens`` = B * N (the padded tokens of the batch).
+
+Command line (``python benchmarks/bench_fusion.py --help``): ``--quick`` (x1, B=32, bf16, 5 reps; on CPU a
+tiny fp32 eager run of reference / pairs / MulT at lengths / 16), ``--max-seconds`` (rows are run most
+informative first, see :func:`plan`; once the budget is spent the remaining rows are written as skipped),
+``--only FIELD=V1,V2`` filters, ``--out PATH``.  The CSV is rewritten atomically after every row.
 """
 
 from __future__ import annotations
@@ -458,8 +463,8 @@ def _fmt(v) -> str:
 def plan(cfg: BenchConfig) -> list[Job]:
     """Every row, most informative first (a ``--max-seconds`` budget cuts from the end):
     tier 0: the first dataset / batch / dtype (default MOSEI, 32, bf16) over the length multipliers, eager
-    and CUDA graph (the main plot);
-    tier 1: the padding experiment;  tier 2: the same MOSEI rows compiled;  tier 3: everything else
+    and CUDA graph (the main plot);  tier 1: the padding experiment;  tier 2: the compiled modes of the
+    main configuration at the first multiplier (a compile takes about a minute);  tier 3: everything else
     eager / CUDA graph;  tier 4: everything else compiled."""
     cuda = str(cfg.device).startswith("cuda")
     modes = [m for m in cfg.modes if cuda or m == "eager"]
@@ -472,7 +477,10 @@ def plan(cfg: BenchConfig) -> list[Job]:
                     main = dataset == cfg.datasets[0] and batch == cfg.batches[0] and dtype == cfg.dtypes[0]
                     for mode in modes:
                         compiled = mode.startswith("compile")
-                        tier = (2 if compiled else 0) if main else (4 if compiled else 3)
+                        if main:
+                            tier = (2 if mult == cfg.mults[0] else 4) if compiled else 0
+                        else:
+                            tier = 4 if compiled else 3
                         for model, backend in variants:
                             jobs.append(Job(model, backend, mode, dataset, batch, mult, dtype, "padded",
                                             tier))
@@ -706,7 +714,8 @@ def parse_args(argv: list[str] | None = None, *, results_dir: Path | None = None
     p.add_argument("--no-mult", action="store_true", help="leave out the MulT rows")
     p.add_argument("--no-padding", action="store_true", help="leave out the padding experiment")
     p.add_argument("--padding-batches", type=int, default=None, help="batches per padding row (default 8)")
-    p.add_argument("--scale", type=int, default=1, help="divide every segment length by this (smoke tests)")
+    p.add_argument("--scale", type=int, default=None,
+                   help="divide every segment length by this (default 1; 16 with --quick on CPU)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--check-batch", type=int, default=2)
@@ -719,14 +728,17 @@ def parse_args(argv: list[str] | None = None, *, results_dir: Path | None = None
     args = p.parse_args(argv)
 
     cuda = args.device.startswith("cuda")
-    cfg = BenchConfig(device=args.device, scale=args.scale, check_batch=args.check_batch, seed=args.seed,
+    if cuda and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA GPU (use --device cpu)")
+    scale = args.scale if args.scale is not None else (16 if args.quick and not cuda else 1)
+    cfg = BenchConfig(device=args.device, scale=scale, check_batch=args.check_batch, seed=args.seed,
                       tol={"fp32": args.tol_fp32, "bf16": args.tol_bf16}, mem_budget_gb=args.mem_budget_gb,
                       max_seconds=args.max_seconds, compile_reserve_s=args.compile_reserve)
-    if args.quick:
-        cfg = replace(cfg, mults=(1,), warmup=2, reps=5, padding_batches=2,
-                      **({"batches": (32,), "dtypes": ("bf16",)} if cuda else
-                         {"batches": (2,), "dtypes": ("fp32",), "modes": ("eager",),
-                          "backends": ("reference", "pairs"), "padding_batch": 2, "datasets": ("mosi",)}))
+    if args.quick and cuda:
+        cfg = replace(cfg, mults=(1,), warmup=2, reps=5, padding_batches=2, batches=(32,), dtypes=("bf16",))
+    elif args.quick:  # a CPU smoke run of the plumbing, well under a minute
+        cfg = replace(cfg, mults=(1,), warmup=1, reps=3, padding_batches=2, batches=(2,), dtypes=("fp32",),
+                      modes=("eager",), backends=("reference", "pairs"), padding_batch=2, datasets=("mosi",))
     overrides = {}
     if args.datasets:
         overrides["datasets"] = _csv_list(args.datasets)
