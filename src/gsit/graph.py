@@ -175,6 +175,14 @@ class SequenceLayout:
         """(N,) long: the modality index of every position."""
         return _modality_ids(self.lengths, str(device) if device is not None else "cpu")
 
+    def lengths_tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """(M,) long segment lengths on ``device`` (cached: no host-device copy per call)."""
+        return _long_tensor(self.lengths, str(device) if device is not None else "cpu")
+
+    def offsets_tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """(M,) long segment offsets on ``device`` (cached)."""
+        return _long_tensor(self.offsets, str(device) if device is not None else "cpu")
+
     def positions_in_segment(self, device: torch.device | str | None = None) -> torch.Tensor:
         """(N,) long: the position of every token inside its own segment."""
         return _positions(self.lengths, str(device) if device is not None else "cpu")
@@ -191,9 +199,19 @@ def _positions(lengths: tuple[int, ...], device: str) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=256)
+def _long_tensor(values: tuple[int, ...], device: str) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
+@functools.lru_cache(maxsize=256)
+def _adjacency_on(graph: ModalGraph, device: str) -> torch.Tensor:
+    return graph.adjacency.to(device)
+
+
+@functools.lru_cache(maxsize=256)
 def _static_dense(graph: ModalGraph, lengths: tuple[int, ...], device: str) -> torch.Tensor:
     ids = _modality_ids(lengths, device)
-    return graph.adjacency.to(device)[ids[:, None], ids[None, :]]  # (N, N)
+    return _adjacency_on(graph, device)[ids[:, None], ids[None, :]]  # (N, N)
 
 
 @dataclass(frozen=True, eq=False)
@@ -281,7 +299,7 @@ class GraphMask:
 
     def mask_mod_on(self, device: torch.device | str):
         ids = self.layout.modality_ids(device)
-        adj = self.graph.adjacency.to(device)
+        adj = _adjacency_on(self.graph, str(device))
         valid = self.position_valid(device)
         if valid is None:
             def mask_mod(b, h, q_idx, kv_idx):

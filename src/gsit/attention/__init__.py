@@ -38,16 +38,21 @@ class Backend:
     description: str
 
     def load(self):
-        return importlib.import_module(self.module)
+        module = _LOADED.get(self.name)
+        if module is None:
+            module = _LOADED[self.name] = importlib.import_module(self.module)
+        return module
 
 
 _REGISTRY: dict[str, Backend] = {}
+_LOADED: dict[str, object] = {}  # backend name -> imported module (no import machinery per call)
 
 
 def register_backend(name: str, module: str, description: str) -> None:
     """Register a backend module that defines ``check(q, k, v, mask, *, dropout_p) -> list[str]`` and
     ``attention(q, k, v, mask, *, scale, dropout_p) -> Tensor``."""
     _REGISTRY[name] = Backend(name, module, description)
+    _LOADED.pop(name, None)
 
 
 register_backend("reference", "gsit.attention.reference", "dense masked softmax in fp32 (the oracle)")

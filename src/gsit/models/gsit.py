@@ -43,11 +43,9 @@ class GsiTConfig:
 def last_steps(x: torch.Tensor, layout: SequenceLayout, valid_lengths: torch.Tensor | None) -> torch.Tensor:
     """(B, N, D) -> (B, M * D): the last step of every modality block (the last *valid* step when
     ``valid_lengths`` (B, M) is given; a block with no valid step contributes zeros)."""
-    ends = torch.tensor([o + n - 1 for o, n in zip(layout.offsets, layout.lengths)], device=x.device)  # (M,)
     if valid_lengths is None:
-        return x[:, ends].flatten(1)  # (B, M * D)
-    starts = torch.tensor(layout.offsets, device=x.device)
-    seg_lengths = torch.tensor(layout.lengths, device=x.device)
+        return torch.cat([x[:, o + n - 1] for o, n in zip(layout.offsets, layout.lengths)], dim=-1)  # (B, M * D)
+    starts, seg_lengths = layout.offsets_tensor(x.device), layout.lengths_tensor(x.device)  # cached, (M,)
     valid = torch.minimum(valid_lengths.to(x.device), seg_lengths)  # (B, M); never index past a segment
     idx = starts[None, :] + (valid - 1).clamp(min=0)  # (B, M)
     picked = torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[-1]))  # (B, M, D)

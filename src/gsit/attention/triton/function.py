@@ -184,7 +184,7 @@ def valid_length_table(mask: GraphMask, batch: int, device: torch.device) -> tor
     vl = mask._cache.get(key)
     if vl is None:
         vl = mask.valid_lengths.to(device=device, dtype=torch.int32)
-        vl = torch.minimum(vl.clamp_min(0), torch.tensor(lengths, dtype=torch.int32, device=device)[None])
+        vl = torch.minimum(vl.clamp_min(0), mask.layout.lengths_tensor(device).to(torch.int32)[None])
         vl = vl.contiguous()
         mask._cache[key] = vl
     return vl
