@@ -7,9 +7,14 @@ import os
 import random
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# Without a GPU, Triton kernels can only run under Triton's CPU interpreter, which must be chosen before
+# any module defines a kernel -- so here, before any test module imports torch, triton or gsit.
+if "TRITON_INTERPRET" not in os.environ and not Path("/dev/nvidiactl").exists():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 SHARED_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
