@@ -5,7 +5,6 @@ sidecar with everything else, so ``--resume`` continues bit-identically on CPU."
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import tempfile
@@ -35,7 +34,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _plain(obj: Any) -> Any:
-    """JSON-safe plain values; NaN/inf become the strings "NaN"/"Infinity" are NOT used -- json allows NaN."""
+    """JSON-safe plain values (numpy scalars and tensors to Python); NaN stays NaN (Python's json writes it)."""
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -166,7 +165,3 @@ def _python_rng_to_json(state):
 def _python_rng_from_json(obj):
     version, internal, gauss = obj
     return (version, tuple(internal), gauss)
-
-
-def json_float(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x

@@ -91,24 +91,8 @@ def _load_run(args, dataset: str):
 
 
 def _load_data(run, *, quiet: bool = True):
-    from gsit.data import apply_zero_modalities
-    return apply_zero_modalities(_read_data(run, quiet=quiet), run.data.zero_modalities)
-
-
-def _read_data(run, *, quiet: bool = True):
-    from gsit.data import load_dataset
-    if not run.data.path:
-        if run.data.dataset != "synthetic":
-            raise GsitError(f"--data is required for dataset {run.data.dataset!r} (only 'synthetic' is generated)")
-        from gsit.data.synthetic import make_synthetic
-        if not quiet:
-            print("no --data given: training on a freshly generated synthetic dataset (gsit synth)", file=sys.stderr)
-        if run.data.synthetic_size == "small":
-            return make_synthetic(seed=0)
-        return make_synthetic(preset=run.data.synthetic_size, seed=0)
-    ds = None if run.data.dataset == "synthetic" else run.data.dataset
-    return load_dataset(run.data.path, dataset=ds, text_tokenizer_dir=run.data.text_encoder or None,
-                        mintrec_binary=run.data.binary)
+    from gsit.data import load_run_data
+    return load_run_data(run.data, quiet=quiet)
 
 
 def _print_results(results: dict, run_dir: Path) -> None:

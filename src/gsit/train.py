@@ -574,27 +574,42 @@ def data_facts(data) -> dict[str, Any]:
             "splits": {k: len(v) for k, v in data.splits.items()}}
 
 
-def model_from_run_dir(run_dir: Path, data, *, seed: int | None = None, device: str = "cpu"):
-    """Rebuild a trained model from a run directory (config + best checkpoint of ``seed``)."""
+def load_run_config(run_dir: Path, data_path: str | None = None) -> RunConfig:
+    """The resolved configuration a run directory was trained with (``data_path`` replaces its data path)."""
     from gsit.config import load_config
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
     raw = json.loads(cfg_path.read_text())
-    run = RunConfig(model_name=raw["model_name"], model=raw["model"],
-                    train=dataclasses.replace(load_config(raw["model_name"], raw["data"]["dataset"]).train,
-                                              **{k: tuple(v) if isinstance(v, list) else v
-                                                 for k, v in raw["train"].items()}),
-                    data=dataclasses.replace(load_config(raw["model_name"], raw["data"]["dataset"]).data,
-                                             **raw["data"]))
-    seeds = sorted(int(p.name.split("-", 1)[1]) for p in run_dir.glob("seed-*") if (p / "best.safetensors").is_file())
+    base = load_config(raw["model_name"], raw["data"]["dataset"])
+
+    def merged(section, values):
+        return dataclasses.replace(section, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    data = merged(base.data, raw["data"])
+    if data_path:
+        data = dataclasses.replace(data, path=str(data_path))
+    return RunConfig(model_name=raw["model_name"], model=raw["model"], train=merged(base.train, raw["train"]),
+                     data=data)
+
+
+def run_seeds(run_dir: Path, seed: int | None = None) -> list[int]:
+    """Seeds with a best checkpoint in ``run_dir`` (only ``seed`` when given; an error if it has none)."""
+    seeds = sorted(int(p.name.split("-", 1)[1]) for p in Path(run_dir).glob("seed-*")
+                   if (p / "best.safetensors").is_file())
     if not seeds:
         raise ConfigError(f"run directory {str(run_dir)!r} has no best checkpoint")
-    seed = seed if seed is not None else seeds[0]
-    if seed not in seeds:
-        raise ConfigError(f"run directory {str(run_dir)!r} has no checkpoint for seed {seed}; seeds: {seeds}")
-    text_encoder = load_text_encoder(run, data)
-    model = build_model(run, data, text_encoder)
-    load_model_weights(run_dir / f"seed-{seed}" / "best.safetensors", model)
+    if seed is not None:
+        if seed not in seeds:
+            raise ConfigError(f"run directory {str(run_dir)!r} has no checkpoint for seed {seed}; seeds: {seeds}")
+        return [seed]
+    return seeds
+
+
+def model_from_run_dir(run_dir: Path, data, *, seed: int | None = None, device: str = "cpu"):
+    """Rebuild a trained model from a run directory (config + best checkpoint of ``seed``)."""
+    run = load_run_config(run_dir)
+    seed = run_seeds(run_dir, seed)[0]
+    model = build_model(run, data, load_text_encoder(run, data))
+    load_model_weights(Path(run_dir) / f"seed-{seed}" / "best.safetensors", model)
     return run, model.to(device).eval()

@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import math
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,51 +43,21 @@ def require_optuna():
 
 
 def read_data(run, *, quiet: bool = True):
-    """The data a run config names, exactly as ``gsit train`` reads it (synthetic when no path), with
-    ``data.zero_modalities`` applied.  A fresh object every call (zeroing works in place)."""
-    from gsit.data import apply_zero_modalities, load_dataset
-    if not run.data.path:
-        if run.data.dataset != "synthetic":
-            raise GsitError(f"--data is required for dataset {run.data.dataset!r} (only 'synthetic' is generated)")
-        from gsit.data.synthetic import make_synthetic
-        if not quiet:
-            print("no --data given: using a freshly generated synthetic dataset (gsit synth)", file=sys.stderr)
-        data = (make_synthetic(seed=0) if run.data.synthetic_size == "small"
-                else make_synthetic(preset=run.data.synthetic_size, seed=0))
-    else:
-        ds = None if run.data.dataset == "synthetic" else run.data.dataset
-        data = load_dataset(run.data.path, dataset=ds, text_tokenizer_dir=run.data.text_encoder or None,
-                            mintrec_binary=run.data.binary)
-    return apply_zero_modalities(data, run.data.zero_modalities)
+    """The data a run config names, exactly as ``gsit train`` reads it (see ``gsit.data.load_run_data``)."""
+    from gsit.data import load_run_data
+    return load_run_data(run.data, quiet=quiet)
 
 
 def run_config_from_dir(run_dir: Path, data_path: str | None = None):
     """(RunConfig, data) of a trained run directory; ``data_path`` replaces the run's data path."""
-    import dataclasses
-
-    from gsit.config import RunConfig, load_config
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise GsitError(f"{str(run_dir)!r} is not a run directory (no config.json)")
-    raw = json.loads(cfg_path.read_text())
-    base = load_config(raw["model_name"], raw["data"]["dataset"])
-    data_cfg = dataclasses.replace(base.data, **{k: tuple(v) if isinstance(v, list) else v
-                                                 for k, v in raw["data"].items()})
-    if data_path:
-        data_cfg = dataclasses.replace(data_cfg, path=str(data_path))
-    train_cfg = dataclasses.replace(base.train, **{k: tuple(v) if isinstance(v, list) else v
-                                                   for k, v in raw["train"].items()})
-    run = RunConfig(model_name=raw["model_name"], model=raw["model"], train=train_cfg, data=data_cfg)
+    from gsit.train import load_run_config
+    run = load_run_config(Path(run_dir), data_path)
     return run, read_data(run)
 
 
 def run_seeds(run_dir: Path) -> list[int]:
-    seeds = sorted(int(p.name.split("-", 1)[1]) for p in Path(run_dir).glob("seed-*")
-                   if (p / "best.safetensors").is_file())
-    if not seeds:
-        raise GsitError(f"run directory {str(run_dir)!r} has no best checkpoint")
-    return seeds
+    from gsit.train import run_seeds as seeds_of
+    return seeds_of(Path(run_dir))
 
 
 def metric_dataset(dataset: str) -> str:

@@ -43,7 +43,7 @@ def build_for_profile(model_name: str, dataset: str, overrides=()) -> tuple[RunC
 def profile(model_name: str, dataset: str, overrides=(), *, flops: bool = True) -> dict[str, Any]:
     if dataset not in DATASET_SHAPES:
         raise ValueError(f"unknown dataset preset {dataset!r}; known: {sorted(DATASET_SHAPES)}")
-    run, model = build_for_profile(model_name, dataset, overrides)
+    _, model = build_for_profile(model_name, dataset, overrides)
     groups = model.parameter_groups()
     counts = {k: _count(v) for k, v in groups.items()}
     total_no_text = counts["front_end"] + counts["fusion"] + counts["head"]

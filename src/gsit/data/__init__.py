@@ -131,3 +131,22 @@ def apply_zero_modalities(data: MultimodalData, modalities) -> MultimodalData:
             arr = getattr(s, m)
             arr[...] = 0
     return data
+
+
+def load_run_data(data_cfg, *, quiet: bool = True) -> MultimodalData:
+    """The data a run's ``[data]`` config names, exactly as ``gsit train`` reads it: the synthetic task when
+    no path is given, ``data.zero_modalities`` applied.  A fresh object every call (zeroing is in place)."""
+    import sys
+
+    if not data_cfg.path:
+        if data_cfg.dataset != "synthetic":
+            raise DataError(f"--data is required for dataset {data_cfg.dataset!r} (only 'synthetic' is generated)")
+        if not quiet:
+            print("no --data given: using a freshly generated synthetic dataset (gsit synth)", file=sys.stderr)
+        data = (make_synthetic(seed=0) if data_cfg.synthetic_size == "small"
+                else make_synthetic(preset=data_cfg.synthetic_size, seed=0))
+    else:
+        ds = None if data_cfg.dataset == "synthetic" else data_cfg.dataset
+        data = load_dataset(data_cfg.path, dataset=ds, text_tokenizer_dir=data_cfg.text_encoder or None,
+                            mintrec_binary=data_cfg.binary)
+    return apply_zero_modalities(data, data_cfg.zero_modalities)
