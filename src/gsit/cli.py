@@ -145,14 +145,17 @@ def cmd_profile(args) -> int:
         print(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
         return 0
     print(f"{'model':8s} {'dataset':8s} {'conv':>10s} {'fusion':>11s} {'head':>10s} {'text enc':>10s} "
-          f"{'total':>11s} {'paper':>11s} {'GFLOPs/sample':>14s} {'attn GFLOPs':>12s}")
+          f"{'total':>11s} {'paper':>11s} {'GFLOPs/sample':>14s} {'attn GFLOPs':>12s} {'thop G (B=8)':>13s}")
     for r in rows:
         p, f = r["params"], r["flops_per_sample"]
         print(f"{r['model']:8s} {r['dataset']:8s} {p['front_end']:10,d} {p['fusion']:11,d} {p['head']:10,d} "
               f"{p['text_encoder']:10,d} {p['total_without_text_encoder']:11,d} {p['paper_convention']:11,d} "
-              f"{f['total'] / 1e9:14.3f} {f['attention'] / 1e9:12.3f}")
+              f"{f['total'] / 1e9:14.3f} {f['attention'] / 1e9:12.3f} "
+              f"{r['thop_macs_batch8']['paper_convention'] / 1e9:13.3f}")
     print("paper convention: GsiT = fusion + conv (head excluded); MulT = all but the text encoder. "
-          "FLOPs: true forward FLOPs per sample at padded lengths, attention over allowed pairs only, no BERT.")
+          "FLOPs: true forward FLOPs per sample at padded lengths, attention over allowed pairs only, no BERT. "
+          "thop: the paper's MAC convention for one batch of 8 (the paper's MulT row is "
+          "`gsit efficiency --model mult_dagger`).")
     return 0
 
 

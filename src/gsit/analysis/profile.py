@@ -64,6 +64,10 @@ def profile(model_name: str, dataset: str, overrides=(), *, flops: bool = True) 
     }
     if flops:
         out["flops_per_sample"] = forward_flops(model, dataset)
+        from gsit.analysis.efficiency import thop_macs
+        thop = thop_macs(model_name, dataset, batch=8, overrides=overrides)
+        out["thop_macs_batch8"] = {"paper_convention": thop["paper_convention"], "total": thop["total"],
+                                   "rule": "thop counts Conv1d/Linear/LayerNorm modules only (SPEC §12)"}
     return out
 
 
