@@ -15,6 +15,7 @@ import torch
 
 from gsit import cli
 from gsit.data import make_synthetic, write_mmsa_pickle
+from gsit.data.safe_pickle import load_pickle
 
 QUICK = ["--seeds", "1", "model.d_model=8", "model.num_heads=2", "model.num_layers=1", "train.max_epochs=1",
          "train.batch_size=32"]
@@ -30,16 +31,14 @@ def tiny(**kw):
 def base(tmp_path_factory) -> dict:
     """The MMSA dict of a tiny synthetic dataset (features text)."""
     p = write_mmsa_pickle(tiny(), tmp_path_factory.mktemp("bad_base") / "base.pkl")
-    with open(p, "rb") as fh:
-        return pickle.load(fh)  # our own file
+    return load_pickle(p)  # read back through the same safe loader users get
 
 
 @pytest.fixture(scope="module")
 def bert_base(tmp_path_factory) -> dict:
     """The MMSA dict of a tiny synthetic dataset with text_bert rows (vocabulary 2048)."""
     p = write_mmsa_pickle(tiny(text_kind="bert"), tmp_path_factory.mktemp("bad_bert") / "bert.pkl")
-    with open(p, "rb") as fh:
-        return pickle.load(fh)
+    return load_pickle(p)
 
 
 @pytest.fixture(scope="module")
