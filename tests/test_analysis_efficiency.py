@@ -76,3 +76,22 @@ def test_efficiency_cli_prints_every_model(capsys):
     assert main(["efficiency", "--dataset", "mosi"]) == 0
     out = capsys.readouterr().out
     assert "mult_dagger" in out and "26.294" in out and "26.224" in out
+
+
+def test_step_cost_measures_a_training_step_and_changes_the_weights():
+    """step_cost times real training steps of the chosen backend; the table shows them."""
+    from gsit.analysis.efficiency import step_cost
+    res = step_cost("gsit", "mosi", batch=2, device="cpu", warmup=1, reps=2,
+                    overrides=("model.d_model=16", "model.num_layers=1"))
+    assert res["reps"] == 2 and res["backend"] == "pairs" and res["device"] == "cpu"
+    assert 0 < res["p10_ms"] <= res["median_ms"] <= res["p90_ms"]
+    assert res["peak_mem_mb"] is None  # not tracked on CPU
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        step_cost("gsit", "mosi", batch=2, backend="nope", overrides=("model.d_model=16",))
+    row = {"model": "gsit", "dataset": "mosi",
+           "params": {"total_without_text_encoder": 1793409, "paper_convention": 1694848},
+           "flops_per_sample": {"total": 11.2e9, "attention": 2.5e9},
+           "thop": {"total": 26225029120, "paper_convention": 26224241664, "batch": 8},
+           "paper_flops_g": 26.224, "paper_params_m": 1.695, "step": res}
+    text = format_efficiency([row])
+    assert "step ms (B)" in text and "Adam" in text

@@ -135,7 +135,8 @@ class Job:
     length_mult: int
     dtype: str
     padding: str
-    tier: int = 0
+    tier: float = 0
+    experiment: str = "grid"  # grid | padding
 
     def value(self, name: str) -> str:
         return str(getattr(self, name))
@@ -464,8 +465,10 @@ def plan(cfg: BenchConfig) -> list[Job]:
     """Every row, most informative first (a ``--max-seconds`` budget cuts from the end):
     tier 0: the first dataset / batch / dtype (default MOSEI, 32, bf16) over the length multipliers, eager
     and CUDA graph (the main plot);  tier 1: the padding experiment;  tier 2: the compiled modes of the
-    main configuration at the first multiplier (a compile takes about a minute);  tier 3: everything else
-    eager / CUDA graph;  tier 4: everything else compiled."""
+    main configuration at the first multiplier, CUDA-graphed compile first (a compile takes 30-60 s; flex
+    and reference later);  tier 3: the fused triton backend compiled + CUDA-graphed at the last
+    multiplier;  tier 3.5: the same for the padded and padding-aware bucketed padding rows (one compile
+    per batch shape);  tier 4: everything else eager / CUDA graph;  tier 5: everything else compiled."""
     cuda = str(cfg.device).startswith("cuda")
     modes = [m for m in cfg.modes if cuda or m == "eager"]
     variants = [("gsit", b) for b in cfg.backends] + ([("mult", "sdpa")] if cfg.mult_model else [])
@@ -477,21 +480,35 @@ def plan(cfg: BenchConfig) -> list[Job]:
                     main = dataset == cfg.datasets[0] and batch == cfg.batches[0] and dtype == cfg.dtypes[0]
                     for mode in modes:
                         compiled = mode.startswith("compile")
-                        if main:
-                            tier = (2 if mult == cfg.mults[0] else 4) if compiled else 0
-                        else:
-                            tier = 4 if compiled else 3
                         for model, backend in variants:
+                            if not compiled:
+                                tier = 0 if main else 4
+                            elif not main or backend in ("flex", "reference"):
+                                tier = 5
+                            elif mult == cfg.mults[0]:
+                                tier = 2 if mode == "compile_cudagraph" else 2.5
+                            elif backend == "triton" and mode == "compile_cudagraph" and mult == cfg.mults[-1]:
+                                tier = 3
+                            else:
+                                tier = 5
                             jobs.append(Job(model, backend, mode, dataset, batch, mult, dtype, "padded",
                                             tier))
     if cfg.padding:
         dtype = "bf16" if "bf16" in cfg.dtypes else cfg.dtypes[0]
         for padding in PADDINGS:
-            for mode in [m for m in modes if m in ("eager", "cudagraph")]:
+            for mode in modes:  # compiled rows recompile for every new batch shape: last tier
                 for model, backend in variants:
                     if model == "mult" and padding != "padded":
                         continue  # MulT has no padding-aware mode
-                    jobs.append(Job(model, backend, mode, "mosi", cfg.padding_batch, 1, dtype, padding, 1))
+                    if not mode.startswith("compile"):
+                        tier = 1
+                    elif backend == "triton" and mode == "compile_cudagraph" and padding in ("padded",
+                                                                                            "aware_bucketed"):
+                        tier = 3.5
+                    else:
+                        tier = 5
+                    jobs.append(Job(model, backend, mode, "mosi", cfg.padding_batch, 1, dtype, padding, tier,
+                                    "padding"))
     jobs = [j for j in jobs if all(j.value(k) in vals for k, vals in cfg.only)]
     return sorted(jobs, key=lambda j: j.tier)  # stable: the grid order inside a tier
 
@@ -661,7 +678,7 @@ def run(cfg: BenchConfig, out_path: Path, *, log=_log) -> list[dict]:
                    "status": f"skipped: --max-seconds {cfg.max_seconds:g} budget ({elapsed:.0f} s used)"}
             writer.add({**env, **row})
             continue
-        if job.tier == 1:
+        if job.experiment == "padding":
             if padding is None:
                 padding = padding_cases(cfg)
             case = padding[job.padding]
@@ -767,7 +784,7 @@ def parse_args(argv: list[str] | None = None, *, results_dir: Path | None = None
         if "=" not in spec:
             p.error(f"--only {spec!r}: expected FIELD=V1,V2")
         name, values = spec.split("=", 1)
-        if name not in Job.__dataclass_fields__ or name == "tier":
+        if name not in Job.__dataclass_fields__ or name in ("tier", "experiment"):
             p.error(f"--only {spec!r}: unknown field {name!r}")
         only.append((name, _csv_list(values)))
     overrides["only"] = tuple(only)

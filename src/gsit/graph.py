@@ -130,11 +130,12 @@ class ModalGraph:
             adj[idx[q], idx[k]] = True
         return adj
 
-    @functools.cached_property
+    @property
     def key_sets(self) -> tuple[tuple[int, ...], ...]:
-        """For each query modality index, the sorted key modality indices it reads."""
-        adj = self.adjacency
-        return tuple(tuple(int(j) for j in torch.nonzero(adj[i]).flatten()) for i in range(adj.shape[0]))
+        """For each query modality index, the sorted key modality indices it reads (plain Python over the
+        edge set: cheap, and traceable by torch.compile, unlike a cached property)."""
+        idx = {m: i for i, m in enumerate(self.modalities)}
+        return tuple(tuple(sorted(idx[k] for q, k in self.edges if q == m)) for m in self.modalities)
 
     def edge_names(self) -> list[str]:
         order = {m: i for i, m in enumerate(self.modalities)}

@@ -117,7 +117,11 @@ def cmd_efficiency(args) -> int:
     from gsit.analysis.efficiency import efficiency_row, format_efficiency
     models = [args.model] if args.model else ["gsit", "mult_dagger", "mult", "vanilla"]
     datasets = [args.dataset] if args.dataset else ["mosi", "mosei", "sims"]
-    rows = [efficiency_row(m, d, batch=args.batch, overrides=tuple(args.overrides)) for d in datasets for m in models]
+    step = None
+    if args.step_time:
+        step = {"batch": args.step_batch, "device": args.device, "dtype": args.dtype, "backend": args.backend}
+    rows = [efficiency_row(m, d, batch=args.batch, overrides=tuple(args.overrides), step=step)
+            for d in datasets for m in models]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -220,5 +224,11 @@ def register(sub) -> None:
     p.add_argument("--dataset", default=None, help="default: mosi, mosei, sims")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--step-time", action="store_true",
+                   help="also measure a training step (time, and peak memory on a GPU) of each model")
+    p.add_argument("--step-batch", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="device of the step measurement (cpu, cuda, cuda:1)")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="step measurement precision")
+    p.add_argument("--backend", default=None, help="GsiT/Vanilla attention backend of the step (default pairs)")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_efficiency)

@@ -45,11 +45,12 @@ def last_steps(x: torch.Tensor, layout: SequenceLayout, valid_lengths: torch.Ten
     ``valid_lengths`` (B, M) is given; a block with no valid step contributes zeros)."""
     if valid_lengths is None:
         return torch.cat([x[:, o + n - 1] for o, n in zip(layout.offsets, layout.lengths)], dim=-1)  # (B, M * D)
-    starts, seg_lengths = layout.offsets_tensor(x.device), layout.lengths_tensor(x.device)  # cached, (M,)
-    valid = torch.minimum(valid_lengths.to(x.device), seg_lengths)  # (B, M); never index past a segment
-    idx = starts[None, :] + (valid - 1).clamp(min=0)  # (B, M)
+    # segment offsets/lengths enter as Python ints (no host-to-device copy: CUDA-graph and compile safe)
+    valid = valid_lengths.to(x.device)
+    idx = torch.stack([o + (valid[:, i].clamp(max=n) - 1).clamp(min=0)
+                       for i, (o, n) in enumerate(zip(layout.offsets, layout.lengths))], dim=1)  # (B, M)
     picked = torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[-1]))  # (B, M, D)
-    picked = picked * (valid > 0)[:, :, None].to(x.dtype)
+    picked = picked * (valid > 0)[:, :, None].to(x.dtype)  # a block with no valid step -> zeros
     return picked.flatten(1)
 
 

@@ -104,6 +104,8 @@ class GraphSelfAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
         self.scale, self.attn_dropout = attention_scale_and_dropout(semantics, self.head_dim, attn_dropout)
+        from gsit.attention import get_backend
+        get_backend(backend)  # an unknown name fails here; the module is imported now, not while tracing
         self.backend = backend
         self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))

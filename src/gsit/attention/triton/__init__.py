@@ -22,6 +22,7 @@ Semantics (identical to the ``reference`` backend):
 * ``dropout_p`` in [0, 1) drops attention probabilities with an in-kernel Philox mask (scaled by
   1/(1-p)); the backward regenerates the same mask.  The seed is drawn from torch's CPU generator,
   so ``torch.manual_seed`` makes it reproducible (it is not the same random stream as ``F.dropout``).
+  The draw happens on the device, so a compiled or CUDA-graph-captured step gets a fresh mask per replay.
 
 Limits (``check`` reports them): CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (Triton's
 interpreter, for tests: it must be set before the first launch); head dims 1..128 (non-powers of two

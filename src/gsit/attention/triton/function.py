@@ -118,12 +118,19 @@ def small_tiles(m: int = 16, n: int = 16) -> TileConfig:
 INTERPRETER_TILES = small_tiles(16, 16)
 
 
-def default_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> TileConfig:
-    """Tiles for the GPU (H100/H200 class; chosen from ptxas register/spill counts for sm_90, no
-    autotuning); small tiles under the CPU interpreter.
+LONG_SEGMENT = 1024  # segments at least this long get the taller tiles (measured on H200, see below)
 
-    16-bit inputs use tensor cores (wgmma) with 64-row tiles: real GsiT segments are short (tens of real
-    tokens), so taller tiles would mostly hold padding.  fp32 inputs use IEEE fp32 products (no tensor
+
+def default_config(head_dim: int, dtype: torch.dtype, device: torch.device,
+                   lengths: tuple[int, ...] = ()) -> TileConfig:
+    """Tiles for the GPU (H100/H200 class); small tiles under the CPU interpreter.
+
+    16-bit inputs use tensor cores with 64-row tiles for MOSI/MOSEI-sized segments (tens to hundreds of
+    steps: taller tiles would mostly hold padding and leave SMs idle).  When the longest segment has
+    ``LONG_SEGMENT`` or more steps, taller query tiles (and 128-key tiles in dK/dV) win: chosen by
+    ``benchmarks/bench_kernel.py --sweep`` on an H200 (forward graph, MOSEI lengths x4/x8, B=32, 4 heads:
+    at x8 fwd+bwd 5.84 -> 4.90 ms at head dim 32 and 7.46 -> 6.86 ms at 64; per-pair cuDNN 5.94 / 7.19;
+    ``benchmarks/results/NVIDIA-H200-kernel.csv``).  fp32 inputs use IEEE fp32 products (no tensor
     cores), which need small tiles to stay in registers.
     """
     if device.type != "cuda" or interpret_mode():
@@ -131,7 +138,14 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> T
     if dtype == torch.float32:
         w = 4 if head_dim <= 64 else 8
         return TileConfig(32, 32, w, 2, 32, 32, w, 2, 32, 32, w, 2)
+    long = bool(lengths) and max(lengths) >= LONG_SEGMENT
+    if head_dim <= 32:
+        if long:
+            return TileConfig(128, 64, 4, 4, 32, 128, 4, 3, 128, 32, 4, 3)
+        return TileConfig(64, 64, 4, 3, 64, 64, 4, 2, 64, 64, 4, 2)
     if head_dim <= 64:
+        if long:
+            return TileConfig(64, 128, 4, 3, 32, 128, 4, 2, 64, 64, 4, 3)
         return TileConfig(64, 64, 4, 3, 64, 64, 4, 2, 64, 64, 4, 2)
     return TileConfig(64, 64, 4, 2, 32, 64, 8, 2, 64, 64, 8, 2)
 
@@ -174,22 +188,6 @@ def _full_lengths(lengths: tuple[int, ...], batch: int, device: str) -> torch.Te
     return table.reshape(batch, len(lengths))
 
 
-def valid_length_table(mask: GraphMask, batch: int, device: torch.device) -> torch.Tensor:
-    """(B, M) int32 contiguous: per (sample, segment) valid lengths clamped to [0, segment length]
-    (the full lengths without padding).  Cached on the mask (GraphMask's private cache) per device."""
-    lengths = tuple(int(n) for n in mask.layout.lengths)
-    if mask.valid_lengths is None:
-        return _full_lengths(lengths, batch, str(device))
-    key = ("triton_valid_lengths", str(device))
-    vl = mask._cache.get(key)
-    if vl is None:
-        vl = mask.valid_lengths.to(device=device, dtype=torch.int32)
-        vl = torch.minimum(vl.clamp_min(0), mask.layout.lengths_tensor(device).to(torch.int32)[None])
-        vl = vl.contiguous()
-        mask._cache[key] = vl
-    return vl
-
-
 # --------------------------------------------------------------------------------------- launches
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
@@ -213,8 +211,17 @@ class _Launch:
     vl: torch.Tensor
     scale: float
     dropout_p: float
-    seed: int
+    seed: torch.Tensor | None  # (1,) int64 on the device: the Philox seed of the dropout mask
     cfg: TileConfig
+
+
+def _seed_arg(ln: _Launch, dummy: torch.Tensor) -> torch.Tensor:
+    """The seed pointer (any tensor when there is no dropout: the kernels never read it then)."""
+    if ln.dropout_p > 0.0:
+        if ln.seed is None:
+            raise ValueError("attention dropout needs a seed tensor")
+        return ln.seed
+    return dummy
 
 
 def _consts(q, v, ln: _Launch, block_m: int, block_n: int, warps: int, stages: int) -> dict:
@@ -237,7 +244,7 @@ def _forward(q, k, v, ln: _Launch):
         q, k, v, o, lse, meta, ln.vl,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
-        H, N, len(ln.lengths), ln.scale * kern.LOG2E, ln.dropout_p, ln.seed,
+        H, N, len(ln.lengths), ln.scale * kern.LOG2E, ln.dropout_p, _seed_arg(ln, lse),
         **_consts(q, v, ln, cfg.fwd_m, cfg.fwd_n, cfg.fwd_warps, cfg.fwd_stages),
     )
     return o, lse
@@ -256,7 +263,7 @@ def _backward(q, k, v, o, lse, do, ln: _Launch):
     delta = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2))
-    scalars = (H, N, len(ln.lengths), ln.scale * kern.LOG2E, ln.dropout_p, ln.seed)
+    scalars = (H, N, len(ln.lengths), ln.scale * kern.LOG2E, ln.dropout_p, _seed_arg(ln, delta))
     dev = str(q.device)
     # dQ first: it also writes delta = rowsum(dO * O), which the dK/dV kernel reads
     meta, tiles = meta_table(ln.key_sets, ln.lengths, cfg.dq_m, False, dev)
@@ -276,19 +283,109 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-class GraphAttentionFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, ln: _Launch):
-        o, lse = _forward(q, k, v, ln)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.ln = ln
-        return o
+# ------------------------------------------------------------------ custom operators (torch.compile)
+# The launches are registered as two torch.library custom operators, with autograd attached to the
+# forward one.  Dynamo and Inductor treat them as opaque nodes (shapes from the fake implementations),
+# so a model using the triton backend compiles as ONE graph -- no graph break around attention -- and
+# Inductor fuses the LayerNorms, bias adds, GELUs and residuals around it.  Eager calls go through the
+# same operators (one dispatcher hop per call).  Non-tensor arguments are plain ints/floats: the graph
+# as a flat 0/1 adjacency (M*M), the segment lengths and the 12 tile parameters.
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, o, lse, do, ctx.ln)
-        return dq, dk, dv, None
+
+def _pack(ln: "_Launch") -> tuple[list[int], list[int], list[int]]:
+    m = len(ln.lengths)
+    adj = [0] * (m * m)
+    for i, keys in enumerate(ln.key_sets):
+        for j in keys:
+            adj[i * m + j] = 1
+    c = ln.cfg
+    tiles = [c.fwd_m, c.fwd_n, c.fwd_warps, c.fwd_stages, c.dkdv_m, c.dkdv_n, c.dkdv_warps, c.dkdv_stages,
+             c.dq_m, c.dq_n, c.dq_warps, c.dq_stages]
+    return adj, list(ln.lengths), tiles
+
+
+def _unpack(q, vl, adj, lengths, scale, dropout_p, seed, tiles) -> "_Launch":  # noqa: PLR0913
+    m = len(lengths)
+    key_sets = tuple(tuple(j for j in range(m) if adj[i * m + j]) for i in range(m))
+    lengths = tuple(int(n) for n in lengths)
+    if vl is None:
+        vl = _full_lengths(lengths, q.shape[0], str(q.device))
+    return _Launch(key_sets, lengths, vl, float(scale), float(dropout_p), seed, TileConfig(*tiles))
+
+
+@torch.library.custom_op("gsit::graph_attention_fwd", mutates_args=())
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vl: torch.Tensor | None, adj: list[int],
+            lengths: list[int], scale: float, dropout_p: float, seed: torch.Tensor | None,
+            tiles: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(_unit_last(q), _unit_last(k), _unit_last(v),
+                    _unpack(q, vl, adj, lengths, scale, dropout_p, seed, tiles))
+
+
+def _warm_tables(q, adj, lengths, tiles) -> None:
+    """Build (and cache) the device tables of every launch of this shape with real tensors.
+
+    Called from the fake implementation, i.e. when torch.compile traces the model: the cached tables
+    are then allocated outside any CUDA-graph memory pool, so ``mode="reduce-overhead"`` (CUDA graph
+    trees) never sees a long-lived allocation made inside its pool."""
+    if q.device.type != "cuda":
+        return
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    m = len(lengths)
+    key_sets = tuple(tuple(j for j in range(m) if adj[i * m + j]) for i in range(m))
+    lengths = tuple(int(n) for n in lengths)
+    cfg = TileConfig(*tiles)
+    dev = str(q.device)
+    with unset_fake_temporarily():
+        meta_table(key_sets, lengths, cfg.fwd_m, False, dev)
+        meta_table(key_sets, lengths, cfg.dq_m, False, dev)
+        meta_table(key_sets, lengths, cfg.dkdv_n, True, dev)
+        _full_lengths(lengths, q.shape[0], dev)
+
+
+@_fwd_op.register_fake
+def _(q, k, v, vl, adj, lengths, scale, dropout_p, seed, tiles):
+    _warm_tables(q, adj, lengths, tiles)
+    B, H, N, _ = q.shape
+    return q.new_empty(B, H, N, v.shape[-1]), q.new_empty(B, H, N, dtype=torch.float32)
+
+
+@torch.library.custom_op("gsit::graph_attention_bwd", mutates_args=())
+def _bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+            do: torch.Tensor, vl: torch.Tensor | None, adj: list[int], lengths: list[int], scale: float,
+            dropout_p: float, seed: torch.Tensor | None, tiles: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(_unit_last(q), _unit_last(k), _unit_last(v), o.contiguous(), lse.contiguous(), do,
+                     _unpack(q, vl, adj, lengths, scale, dropout_p, seed, tiles))
+
+
+@_bwd_op.register_fake
+def _(q, k, v, o, lse, do, vl, adj, lengths, scale, dropout_p, seed, tiles):
+    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
+            torch.empty(k.shape, dtype=k.dtype, device=k.device),
+            torch.empty(v.shape, dtype=v.dtype, device=v.device))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, vl, adj, lengths, scale, dropout_p, seed, tiles = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, vl, seed)
+    ctx.args = (adj, lengths, scale, dropout_p, tiles)
+    ctx.mark_non_differentiable(lse)
+
+
+def _autograd_backward(ctx, do, dlse):
+    q, k, v, o, lse, vl, seed = ctx.saved_tensors
+    adj, lengths, scale, dropout_p, tiles = ctx.args
+    dq, dk, dv = _bwd_op(q, k, v, o, lse, do, vl, adj, lengths, scale, dropout_p, seed, tiles)
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+_fwd_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def _graph_attention_op(q, k, v, vl, ln: "_Launch") -> torch.Tensor:
+    adj, lengths, tiles = _pack(ln)
+    out, _ = _fwd_op(q, k, v, vl, adj, lengths, ln.scale, ln.dropout_p, ln.seed, tiles)
+    return out
 
 
 def _shape_reasons(q, k, v, mask: GraphMask) -> list[str]:
@@ -304,25 +401,46 @@ def _shape_reasons(q, k, v, mask: GraphMask) -> list[str]:
     return reasons
 
 
-def apply_unchecked(q, k, v, mask: GraphMask, *, scale: float, dropout_p: float, seed: int | None = None,
-                    config: TileConfig | None = None) -> torch.Tensor:
+def _seed_tensor(seed, device) -> torch.Tensor:
+    if isinstance(seed, torch.Tensor):
+        if seed.numel() != 1 or seed.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"seed tensor must hold one int32/int64 value, got {seed.dtype} {tuple(seed.shape)}")
+        return seed.reshape(1).to(device=device, dtype=torch.int64)
+    return torch.tensor([int(seed) & 0x7FFFFFFF], dtype=torch.int64, device=device)
+
+
+def _valid_lengths(mask: GraphMask, lengths: tuple[int, ...]) -> torch.Tensor | None:
+    """(B, M) int32 valid lengths clamped to [0, segment length], or None without padding.  Written with
+    tensor ops only (no caches, no host copies) so it traces under torch.compile and CUDA graphs."""
+    if mask.valid_lengths is None:
+        return None
+    vl = mask.valid_lengths.to(torch.int32)
+    return torch.stack([vl[:, i].clamp(0, n) for i, n in enumerate(lengths)], dim=1)  # Python-int bounds
+
+
+def apply_unchecked(q, k, v, mask: GraphMask, *, scale: float, dropout_p: float,
+                    seed: int | torch.Tensor | None = None, config: TileConfig | None = None) -> torch.Tensor:
     """Launch without re-checking (the registry's ``graph_attention`` has already run ``check``)."""
-    if dropout_p > 0.0 and seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-    cfg = config if config is not None else default_config(max(q.shape[-1], v.shape[-1]), q.dtype, q.device)
-    ln = _Launch(mask.graph.key_sets, tuple(int(n) for n in mask.layout.lengths),
-                 valid_length_table(mask, q.shape[0], q.device), float(scale), float(dropout_p),
-                 int(seed or 0) & 0x7FFFFFFF, cfg)
-    return GraphAttentionFunction.apply(_unit_last(q), _unit_last(k), _unit_last(v), ln)
+    seed_t = None
+    if dropout_p > 0.0:
+        # drawn on the device from torch's generator: reproducible under torch.manual_seed, and a fresh
+        # draw per call even inside a compiled graph or a CUDA-graph replay
+        seed_t = (torch.randint(0, 2**31 - 1, (1,), device=q.device, dtype=torch.int64) if seed is None
+                  else _seed_tensor(seed, q.device))
+    lengths = tuple(int(n) for n in mask.layout.lengths)
+    cfg = config if config is not None else default_config(max(q.shape[-1], v.shape[-1]), q.dtype, q.device,
+                                                           lengths)
+    ln = _Launch(mask.graph.key_sets, lengths, None, float(scale), float(dropout_p), seed_t, cfg)
+    return _graph_attention_op(q, k, v, _valid_lengths(mask, ln.lengths), ln)
 
 
 def fused_graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *,
-                          scale: float | None = None, dropout_p: float = 0.0, seed: int | None = None,
+                          scale: float | None = None, dropout_p: float = 0.0, seed: int | torch.Tensor | None = None,
                           config: TileConfig | None = None) -> torch.Tensor:
     """The fused kernel with its knobs exposed (tile sizes, dropout seed); see the package docstring.
 
-    ``seed``: Philox seed of the dropout mask (default: drawn from torch's CPU generator, so
-    ``torch.manual_seed`` makes runs reproducible).  ``config``: tile sizes (default per head dim/dtype).
+    ``seed``: Philox seed of the dropout mask, an int or a one-element integer tensor (default: drawn on
+    q's device from torch's generator, so ``torch.manual_seed`` makes runs reproducible).  ``config``: tile sizes (default per head dim/dtype).
     """
     reasons = check_inputs(q, k, v, mask, dropout_p=dropout_p) + _shape_reasons(q, k, v, mask)
     if reasons:
@@ -339,7 +457,7 @@ def dropout_keep_mask(batch_heads: int, n: int, dropout_p: float, seed: int, dev
     out = torch.empty(batch_heads, n, n, dtype=torch.int8, device=device)
     block = 16
     kern._dropout_keep_kernel[(triton_cdiv(n, block), triton_cdiv(n, block), batch_heads)](
-        out, n, float(dropout_p), int(seed) & 0x7FFFFFFF, BLOCK=block)
+        out, n, float(dropout_p), _seed_tensor(seed, out.device), BLOCK=block)
     return out.bool()
 
 

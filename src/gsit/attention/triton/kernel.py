@@ -63,20 +63,22 @@ def _dim_mask(HEAD: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _keep(seed, bh, rows, cols, N, p_drop):
-    """Dropout keep mask (True = kept) for the broadcast grid of global positions rows x cols."""
-    key = (bh.to(tl.int64) << 32) + seed
+def _keep(SEED, bh, rows, cols, N, p_drop):
+    """Dropout keep mask (True = kept) for the broadcast grid of global positions rows x cols; the seed
+    is read from device memory (a one-element int64 tensor), so a compiled or CUDA-graph-captured step
+    draws a fresh mask each replay."""
+    key = (bh.to(tl.int64) << 32) + tl.load(SEED)
     return tl.rand(key, rows * N + cols) >= p_drop
 
 
 # ----------------------------------------------------------------------------------------- forward
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _fwd_kernel(
     Q, K, V, O, LSE, META, VL,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
-    H, N, M, qk_scale, p_drop, seed,
+    H, N, M, qk_scale, p_drop, SEED,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
@@ -139,7 +141,7 @@ def _fwd_kernel(
             p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             if DROPOUT:
-                keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], N, p_drop)
+                keep = _keep(SEED, bh, offs_m[:, None], offs_n[None, :], N, p_drop)
                 p = tl.where(keep, p * inv_keep, 0.0)
             acc = acc * alpha[:, None]
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
@@ -154,13 +156,13 @@ def _fwd_kernel(
 
 
 # ---------------------------------------------------------------------------------------- backward
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _bwd_dq_kernel(
     Q, K, V, O, DO, LSE, DELTA, DQ, META, VL,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
-    H, N, M, qk_scale, p_drop, seed,
+    H, N, M, qk_scale, p_drop, SEED,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
@@ -224,7 +226,7 @@ def _bwd_dq_kernel(
             p = tl.where(col_ok[None, :], p, 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
             if DROPOUT:
-                keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], N, p_drop)
+                keep = _keep(SEED, bh, offs_m[:, None], offs_n[None, :], N, p_drop)
                 dp = tl.where(keep, dp * inv_keep, 0.0)
             ds = p * (dp - delta[:, None])
             dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
@@ -233,13 +235,13 @@ def _bwd_dq_kernel(
              mask=in_seg[:, None] & d_ok[None, :])
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit
 def _bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, META, VL,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
-    H, N, M, qk_scale, p_drop, seed,
+    H, N, M, qk_scale, p_drop, SEED,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
@@ -306,7 +308,7 @@ def _bwd_dkdv_kernel(
             p_t = tl.where(col_ok[:, None], p_t, 0.0)
             dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
             if DROPOUT:
-                keep = _keep(seed, bh, offs_m[None, :], offs_n[:, None], N, p_drop)
+                keep = _keep(SEED, bh, offs_m[None, :], offs_n[:, None], N, p_drop)
                 pd_t = tl.where(keep, p_t * inv_keep, 0.0)
                 dp_t = tl.where(keep, dp_t * inv_keep, 0.0)
             else:
@@ -321,12 +323,12 @@ def _bwd_dkdv_kernel(
 
 
 # ------------------------------------------------------------------------------------------ testing
-@triton.jit(do_not_specialize=["seed"])
-def _dropout_keep_kernel(OUT, N, p_drop, seed, BLOCK: tl.constexpr):
+@triton.jit
+def _dropout_keep_kernel(OUT, N, p_drop, SEED, BLOCK: tl.constexpr):
     """Materialise the (B*H, N, N) keep mask the attention kernels use (int8; for tests only)."""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     bh = tl.program_id(2)
-    keep = _keep(seed, bh, rows[:, None], cols[None, :], N, p_drop)
+    keep = _keep(SEED, bh, rows[:, None], cols[None, :], N, p_drop)
     ptrs = OUT + bh.to(tl.int64) * N * N + rows[:, None] * N + cols[None, :]
     tl.store(ptrs, keep.to(tl.int8), mask=(rows[:, None] < N) & (cols[None, :] < N))
