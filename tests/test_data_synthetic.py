@@ -209,3 +209,96 @@ def test_write_mmsa_pickle_layout_and_round_trip(tmp_path, kind):
             np.testing.assert_array_equal(a.text_lengths, b.text_lengths)
         else:
             np.testing.assert_array_equal(a.text, b.text)
+
+
+# ----------------------------------------------------------------------------- the associative-recall task
+
+
+def test_recall_shapes_range_and_determinism():
+    data = make_synthetic(task="recall", seed=3)
+    validate(data)
+    assert [len(data.splits[k]) for k in SPLITS] == [600, 150, 150]
+    assert data.seq_lengths == {"text": 20, "audio": 40, "vision": 40}
+    assert (data.text_dim, data.audio_dim, data.vision_dim) == (32, 5, 20)
+    assert "task=recall" in data.source
+    again, other = make_synthetic(task="recall", seed=3), make_synthetic(task="recall", seed=4)
+    for name in SPLITS:
+        for key in ("text", "audio", "vision", "labels", "audio_lengths"):
+            np.testing.assert_array_equal(getattr(data.splits[name], key), getattr(again.splits[name], key))
+    assert not np.array_equal(data.splits["train"].labels, other.splits["train"].labels)
+    s = data.splits["train"]
+    assert s.labels.min() >= -3 and s.labels.max() <= 3 and s.labels.std() > 1.2  # 3 * U(-1, 1) spreads
+    assert s.audio_lengths.min() >= 5 * 4  # every one of the 4 segments spans at least the conv kernel
+    # the default task is untouched by the new option
+    np.testing.assert_array_equal(make_synthetic(seed=3).splits["test"].labels,
+                                  make_synthetic(seed=3, task="sign").splits["test"].labels)
+
+
+@pytest.mark.parametrize("keys", [4, 6])
+def test_recall_label_is_the_value_of_the_audio_segment_the_text_names(keys):
+    """Noise off: text holds one query code (the same vector for the same query), audio holds K contiguous
+    segments (code_k + value_k * value direction, random order), and y = 3 * value of the queried key."""
+    data, cues = make_synthetic(task="recall", recall_keys=keys, seed=5, feature_noise=0.0, label_noise=0.0,
+                                audio_len=60, audio_dim=keys + 2, return_cues=True)
+    s, c = data.splits["train"], cues["train"]
+    n = len(s)
+    q, values, order = c["query"], c["values"], c["order"]
+    assert sorted(np.unique(q)) == list(range(keys))
+    np.testing.assert_allclose(s.labels, 3.0 * values[np.arange(n), q], rtol=1e-5, atol=1e-6)
+    # text: every planted row of sample i equals the code of its query
+    planted = np.abs(s.text).sum(-1) > 0
+    rows = {k: [] for k in range(keys)}
+    for i in range(n):
+        r = s.text[i][planted[i]]
+        np.testing.assert_allclose(r, np.broadcast_to(r[0], r.shape), atol=1e-6)
+        rows[int(q[i])].append(r[0])
+    codes = np.stack([np.mean(rows[k], axis=0) for k in range(keys)])
+    for k in range(keys):
+        np.testing.assert_allclose(np.stack(rows[k]), np.broadcast_to(codes[k], (len(rows[k]), codes.shape[1])),
+                                   atol=1e-5)
+    # audio: segment j of sample i (from the recorded start and width) is code[order[i, j]] + value * u
+    def segment_row(i, j):
+        start = c["segment_start"][i] + j * c["segment_width"][i]
+        seg = s.audio[i, start:start + c["segment_width"][i]]
+        np.testing.assert_allclose(seg, np.broadcast_to(seg[0], seg.shape), atol=1e-6)
+        return seg[0]
+    assert (c["segment_start"] + keys * c["segment_width"] <= s.audio_lengths).all()
+    assert (c["segment_width"] >= 5).all()
+    # the value direction is what two segments of the same key differ by
+    k0 = [(i, int(np.flatnonzero(order[i] == 0)[0])) for i in range(2)]
+    (i0, j0), (i1, j1) = k0
+    u = (segment_row(i0, j0) - segment_row(i1, j1)) / (2.0 * (values[i0, 0] - values[i1, 0]))
+    u /= np.linalg.norm(u)
+    for i in range(0, n, 7):
+        js = [int(np.flatnonzero(order[i] == k)[0]) for k in range(keys)]
+        seg_rows = np.stack([segment_row(i, j) for j in js])  # (K, D_a), row k = key k's segment
+        np.testing.assert_allclose(seg_rows @ u / 2.0, values[i], atol=1e-5)  # cue_strength 2
+        # the label is read off the segment of the queried key, found through the value direction
+        assert s.labels[i] == pytest.approx(3.0 * float(seg_rows[q[i]] @ u) / 2.0, abs=1e-4)
+    # the vision modality carries no signal
+    assert (data.splits["train"].vision == 0).all()
+
+
+def test_recall_single_modalities_do_not_predict_the_label():
+    """The queried key alone (text) says nothing about y; the values alone (audio) only through their mean."""
+    data, cues = make_synthetic(task="recall", n_train=4000, n_valid=4, n_test=4, seed=0, return_cues=True)
+    y, c = data.splits["train"].labels, cues["train"]
+    assert abs(_corr(y, c["query"])) < 0.06
+    assert _corr(y, c["values"].mean(1)) ** 2 < 0.35  # ~1/K of the variance with K = 4
+    assert _corr(y, c["matched"]) ** 2 > 0.99
+
+
+def test_recall_bert_query_token_and_bad_arguments():
+    from gsit.data.synthetic import RECALL_TOKEN_BASE
+    data, cues = make_synthetic(task="recall", text_kind="bert", seed=2, return_cues=True)
+    validate(data, vocab_size=SYNTHETIC_VOCAB_SIZE)
+    ids = data.splits["train"].text_bert[:, 0]
+    qtok = (ids >= RECALL_TOKEN_BASE).sum(1)
+    assert (qtok == 1).all()
+    np.testing.assert_array_equal(ids[ids >= RECALL_TOKEN_BASE] - RECALL_TOKEN_BASE, cues["train"]["query"])
+    with pytest.raises(ValueError, match="task"):
+        make_synthetic(task="copy")
+    with pytest.raises(ValueError, match="recall_keys"):
+        make_synthetic(task="recall", recall_keys=1)
+    with pytest.raises(ValueError, match="audio_len"):
+        make_synthetic(task="recall", recall_keys=8, audio_len=6)

@@ -161,7 +161,9 @@ def cmd_profile(args) -> int:
 
 def cmd_synth(args) -> int:
     from gsit.data.synthetic import make_synthetic, write_mmsa_pickle
-    kw = {"seed": args.seed}
+    kw = {"seed": args.seed, "task": args.task}
+    if args.task == "recall":
+        kw["recall_keys"] = args.recall_keys
     if args.preset != "small":
         kw["preset"] = args.preset
     data = make_synthetic(**kw)
@@ -245,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small", help="small | mosi | mosei | sims")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", default="pkl", choices=["pkl", "npz"])
+    p.add_argument("--task", default="sign", choices=["sign", "recall"],
+                   help="sign: y = text cue x audio cue x vision magnitude (default); recall: the text names one "
+                        "of K audio segments and y is that segment's value (needs cross-modal attention)")
+    p.add_argument("--recall-keys", type=int, default=4, help="recall: number of audio segments K (default 4)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("convert", help="convert an MMSA pickle to gsit's code-free format (npz + json)")

@@ -58,6 +58,8 @@ class DataConfig:
     text_encoder: str = ""             # local BERT-family directory ("" = precomputed text features)
     binary: bool = False               # MIntRec binary mode
     synthetic_size: str = "small"      # small | a preset name (mosi, mosei, sims)
+    synthetic_task: str = "sign"       # sign: y = text cue x audio cue x vision magnitude | recall: associative recall
+    synthetic_recall_keys: int = 4     # recall: number of (code, value) segments in the audio
     zero_modalities: tuple[str, ...] = ()  # replace these modalities' features by zeros (e.g. a text-only control)
 
 

@@ -6,6 +6,12 @@ directory ``OUT/<variant>/`` with a ``variant.json`` naming the variant and its 
 and ``gsit robustness`` work on them too.  Rows are variants; columns are the dataset's primary metrics
 (:func:`gsit.metrics.primary_metric_names`) as mean ± std over seeds (population std, as ``results.json``),
 plus the number of seeds.  Selection is on validation loss as always; the table reports test metrics.
+
+On the generated synthetic dataset (``--dataset synthetic`` without ``--data``) the ablation uses the
+associative-recall task (``data.synthetic_task="recall"``, :func:`gsit.data.synthetic.make_synthetic`) unless
+an override or the ``--config`` file sets ``data.synthetic_task``: its label needs text to attend to audio, so
+Self-Only and the text-only control cannot solve it, whereas the default ``sign`` task of ``gsit train`` can be
+solved by the head multiplying per-modality summaries.
 """
 
 from __future__ import annotations
@@ -62,6 +68,22 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             "each sample's audio and vision zeroed with probability 0.3 during training"),
 )}
 DEFAULT_VARIANTS = tuple(n for n in VARIANTS if n != "modality_dropout")
+ABLATION_SYNTHETIC_TASK = "recall"  # the generated synthetic task an ablation uses unless told otherwise
+
+
+def synthetic_task_overrides(dataset: str, data_path: str | None, overrides=(), config: str | None = None
+                             ) -> list[str]:
+    """``['data.synthetic_task="recall"']`` when the ablation generates the synthetic dataset and neither an
+    override nor the ``config`` file chooses the task; else ``[]``."""
+    if dataset != "synthetic" or data_path:
+        return []
+    if any(o.split("=", 1)[0].strip() in ("data.synthetic_task", "data.path") for o in overrides):
+        return []
+    if config is not None:
+        from gsit.config import _read_toml
+        if {"synthetic_task", "path"} & set(_read_toml(Path(config)).get("data", {})):
+            return []
+    return [f'data.synthetic_task="{ABLATION_SYNTHETIC_TASK}"']
 
 
 def _model_keys(model: str) -> set[str]:
@@ -106,7 +128,7 @@ def run_ablation(dataset: str, *, data_path: str | None = None, out: str | Path 
     from gsit.train import run_training
     names = parse_variants(",".join(variants)) if variants else DEFAULT_VARIANTS
     out_dir = new_dir(out, default_root=Path("runs"), prefix=f"ablation-{dataset}")
-    common = list(overrides)
+    common = synthetic_task_overrides(dataset, data_path, overrides, config) + list(overrides)
     if data_path:
         common.append(f'data.path="{Path(data_path)}"')
     if text_encoder:
@@ -116,6 +138,7 @@ def run_ablation(dataset: str, *, data_path: str | None = None, out: str | Path 
     metrics = primary_metric_names(metric_dataset(dataset))
     data_cache: dict[Any, Any] = {}
     rows = []
+    sources: list[str] = []
     for name in names:
         v = VARIANTS[name]
         use, skipped = variant_overrides(v, common)
@@ -125,6 +148,8 @@ def run_ablation(dataset: str, *, data_path: str | None = None, out: str | Path 
             data_cache[key] = read_data(run)
         if not quiet:
             print(f"ablation variant {name}: {v.model} {' '.join(use)}", file=sys.stderr)
+        if str(data_cache[key].source) not in sources:
+            sources.append(str(data_cache[key].source))
         run_dir = out_dir / name
         results = run_training(run, data_cache[key], run_dir=run_dir, quiet=quiet, device=device,
                                command=["gsit", "ablate", "--variant", name, *use])
@@ -135,11 +160,12 @@ def run_ablation(dataset: str, *, data_path: str | None = None, out: str | Path 
                      "mean": {m: results["mean"].get(m, float("nan")) for m in metrics},
                      "std": {m: results["std"].get(m, float("nan")) for m in metrics},
                      "run_dir": str(run_dir), "skipped_overrides": skipped})
-    write_ablation_table(out_dir, dataset, metrics, rows)
+    write_ablation_table(out_dir, dataset, metrics, rows, sources=sources)
     return {"out": str(out_dir), "metrics": metrics, "rows": rows}
 
 
-def write_ablation_table(out_dir: Path, dataset: str, metrics: list[str], rows: list[dict[str, Any]]) -> None:
+def write_ablation_table(out_dir: Path, dataset: str, metrics: list[str], rows: list[dict[str, Any]],
+                         sources: list[str] | tuple[str, ...] = ()) -> None:
     header = ["variant", "model", "n_seeds"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
     body = [[r["variant"], r["model"], r["n_seeds"]] + [r[s][m] for m in metrics for s in ("mean", "std")]
             for r in rows]
@@ -147,6 +173,8 @@ def write_ablation_table(out_dir: Path, dataset: str, metrics: list[str], rows: 
     md_rows = [[r["label"]] + [fmt_mean_std(r["mean"][m], r["std"][m]) for m in metrics] + [r["n_seeds"]]
                for r in rows]
     md = (f"Ablation on {dataset} (test split; mean ± std over seeds; model selected on validation loss)\n\n"
+          + "".join(f"Data: {src}\n\n" for src in sources)
           + markdown_table(["Variant"] + metrics + ["n_seeds"], md_rows))
     write_text_new(out_dir / "ablation.md", md)
-    write_json_new(out_dir / "ablation.json", {"dataset": dataset, "metrics": metrics, "rows": rows})
+    write_json_new(out_dir / "ablation.json", {"dataset": dataset, "metrics": metrics, "rows": rows,
+                                               "data_sources": list(sources)})

@@ -30,6 +30,7 @@ __all__ = [
     "Split",
     "SplitDataset",
     "collate",
+    "drop_unused_text",
     "load_converted",
     "load_dataset",
     "load_mintrec",
@@ -143,10 +144,34 @@ def load_run_data(data_cfg, *, quiet: bool = True) -> MultimodalData:
             raise DataError(f"--data is required for dataset {data_cfg.dataset!r} (only 'synthetic' is generated)")
         if not quiet:
             print("no --data given: using a freshly generated synthetic dataset (gsit synth)", file=sys.stderr)
-        data = (make_synthetic(seed=0) if data_cfg.synthetic_size == "small"
-                else make_synthetic(preset=data_cfg.synthetic_size, seed=0))
+        from gsit.data.synthetic import MAX_RECALL_KEYS, SYNTHETIC_TASKS
+
+        task = data_cfg.synthetic_task
+        if task not in SYNTHETIC_TASKS:
+            raise DataError(f"data.synthetic_task={task!r}; known: {list(SYNTHETIC_TASKS)}")
+        kw: dict = {"seed": 0, "task": task}
+        if task == "recall":
+            if not 2 <= data_cfg.synthetic_recall_keys <= MAX_RECALL_KEYS:
+                raise DataError(f"data.synthetic_recall_keys={data_cfg.synthetic_recall_keys} must be in "
+                                f"[2, {MAX_RECALL_KEYS}]")
+            kw["recall_keys"] = data_cfg.synthetic_recall_keys
+        if data_cfg.synthetic_size != "small":
+            kw["preset"] = data_cfg.synthetic_size
+        data = make_synthetic(**kw)
     else:
         ds = None if data_cfg.dataset == "synthetic" else data_cfg.dataset
         data = load_dataset(data_cfg.path, dataset=ds, text_tokenizer_dir=data_cfg.text_encoder or None,
                             mintrec_binary=data_cfg.binary)
-    return apply_zero_modalities(data, data_cfg.zero_modalities)
+    return apply_zero_modalities(drop_unused_text(data), data_cfg.zero_modalities)
+
+
+def drop_unused_text(data: MultimodalData) -> MultimodalData:
+    """Release precomputed ``text`` features when ``text_bert`` token rows are present, in place.
+
+    Models always read ``text_bert`` when a split has it (``data.text_kind == "bert"``), so the float
+    features are never used; an MMSA MOSEI pickle carries both, and its ``text`` (N, 50, 768) float32 is
+    3.5 GB over the three splits -- more than audio and vision together would leave room for."""
+    if data.text_kind == "bert":
+        for s in data.splits.values():
+            s.text = None
+    return data
