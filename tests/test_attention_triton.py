@@ -298,3 +298,23 @@ def test_compiled_dropout_draws_a_fresh_mask_per_call():
     torch.manual_seed(3)
     torch.testing.assert_close(compiled(q, k, v), a, atol=0, rtol=0)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+def test_eager_path_and_custom_operator_give_identical_results(dropout):
+    """Eager calls skip the custom-operator layer (an autograd.Function over the same launches); the
+    operator, used under torch.compile, must give bit-identical outputs and gradients."""
+    from gsit.attention.triton import function as F
+    mask = _mask("forward", MODS3, (5, 9, 7), valid=[[5, 9, 7], [2, 0, 6]])
+    q, k, v = _qkv(2, 2, 21, 16, seed=31)
+    do = torch.randn(2, 2, 21, 16, generator=torch.Generator().manual_seed(32)).to(DEVICE)
+    lengths = (5, 9, 7)
+    ln = F._Launch(mask.graph.key_sets, lengths, None, 0.25, dropout,
+                   F._seed_tensor(7, DEVICE) if dropout else None, F.default_config(16, q.dtype, q.device))
+    vl = F._valid_lengths(mask, lengths)
+    eager = _run(q, k, v, mask, lambda q, k, v, m: F._graph_attention_op(q, k, v, vl, ln), do)
+    adj, lens, tiles = F._pack(ln)
+    op = _run(q, k, v, mask, lambda q, k, v, m: F._fwd_op(q, k, v, vl, adj, lens, ln.scale, ln.dropout_p,
+                                                          ln.seed, tiles)[0], do)
+    for a, b in zip([eager[0], *eager[1]], [op[0], *op[1]]):
+        assert torch.equal(a, b)
