@@ -410,3 +410,28 @@ def test_bert_from_pretrained_local_minilm_has_width_384():
 def test_gsit_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         small_config().d_model = 3  # type: ignore[misc]
+
+
+def test_nan_policy_auto_checks_cpu_only_and_error_always():
+    """'auto' (default) checks CPU inputs and skips CUDA ones (no device sync per step); 'error' checks
+    wherever the tensor is; unknown policies are refused.  The CUDA branch is exercised by a stand-in
+    tensor whose device reports 'cuda'."""
+    from gsit.errors import DataError
+    from gsit.models.layers import check_modal_inputs
+
+    class FakeCuda(torch.Tensor):
+        @property
+        def device(self):
+            return torch.device("cuda")
+
+    bad = torch.full((1, 6, 3), float("nan"))
+    kw = dict(input_dims={"a": 3}, kernel_sizes={"a": 5})
+    with pytest.raises(DataError, match="NaN"):
+        check_modal_inputs({"a": bad}, **kw)  # auto, CPU
+    on_gpu = bad.as_subclass(FakeCuda)
+    check_modal_inputs({"a": on_gpu}, **kw)  # auto skips the synchronising check on a GPU
+    with pytest.raises(DataError, match="NaN"):
+        check_modal_inputs({"a": on_gpu}, nan_policy="error", **kw)
+    check_modal_inputs({"a": bad}, nan_policy="ignore", **kw)
+    with pytest.raises(ValueError, match="nan_policy"):
+        check_modal_inputs({"a": bad}, nan_policy="sometimes", **kw)

@@ -37,7 +37,7 @@ class GsiTConfig:
     attention_backend: str = "pairs"   # any name in gsit.attention.available_backends()
     padding_aware: bool = False        # off = the paper (padding attends and is pooled); on = ignore padding
     output_dim: int = 1                # 1 for regression, C for classification
-    nan_policy: str = "error"          # error | ignore
+    nan_policy: str = "auto"           # auto: check CPU inputs only (no GPU sync) | error | ignore
 
 
 def last_steps(x: torch.Tensor, layout: SequenceLayout, valid_lengths: torch.Tensor | None) -> torch.Tensor:

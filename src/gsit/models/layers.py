@@ -41,9 +41,18 @@ class ConvFrontEnd(nn.Module):
         return out
 
 
+NAN_POLICIES = ("auto", "error", "ignore")
+
+
 def check_modal_inputs(features: dict[str, torch.Tensor], *, input_dims: dict[str, int],
-                       kernel_sizes: dict[str, int], nan_policy: str = "error") -> None:
-    """One clear ``DataError`` naming the modality and shapes for bad model inputs."""
+                       kernel_sizes: dict[str, int], nan_policy: str = "auto") -> None:
+    """One clear ``DataError`` naming the modality and shapes for bad model inputs.
+
+    ``nan_policy``: ``"auto"`` checks for NaN/inf on CPU tensors only -- on a GPU the check would force a
+    device-to-host sync every forward, and data read by gsit's loaders is already rejected at load time
+    with an error naming the file and key; ``"error"`` always checks; ``"ignore"`` never does."""
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy {nan_policy!r} unknown; known: {list(NAN_POLICIES)}")
     batch = None
     for m, dim in input_dims.items():
         if m not in features:
@@ -62,7 +71,8 @@ def check_modal_inputs(features: dict[str, torch.Tensor], *, input_dims: dict[st
         elif x.shape[0] != batch[1][0]:
             raise DataError(f"batch sizes differ: {batch[0]!r} has shape {batch[1]}, {m!r} has shape "
                             f"{tuple(x.shape)}")
-        if nan_policy == "error" and x.is_floating_point() and not torch.isfinite(x).all():
+        check = nan_policy == "error" or (nan_policy == "auto" and x.device.type == "cpu")
+        if check and x.is_floating_point() and not torch.isfinite(x).all():
             raise DataError(f"modality {m!r}: input contains NaN or inf (shape {tuple(x.shape)}); "
                             f"set model.nan_policy='ignore' to pass it through")
 

@@ -32,11 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from gsit.errors import ConfigError, DataError
-from gsit.models.layers import ConvFrontEnd, check_modal_inputs, xavier_linear_
+from gsit.models.layers import NAN_POLICIES, ConvFrontEnd, check_modal_inputs, xavier_linear_
 
 MULT_MODALITIES = ("text", "audio", "vision")
 FFN_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
-NAN_POLICIES = ("error", "ignore")
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ class MulTConfig:
     positional: bool = True      # MMSA always adds sinusoidal positions; the GsiT repo's MulT-dagger has none
     ffn_activation: str = "relu"
     output_dim: int = 1          # 1 = regression; num_classes for classification
-    nan_policy: str = "error"    # "error": NaN/inf inputs raise DataError; "ignore": passed through
+    nan_policy: str = "auto"     # auto: check CPU inputs only (no GPU sync) | error: always | ignore
 
     def __post_init__(self) -> None:
         if sorted(self.modalities) != sorted(MULT_MODALITIES):
