@@ -373,3 +373,24 @@ def test_gsit_beats_text_only_control_on_default_synthetic_task(tmp_path, capsys
     assert full["Corr"] > 0.85
     assert abs(text["Corr"]) < 0.3
     assert full["Non0_acc_2"] > 0.9 and text["Non0_acc_2"] < 0.7
+
+
+@pytest.mark.slow
+def test_compiled_training_with_the_triton_backend_matches_eager(tmp_path, seed):
+    """`gsit train --compile` with the fused triton backend (kernels under TRITON_INTERPRET=1 on CPU,
+    Inductor for everything else): it trains, and the validation losses follow the eager run's."""
+    pytest.importorskip("triton")
+    import os
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    over = [*TINY_MODEL, "train.batch_size=32", "train.max_epochs=2", "train.early_stop=50",
+            "model.attention_backend=triton", "model.attn_dropout=0.0"]
+    results = {}
+    for compiled in (False, True):
+        run = load_config("gsit", "synthetic", None, over + (["train.compile=true"] if compiled else []))
+        results[compiled] = train_seed(run, tiny_data(), seed=1, seed_dir=tmp_path / str(compiled), ctx=Dist(),
+                                       resume=False, progress=Progress(True, Dist()), dataset="synthetic")
+    torch._dynamo.reset()
+    eager, comp = results[False], results[True]
+    assert comp["epochs"] == eager["epochs"] == 2
+    assert abs(comp["test"]["MAE"] - eager["test"]["MAE"]) < 0.05, (comp["test"], eager["test"])
