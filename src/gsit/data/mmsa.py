@@ -165,20 +165,30 @@ def _require(src: str, split: str, d: dict, key: str) -> Any:
     return d[key]
 
 
+def _take(src: str, split: str, d: dict, key: str) -> Any:
+    """Remove ``key`` from the unpickled split dict and return its value (required key).
+
+    The readers below pop every large array from the dict they convert, so when a conversion copies
+    (e.g. float64 features -> float32) the original is released as soon as its copy exists instead of
+    living in the unpickled dict until every split is converted: at most one array is ever held twice."""
+    _require(src, split, d, key)
+    return d.pop(key)
+
+
 def _split_from_dict(src: str, name: str, d: dict) -> Split:
     if "text" not in d and "text_bert" not in d:
         raise DataError(f"{src}: split '{name}' is missing the required key 'text_bert' (or 'text').")
-    audio = _float_features(src, name, "audio", _require(src, name, d, "audio"))
+    audio = _float_features(src, name, "audio", _take(src, name, d, "audio"))
     _zero_neg_inf(audio)  # MMSA: audio -inf -> 0 (only audio)
-    vision = _float_features(src, name, "vision", _require(src, name, d, "vision"))
+    vision = _float_features(src, name, "vision", _take(src, name, d, "vision"))
     labels = _labels(src, name, "regression_labels", _require(src, name, d, "regression_labels"))
     n = labels.shape[0]
     ids = _strings(src, name, "id", d["id"]) if "id" in d else np.array([f"{name}_{i}" for i in range(n)])
     split = Split(name=name, audio=audio, vision=vision, labels=labels, ids=ids)
     if "text" in d and d["text"] is not None:
-        split.text = _float_features(src, name, "text", d["text"])
+        split.text = _float_features(src, name, "text", _take(src, name, d, "text"))
     if "text_bert" in d and d["text_bert"] is not None:
-        split.text_bert = _text_bert(src, name, d["text_bert"])
+        split.text_bert = _text_bert(src, name, _take(src, name, d, "text_bert"))
     for key in ("audio_lengths", "vision_lengths"):
         if key in d and d[key] is not None:
             setattr(split, key, _lengths(src, name, key, d[key]))
@@ -199,8 +209,10 @@ def _apply_override(data: MultimodalData, modality: str, path: str | os.PathLike
         if modality == "text":
             if "text" not in d and "text_bert" not in d:
                 raise DataError(f"{src}: split '{name}' is missing the required key 'text_bert' (or 'text').")
-            new_text = _float_features(src, name, "text", d["text"]) if d.get("text") is not None else None
-            new_bert = _text_bert(src, name, d["text_bert"]) if d.get("text_bert") is not None else None
+            new_text = (_float_features(src, name, "text", _take(src, name, d, "text"))
+                        if d.get("text") is not None else None)
+            new_bert = (_text_bert(src, name, _take(src, name, d, "text_bert"))
+                        if d.get("text_bert") is not None else None)
             for key, arr in (("text", new_text), ("text_bert", new_bert)):
                 if arr is not None and arr.shape[0] != n:
                     raise DataError(
@@ -209,7 +221,7 @@ def _apply_override(data: MultimodalData, modality: str, path: str | os.PathLike
                     )
             s.text, s.text_bert, s.text_lengths = new_text, new_bert, None
         else:
-            feats = _float_features(src, name, modality, _require(src, name, d, modality))
+            feats = _float_features(src, name, modality, _take(src, name, d, modality))
             if modality == "audio":
                 _zero_neg_inf(feats)
             if feats.shape[0] != n:
