@@ -45,6 +45,7 @@ a real MMSA ``unaligned_50.pkl`` carries both, and the pickle reader must build 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -64,7 +65,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gsit.data.dataset import SPLIT_NAMES  # noqa: E402
+from gsit.data.dataset import SPLIT_NAMES  # after the sys.path line
 
 MOSEI = {"train": 16326, "valid": 1871, "test": 4659}
 TEXT_LEN, AUDIO_LEN, AUDIO_DIM, VISION_LEN, VISION_DIM = 50, 500, 74, 500, 35
@@ -293,35 +294,35 @@ class RssSampler(threading.Thread):
 
 def run_monitored(cmd: list[str], env: dict, interval: float, log_path: Path | None = None) -> dict:
     """Run ``cmd``; sample its RSS; timestamp every stderr line.  Returns rc, output, samples, peaks."""
-    t0 = time.time()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    sampler = RssSampler(proc.pid, interval)
-    sampler.start()
-    lines: list[tuple[float, str]] = []
-    out_chunks: list[str] = []
-    log = open(log_path, "w") if log_path else None
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(open(log_path, "w")) if log_path else None
+        t0 = time.time()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=ROOT)
+        sampler = RssSampler(proc.pid, interval)
+        sampler.start()
+        lines: list[tuple[float, str]] = []
+        out_chunks: list[str] = []
 
-    def pump_err() -> None:
-        for line in proc.stderr:
-            lines.append((time.time() - t0, line.rstrip("\n")))
-            if log:
-                log.write(f"[{time.time() - t0:8.1f}s] {line}")
-                log.flush()
+        def pump_err() -> None:
+            for line in proc.stderr:
+                lines.append((time.time() - t0, line.rstrip("\n")))
+                if log:
+                    log.write(f"[{time.time() - t0:8.1f}s] {line}")
+                    log.flush()
 
-    def pump_out() -> None:
-        out_chunks.append(proc.stdout.read())
+        def pump_out() -> None:
+            out_chunks.append(proc.stdout.read())
 
-    threads = [threading.Thread(target=pump_err, daemon=True), threading.Thread(target=pump_out, daemon=True)]
-    for th in threads:
-        th.start()
-    _, status, usage = os.wait4(proc.pid, 0)  # ru_maxrss: the kernel's peak RSS of the child
-    wall = time.time() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    sampler.stop()
-    for th in threads:
-        th.join()
-    if log:
-        log.close()
+        threads = [threading.Thread(target=pump_err, daemon=True), threading.Thread(target=pump_out, daemon=True)]
+        for th in threads:
+            th.start()
+        _, status, usage = os.wait4(proc.pid, 0)  # ru_maxrss: the kernel's peak RSS of the child
+        wall = time.time() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        sampler.stop()
+        for th in threads:
+            th.join()
     return {"rc": proc.returncode, "wall_s": wall, "stderr_lines": lines, "stdout": "".join(out_chunks),
             "sampler": sampler, "ru_maxrss_bytes": usage.ru_maxrss * 1024}
 
@@ -350,7 +351,8 @@ def machine() -> dict:
     import torch
     cpu = ""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     mem = _status_kb_file("/proc/meminfo", "MemTotal")
@@ -367,9 +369,10 @@ def machine() -> dict:
 
 def _status_kb_file(path: str, key: str) -> int | None:
     try:
-        for line in open(path):
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
     except OSError:
         return None
     return None
@@ -411,7 +414,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     scale = args.train_size / MOSEI["train"]
-    sizes = {"train": args.train_size, **{k: max(2, int(round(MOSEI[k] * scale))) for k in ("valid", "test")}}
+    sizes = {"train": args.train_size, **{k: max(2, round(MOSEI[k] * scale)) for k in ("valid", "test")}}
     work_ctx = tempfile.TemporaryDirectory(prefix="load_mosei_") if args.work is None else None
     work = Path(work_ctx.name if work_ctx else args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -486,7 +489,8 @@ def main(argv=None) -> int:
         epoch_row = {}
         if epochs_csv.is_file():
             import csv
-            rows = list(csv.DictReader(open(epochs_csv)))
+            with open(epochs_csv, newline="") as fh:
+                rows = list(csv.DictReader(fh))
             epoch_row = rows[-1] if rows else {}
         metrics = None
         if (run_dir / "results.json").is_file():

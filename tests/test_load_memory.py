@@ -150,7 +150,7 @@ def test_load_mosei_cpu_script_reduced(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "load_mosei_cpu.py"), "--out", str(out),
                            "--work", str(tmp_path / "work"), "--train-size", "2000", "--threads", "1"],
-                          env=env, capture_output=True, text=True, timeout=3600)
+                          env=env, capture_output=True, text=True, timeout=3600, check=False)
     assert out.is_file(), proc.stderr[-3000:]
     r = json.loads(out.read_text())
     t = r["train"]
