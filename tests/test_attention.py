@@ -247,3 +247,40 @@ def test_attention_explicit_scale_multiplies_logits(backend, scale, seed):
     out = graph_attention(q, k, v, GraphMask(graph, layout), backend=backend, scale=scale)
     torch.testing.assert_close(out, per_pair_attention(q, k, v, layout, graph, scale), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(out, per_pair_attention(q, k, v, layout, graph, 8 ** -0.5), atol=1e-4)
+
+
+# --------------------------------------------------------------------------- stacked masks
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("padded", [False, True])
+def test_stacked_mask_equals_each_group_alone(backend, padded):
+    """Backends without native stacked support run each group as its plain mask: group g of the output
+    is exactly what its own mask gives on its slice of the batch."""
+    from gsit.graph import StackedGraphMask
+    fwd = GraphMask(ModalGraph.named("forward", TVA), RAGGED, VALID if padded else None)
+    stacked = StackedGraphMask((fwd, fwd.with_graph(ModalGraph.named("backward", TVA)),
+                                fwd.with_graph(ModalGraph.named("self", TVA))))
+    q, k, v = make_qkv(6, 2, RAGGED.total, 8, seed=5)
+    up = torch.randn(6, 2, RAGGED.total, 8, generator=torch.Generator().manual_seed(6))
+    got = run(backend, q, k, v, stacked, up)
+    for g, m in enumerate(stacked.masks):
+        sl = slice(2 * g, 2 * g + 2)
+        want = run(backend, q[sl], k[sl], v[sl], m, up[sl])
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a[sl], b, atol=0, rtol=0)
+    assert stacked.valid_lengths is None if not padded else stacked.valid_lengths.shape == (6, 3)
+
+
+def test_stacked_mask_rejects_mixed_layouts_padding_and_bad_batches():
+    from gsit.graph import StackedGraphMask
+    fwd = GraphMask(ModalGraph.named("forward", TVA), RAGGED)
+    other = GraphMask(ModalGraph.named("forward", TVA), SequenceLayout(TVA, (46, 113, 200)))
+    with pytest.raises(ValueError, match="share one layout"):
+        StackedGraphMask((fwd, other))
+    with pytest.raises(ValueError, match="all have valid_lengths or all have none"):
+        StackedGraphMask((fwd, GraphMask(fwd.graph, RAGGED, VALID)))
+    with pytest.raises(ValueError, match="at least one"):
+        StackedGraphMask(())
+    stacked = StackedGraphMask((fwd, fwd))
+    q, k, v = make_qkv(3, 1, RAGGED.total, 4)
+    with pytest.raises(ValueError, match="not divisible by the 2 mask groups"):
+        graph_attention(q, k, v, stacked, backend="pairs")

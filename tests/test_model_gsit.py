@@ -435,3 +435,55 @@ def test_nan_policy_auto_checks_cpu_only_and_error_always():
     check_modal_inputs({"a": bad}, nan_policy="ignore", **kw)
     with pytest.raises(ValueError, match="nan_policy"):
         check_modal_inputs({"a": bad}, nan_policy="sometimes", **kw)
+
+
+# --------------------------------------------------------------------------- stacked forward/backward encoders
+def _fusion_grads(model: GsiT, x, lengths):
+    out = model(x, lengths)["prediction"]
+    (out.square().sum() + out.sum()).backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("structure", ["original", "structure1", "self_only", "bidirectional"])
+@pytest.mark.parametrize("padding_aware", [False, True])
+@pytest.mark.parametrize("share_layers", [True, False])
+def test_stacked_encoders_equal_sequential_encoders(structure, padding_aware, share_layers):
+    """stack_encoders=True computes the same function with the same parameters: output and every
+    parameter gradient match the sequential forward/backward encoders (fp64, no dropout)."""
+    x = {m: t.double() for m, t in small_inputs(batch=3, seed=4).items()}
+    results = []
+    for stack in (False, True):
+        torch.manual_seed(11)
+        cfg = no_dropout(structure=structure, padding_aware=padding_aware, share_layers=share_layers,
+                         stack_encoders=stack)
+        model = GsiT(cfg).double().train()
+        results.append(_fusion_grads(model, x, LENGTHS))
+    (out_s, grads_s), (out_t, grads_t) = results
+    torch.testing.assert_close(out_t, out_s, atol=1e-10, rtol=1e-10)
+    assert grads_s.keys() == grads_t.keys() and any("backward_encoder" in n for n in grads_t)
+    for name in grads_s:
+        torch.testing.assert_close(grads_t[name], grads_s[name], atol=1e-10, rtol=1e-9, msg=name)
+
+
+def test_stacked_encoders_keep_the_state_dict_and_apply_dropout_per_direction():
+    plain, stacked = GsiT(small_config()), GsiT(small_config(stack_encoders=True))
+    assert plain.state_dict().keys() == stacked.state_dict().keys()
+    stacked.load_state_dict(plain.state_dict())
+    x = small_inputs(batch=2, seed=5)
+    plain.eval(), stacked.eval()
+    torch.testing.assert_close(stacked(x)["prediction"], plain(x)["prediction"], atol=1e-5, rtol=1e-5)
+    stacked.train()
+    a, b = stacked(x)["prediction"], stacked(x)["prediction"]
+    assert torch.isfinite(a).all() and not torch.equal(a, b)  # dropout active in training
+
+
+def test_stacked_encoders_refuse_mismatched_encoders():
+    from gsit.graph import StackedGraphMask
+    from gsit.models.layers import GraphEncoder, stacked_encoders_forward
+    layout = SequenceLayout((T, V, A), (3, 4, 5))
+    mask = GraphMask(ModalGraph.named("forward", (T, V, A)), layout)
+    enc = [GraphEncoder(d_model=8, num_heads=2, num_layers=2), GraphEncoder(d_model=8, num_heads=4, num_layers=2)]
+    with pytest.raises(ValueError, match="must share d_model"):
+        stacked_encoders_forward(enc, torch.randn(1, 12, 8), StackedGraphMask((mask, mask)))
+    with pytest.raises(ValueError, match="2 encoders but the stacked mask has 1 groups"):
+        stacked_encoders_forward(enc, torch.randn(1, 12, 8), StackedGraphMask((mask,)))

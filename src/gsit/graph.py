@@ -314,5 +314,72 @@ class GraphMask:
         return GraphMask(graph, self.layout, self.valid_lengths)
 
 
+@dataclass(frozen=True, eq=False)
+class StackedGraphMask:
+    """G graph masks over ONE layout, for a batch stacked group-major: samples ``[g * B, (g + 1) * B)`` of a
+    (G * B, H, N, D) input use ``masks[g]``.
+
+    This lets G encoders of identical shape that read the same sequence run as one batched computation
+    (GsiT's forward and backward encoders: one QKV GEMM, one attention launch, one FFN GEMM per layer for
+    both directions).  It adds no mask logic: every group is a plain :class:`GraphMask`, and a backend
+    without native support gets the batch split per group (:func:`gsit.attention.graph_attention`)."""
+
+    masks: tuple[GraphMask, ...]
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.masks:
+            raise ValueError("StackedGraphMask needs at least one GraphMask")
+        layout = self.masks[0].layout
+        for i, m in enumerate(self.masks):
+            if not isinstance(m, GraphMask):
+                raise TypeError(f"masks[{i}] is a {type(m).__name__}, expected a GraphMask")
+            if m.layout != layout:
+                raise ValueError(f"masks[{i}] has layout {m.layout}, masks[0] has {layout}: stacked masks "
+                                 f"must share one layout")
+        kinds = {m.valid_lengths is None for m in self.masks}
+        if len(kinds) != 1:
+            raise ValueError("stacked masks must all have valid_lengths or all have none")
+        if self.masks[0].valid_lengths is not None:
+            sizes = {int(m.valid_lengths.shape[0]) for m in self.masks}
+            if len(sizes) != 1:
+                raise ValueError(f"stacked masks' valid_lengths have different batch sizes {sorted(sizes)}")
+
+    @property
+    def groups(self) -> int:
+        return len(self.masks)
+
+    @property
+    def layout(self) -> SequenceLayout:
+        return self.masks[0].layout
+
+    @property
+    def total(self) -> int:
+        return self.layout.total
+
+    @property
+    def num_modalities(self) -> int:
+        return len(self.layout.modalities)
+
+    @property
+    def padding_aware(self) -> bool:
+        return self.masks[0].valid_lengths is not None
+
+    @property
+    def valid_lengths(self) -> torch.Tensor | None:
+        """(G * B, M): the groups' valid lengths, concatenated group-major (``None`` without padding)."""
+        if not self.padding_aware:
+            return None
+        if "valid" not in self._cache:
+            self._cache["valid"] = torch.cat([m.valid_lengths for m in self.masks], dim=0)
+        return self._cache["valid"]
+
+    def group_size(self, batch: int) -> int:
+        """Samples per group of a stacked batch of ``batch`` samples (an error names a bad split)."""
+        if batch % self.groups:
+            raise ValueError(f"stacked batch {batch} is not divisible by the {self.groups} mask groups")
+        return batch // self.groups
+
+
 def layout_from_lengths(modalities: tuple[str, ...], lengths: tuple[int, ...]) -> SequenceLayout:
     return SequenceLayout(tuple(modalities), tuple(int(n) for n in lengths))

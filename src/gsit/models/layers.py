@@ -186,3 +186,94 @@ class GraphEncoder(nn.Module):
         for layer in self.depth_layers():
             x = layer(x, mask)
         return self.final_norm(x)
+
+
+# --------------------------------------------------------------------------- stacked encoders (speed)
+def _group_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(G, B, N, Din) @ per-group (G, Dout, Din) weights + (G, Dout) bias -> (G, B, N, Dout): one batched GEMM."""
+    G, B, N, D = x.shape
+    out = torch.baddbmm(bias.unsqueeze(1), x.reshape(G, B * N, D), weight.transpose(1, 2))
+    return out.view(G, B, N, weight.shape[1])
+
+
+def _group_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm over the last dim with per-group (G, D) affine parameters."""
+    normed = nn.functional.layer_norm(x, x.shape[-1:], eps=eps)
+    return torch.addcmul(bias[:, None, None, :], normed, weight[:, None, None, :])
+
+
+def _stack_layer_params(layers: tuple[GraphEncoderLayer, ...]) -> dict[str, torch.Tensor]:
+    """The G layers' parameters stacked on a leading group axis (autograd routes the gradients back)."""
+    def stack(get):
+        return torch.stack([get(layer) for layer in layers])
+    return {
+        "attn_norm_w": stack(lambda l: l.attn_norm.weight), "attn_norm_b": stack(lambda l: l.attn_norm.bias),
+        "in_w": stack(lambda l: l.attn.in_proj_weight), "in_b": stack(lambda l: l.attn.in_proj_bias),
+        "out_w": stack(lambda l: l.attn.out_proj.weight), "out_b": stack(lambda l: l.attn.out_proj.bias),
+        "ffn_norm_w": stack(lambda l: l.ffn_norm.weight), "ffn_norm_b": stack(lambda l: l.ffn_norm.bias),
+        "fc1_w": stack(lambda l: l.fc1.weight), "fc1_b": stack(lambda l: l.fc1.bias),
+        "fc2_w": stack(lambda l: l.fc2.weight), "fc2_b": stack(lambda l: l.fc2.bias),
+    }
+
+
+def _stacked_layer(p: dict[str, torch.Tensor], proto: GraphEncoderLayer, x: torch.Tensor, mask) -> torch.Tensor:
+    """One pre-LN layer for G groups at once: x (G, B, N, D); ``proto`` gives the shared hyperparameters
+    (heads, scale, dropouts, backend) -- the parameters come from ``p``."""
+    from gsit.attention import graph_attention
+    G, B, N, D = x.shape
+    attn = proto.attn
+    drop = proto.training
+    a = _group_layer_norm(x, p["attn_norm_w"], p["attn_norm_b"], proto.attn_norm.eps)
+    qkv = _group_linear(a, p["in_w"], p["in_b"])  # (G, B, N, 3D)
+    qkv = qkv.view(G * B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)  # (3, G*B, H, N, hd)
+    o = graph_attention(qkv[0], qkv[1], qkv[2], mask, backend=attn.backend, scale=attn.scale,
+                        dropout_p=attn.attn_dropout if drop else 0.0)  # (G*B, H, N, hd)
+    o = _group_linear(o.transpose(1, 2).reshape(G, B, N, D), p["out_w"], p["out_b"])
+    x = x + nn.functional.dropout(o, proto.res_dropout.p, drop)
+    h = _group_layer_norm(x, p["ffn_norm_w"], p["ffn_norm_b"], proto.ffn_norm.eps)
+    h = nn.functional.gelu(_group_linear(h, p["fc1_w"], p["fc1_b"]))
+    h = _group_linear(nn.functional.dropout(h, proto.relu_dropout.p, drop), p["fc2_w"], p["fc2_b"])
+    return x + nn.functional.dropout(h, proto.res_dropout.p, drop)
+
+
+def stackable(encoders) -> bool:
+    """Whether these GraphEncoders can run as one stacked computation (same shapes and hyperparameters)."""
+    def signature(e: GraphEncoder):
+        layer = e.layers[0]
+        return (e.d_model, e.num_layers, e.share_layers, e.embed_dropout.p, layer.attn.num_heads,
+                layer.attn.scale, layer.attn.attn_dropout, layer.attn.backend, layer.relu_dropout.p,
+                layer.res_dropout.p, layer.attn_norm.eps, layer.ffn_norm.eps, e.final_norm.eps, e.training)
+    return len({signature(e) for e in encoders}) == 1
+
+
+def stacked_encoders_forward(encoders, x: torch.Tensor, mask) -> torch.Tensor:
+    """Run G :class:`GraphEncoder` s of identical shape on the SAME input ``x`` (B, N, D) as one batched
+    computation; returns (G, B, N, D), group g = ``encoders[g](x, mask.masks[g])``.
+
+    ``mask`` is a :class:`gsit.graph.StackedGraphMask` with one GraphMask per encoder.  Every matmul runs
+    once for all groups (``baddbmm`` over per-group weights), attention runs as one stacked call (one
+    launch with the ``triton`` backend), LayerNorms use per-group affine parameters.  Mathematically
+    identical to running the encoders one after the other (tested in values and gradients); dropout
+    masks are drawn independently per group, from a different random stream than the sequential path.
+    """
+    encoders = tuple(encoders)
+    if len(encoders) != mask.groups:
+        raise ValueError(f"{len(encoders)} encoders but the stacked mask has {mask.groups} groups")
+    if not stackable(encoders):
+        raise ValueError("stacked encoders must share d_model, depth, sharing, heads, scale, dropouts, "
+                         "backend and train/eval mode")
+    first = encoders[0]
+    G = len(encoders)
+    h = (first.embed_scale * x).unsqueeze(0).expand(G, *x.shape)  # (G, B, N, D)
+    h = nn.functional.dropout(h, first.embed_dropout.p, first.training)
+    stacked: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}  # shared layers are stacked once
+    depth = [e.depth_layers() for e in encoders]
+    for d in range(first.num_layers):
+        layers = tuple(ls[d] for ls in depth)
+        key = tuple(id(layer) for layer in layers)
+        if key not in stacked:
+            stacked[key] = _stack_layer_params(layers)
+        h = _stacked_layer(stacked[key], layers[0], h, mask)
+    w = torch.stack([e.final_norm.weight for e in encoders])
+    b = torch.stack([e.final_norm.bias for e in encoders])
+    return _group_layer_norm(h, w, b, first.final_norm.eps)
