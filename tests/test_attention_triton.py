@@ -255,20 +255,18 @@ def test_small_tiles_helper():
 
 
 # ------------------------------------------------------------------------------ torch.compile
-def _fusion(backend: str, attn_dropout: float = 0.0, stack: bool = False):
+def _fusion(backend: str, attn_dropout: float = 0.0):
     from gsit.models.gsit import GraphFusion
     torch.manual_seed(0)
     return GraphFusion(modalities=MODS3, d_model=16, num_heads=2, num_layers=2, attention_backend=backend,
-                       embed_dropout=0.0, attn_dropout=attn_dropout, stack_encoders=stack).to(DEVICE)
+                       embed_dropout=0.0, attn_dropout=attn_dropout).to(DEVICE)
 
 
-@pytest.mark.parametrize("aware,stack", [(False, False), (True, False), (True, True)])
-def test_compiled_fusion_is_one_graph_and_matches_eager(aware, stack):
+@pytest.mark.parametrize("aware", [False, True])
+def test_compiled_fusion_is_one_graph_and_matches_eager(aware):
     """The kernels are custom operators: a GsiT fusion block with the triton backend compiles with
-    ``fullgraph=True`` (no graph break around attention) and gives the eager values and gradients --
-    also with the forward/backward encoders stacked into one launch, where it must match the pairs
-    backend run sequentially."""
-    fusion = _fusion("triton", stack=stack).eval()
+    ``fullgraph=True`` (no graph break around attention) and gives the eager values and gradients."""
+    fusion = _fusion("triton").eval()
     layout = SequenceLayout(MODS3, (5, 9, 7))
     vl = torch.tensor([[5, 9, 7], [3, 4, 6]], device=DEVICE) if aware else None
     x = torch.randn(2, 21, 16, device=DEVICE, requires_grad=True)
@@ -280,11 +278,6 @@ def test_compiled_fusion_is_one_graph_and_matches_eager(aware, stack):
     (got_dx,) = torch.autograd.grad(got, x, g)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got_dx, want_dx, atol=1e-5, rtol=1e-5)
-    if stack:
-        plain = _fusion("pairs").eval()
-        (pairs_dx,) = torch.autograd.grad(plain(x, layout, vl), x, g)
-        torch.testing.assert_close(want, plain(x, layout, vl), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(want_dx, pairs_dx, atol=1e-5, rtol=1e-5)
     torch._dynamo.reset()
 
 
@@ -316,7 +309,7 @@ def test_eager_path_and_custom_operator_give_identical_results(dropout):
     q, k, v = _qkv(2, 2, 21, 16, seed=31)
     do = torch.randn(2, 2, 21, 16, generator=torch.Generator().manual_seed(32)).to(DEVICE)
     lengths = (5, 9, 7)
-    ln = F._Launch((mask.graph.key_sets,), lengths, None, 0.25, dropout,
+    ln = F._Launch(mask.graph.key_sets, lengths, None, 0.25, dropout,
                    F._seed_tensor(7, DEVICE) if dropout else None, F.default_config(16, q.dtype, q.device))
     vl = F._valid_lengths(mask, lengths)
     eager = _run(q, k, v, mask, lambda q, k, v, m: F._graph_attention_op(q, k, v, vl, ln), do)
@@ -325,43 +318,3 @@ def test_eager_path_and_custom_operator_give_identical_results(dropout):
                                                           ln.seed, tiles)[0], do)
     for a, b in zip([eager[0], *eager[1]], [op[0], *op[1]]):
         assert torch.equal(a, b)
-
-
-# --------------------------------------------------------------------------- stacked masks (one launch)
-@pytest.mark.parametrize("padded", [False, True])
-def test_stacked_mask_one_launch_matches_each_graph_alone(padded):
-    """A StackedGraphMask (forward graph for samples 0..B-1, backward graph for B..2B-1) runs in one launch
-    per kernel and gives, per group, what the reference gives for that group's plain mask."""
-    from gsit.graph import StackedGraphMask
-    mods, lengths, valid = CASES[0]
-    fwd = _mask("forward", mods, lengths, valid if padded else None)
-    stacked = StackedGraphMask((fwd, fwd.with_graph(ModalGraph.named("backward", mods))))
-    q, k, v = _qkv(4, 2, sum(lengths), 16, seed=41)
-    do = torch.randn(4, 2, sum(lengths), 16, generator=torch.Generator().manual_seed(42)).to(DEVICE)
-    out, grads = _run(q, k, v, stacked, lambda q, k, v, m: graph_attention(q, k, v, m, backend="triton"), do)
-    for g, m in enumerate(stacked.masks):
-        sl = slice(2 * g, 2 * g + 2)
-        r_out, r_grads = _run(q, k, v, m, lambda q, k, v, m: graph_attention(
-            q[sl].float(), k[sl].float(), v[sl].float(), m, backend="reference"), do[sl])
-        torch.testing.assert_close(out[sl], r_out, atol=ATOL, rtol=RTOL)
-        for name, got, ref in zip("qkv", grads, r_grads):
-            torch.testing.assert_close(got[sl], ref[sl], atol=ATOL, rtol=RTOL, msg=lambda s: f"d{name}: {s}")
-    # the groups really differ (the forward and backward graphs give different outputs)
-    assert not torch.allclose(out[:2], graph_attention(q[:2], k[:2], v[:2], stacked.masks[1], backend="triton"))
-
-
-def test_stacked_mask_launch_tables_and_bad_batch():
-    from gsit.attention.triton import function as F
-    from gsit.graph import StackedGraphMask
-    mods, lengths, _ = CASES[0]
-    fwd = _mask("forward", mods, lengths)
-    stacked = StackedGraphMask((fwd, fwd.with_graph(ModalGraph.named("self", mods))))
-    graphs = tuple(m.graph.key_sets for m in stacked.masks)
-    table, tiles = F.meta_table(graphs, lengths, 16, False, "cpu")
-    m = len(lengths)
-    assert tiles == 1 + 1 + 1 and table.numel() == 2 * m + 2 * tiles + 2 * (m + m * m)
-    adj, lens, tile_args = F._pack(F._Launch(graphs, lengths, None, 1.0, 0.0, None, F.INTERPRETER_TILES))
-    assert F._decode_graphs(adj, m) == graphs
-    q, k, v = _qkv(3, 1, sum(lengths), 16)
-    with pytest.raises(UnsupportedInput, match="not divisible by the stacked mask's 2 groups"):
-        graph_attention(q, k, v, stacked, backend="triton")

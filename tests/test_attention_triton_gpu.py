@@ -198,15 +198,14 @@ if __name__ == "__main__":  # pragma: no cover
     _benchmark()
 
 
-@pytest.mark.parametrize("stack", [False, True])
-def test_inductor_compiled_fusion_matches_eager_and_trains_with_dropout(stack):
+def test_inductor_compiled_fusion_matches_eager_and_trains_with_dropout():
     """torch.compile (Inductor, fullgraph) of a GsiT fusion block on the triton backend: eval values and
     input gradients match eager; in training mode (attention dropout in the kernel) a compiled step runs,
-    gives finite gradients and a fresh dropout mask per step.  Also with the two encoders stacked."""
+    gives finite gradients and a fresh dropout mask per step."""
     from gsit.models.gsit import GraphFusion
     torch.manual_seed(0)
     fusion = GraphFusion(modalities=MODS, d_model=64, num_heads=2, num_layers=2, attention_backend="triton",
-                         embed_dropout=0.0, attn_dropout=0.2, stack_encoders=stack).to(DEV, torch.bfloat16)
+                         embed_dropout=0.0, attn_dropout=0.2).to(DEV, torch.bfloat16)
     layout = SequenceLayout(MODS, (46, 200, 150))
     x = torch.randn(4, 396, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
     g = torch.randn(4, 3 * 128, device=DEV, dtype=torch.bfloat16)

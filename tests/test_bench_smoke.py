@@ -95,23 +95,3 @@ def test_plot_writes_png(tmp_path):
     png = tmp_path / "bench.png"
     assert plot.main([str(out), "--out", str(png)]) == 0
     assert png.stat().st_size > 1000
-
-
-def test_plan_has_stacked_triton_rows_and_max_autotune_is_opt_in():
-    cfg, _ = bench.parse_args(["--device", "cpu", "--backends", "pairs,triton", "--no-padding"])
-    variants = {(j.model, j.backend) for j in bench.plan(cfg)}
-    assert ("gsit_stacked", "triton") in variants and ("gsit_stacked", "pairs") not in variants
-    assert "compile_max_autotune" not in cfg.modes
-    cfg, _ = bench.parse_args(["--device", "cpu", "--modes", "eager,compile_max_autotune", "--no-stacked"])
-    assert cfg.modes == ("eager", "compile_max_autotune") and not cfg.stacked_model
-    assert not any(j.model == "gsit_stacked" for j in bench.plan(cfg))
-
-
-def test_stacked_fusion_is_the_same_function():
-    import torch
-    cfg = bench.BenchConfig(device="cpu", d_model=16, num_layers=2)
-    plain, stacked = bench.build_fusion("gsit", "pairs", cfg), bench.build_fusion("gsit_stacked", "pairs", cfg)
-    assert stacked.stack_encoders and not plain.stack_encoders
-    layout = bench.SequenceLayout(bench.GSIT_MODALITIES, (3, 7, 5))
-    x = torch.randn(2, 15, 16)
-    torch.testing.assert_close(stacked(x, layout), plain(x, layout), atol=1e-5, rtol=1e-5)

@@ -6,9 +6,6 @@ no text encoder, no conv, no head, no optimizer.
 
 * ``gsit``: :class:`gsit.models.gsit.GraphFusion` (forward + backward interlaced encoders of width d, self
   encoder of width 2d, last-step pooling) with each attention backend of the registry;
-* ``gsit_stacked``: the same GraphFusion with ``stack_encoders=True`` (the forward and backward encoders
-  run as one batched computation: one GEMM per projection and, with ``triton``, one attention launch
-  for both directions);
 * ``mult``: MulT's fusion (six cross encoders + three mem encoders + last-step pooling, backend ``sdpa``),
   in the GsiT repository's MulT-dagger setting (d=128, 4 heads, depth-shared layers, causal mask, no
   positional embedding; SPEC §13).
@@ -21,10 +18,7 @@ mode; gradients flow as in training.  Variants (``mode``):
   input/upstream tensors (warmed up on a side stream first); timing replays it;
 * ``compile``: ``torch.compile(module, dynamic=False)`` (default mode); ``compile_s`` = wall time of the
   first step (compilation included);
-* ``compile_cudagraph``: ``torch.compile(..., mode="reduce-overhead")`` (inductor's CUDA graph trees);
-* ``compile_max_autotune``: ``torch.compile(..., mode="max-autotune")``: Inductor also benchmarks Triton
-  GEMM templates against cuBLAS and fuses bias/GELU/residual epilogues into the templates it picks,
-  with CUDA graphs (compile takes minutes: it autotunes every GEMM shape).
+* ``compile_cudagraph``: ``torch.compile(..., mode="reduce-overhead")`` (inductor's CUDA graph trees).
 
 Correctness before time: every variant's pooled output and input gradient ``x.grad`` for the first
 ``check_batch`` samples of the timed batch are compared with an fp32 eager oracle run on those samples
@@ -96,13 +90,7 @@ CONV_KERNEL = 5
 GAMMA_SHAPE = 2.0
 
 BACKENDS = ("reference", "pairs", "flex", "triton")  # GsiT attention backends, registry names
-MODES = ("eager", "cudagraph", "compile", "compile_cudagraph", "compile_max_autotune")
-DEFAULT_MODES = MODES[:4]  # max-autotune compiles for minutes: asked for with --modes / --only
-MODELS = ("gsit", "gsit_stacked", "mult")
-
-
-def is_gsit(model: str) -> bool:
-    return model in ("gsit", "gsit_stacked")
+MODES = ("eager", "cudagraph", "compile", "compile_cudagraph")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 PADDINGS = ("padded", "aware_untrimmed", "aware", "aware_bucketed")
 MULT_NOTE = "MulT-dagger fusion: 6 cross + 3 mem encoders / shared layers / causal / no positions"
@@ -116,9 +104,8 @@ class BenchConfig:
     mults: tuple[int, ...] = (1, 2, 4, 8)
     dtypes: tuple[str, ...] = ("bf16", "fp32")
     backends: tuple[str, ...] = BACKENDS
-    modes: tuple[str, ...] = DEFAULT_MODES
+    modes: tuple[str, ...] = MODES
     mult_model: bool = True           # include MulT rows
-    stacked_model: bool = True        # include gsit_stacked rows (triton backend only)
     padding: bool = True              # include the padding experiment
     padding_batch: int = 32
     padding_batches: int = 8          # batches per padding row
@@ -183,13 +170,12 @@ class MulTFusion(nn.Module):
 def build_fusion(model: str, backend: str, cfg: BenchConfig) -> nn.Module:
     """A fusion block in fp32 on CPU with weights that depend only on (model, seed), in eval mode."""
     torch.manual_seed(cfg.seed)
-    if is_gsit(model):
+    if model == "gsit":
         from gsit.models.gsit import GraphFusion
         module = GraphFusion(modalities=GSIT_MODALITIES, d_model=cfg.d_model, num_heads=cfg.num_heads,
                              num_layers=cfg.num_layers, share_layers=True, structure="original",
                              embed_dropout=0.0, attn_dropout=0.0, relu_dropout=0.0, res_dropout=0.0,
-                             attention_semantics="paper", attention_backend=backend,
-                             stack_encoders=model == "gsit_stacked")
+                             attention_semantics="paper", attention_backend=backend)
     elif model == "mult":
         from gsit.models.mult import MulT, MulTConfig
         mcfg = MulTConfig(d_model=cfg.d_model, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
@@ -198,7 +184,7 @@ def build_fusion(model: str, backend: str, cfg: BenchConfig) -> nn.Module:
                           embed_dropout=0.0, text_dropout=0.0, output_dropout=0.0)
         module = MulTFusion(MulT(mcfg))
     else:
-        raise ValueError(f"unknown model {model!r}; known: {list(MODELS)}")
+        raise ValueError(f"unknown model {model!r}; known: gsit, mult")
     return module.eval()
 
 
@@ -375,15 +361,14 @@ def make_runner(mode: str, module: nn.Module, batch: Batch, dtype: torch.dtype, 
         graph.replay()
         return Runner(graph.replay, result)
 
-    if mode in ("compile", "compile_cudagraph", "compile_max_autotune"):
+    if mode in ("compile", "compile_cudagraph"):
         from torch._dynamo.utils import counters
         counters.clear()
-        graphed = mode != "compile"
-        compiled = torch.compile(module, dynamic=False, mode={"compile": None, "compile_cudagraph": "reduce-overhead",
-                                                              "compile_max_autotune": "max-autotune"}[mode])
+        compiled = torch.compile(module, dynamic=False,
+                                 mode="reduce-overhead" if mode == "compile_cudagraph" else None)
 
         def compiled_step():
-            if graphed:
+            if mode == "compile_cudagraph":
                 torch.compiler.cudagraph_mark_step_begin()
             eager_step(compiled)
 
@@ -486,9 +471,7 @@ def plan(cfg: BenchConfig) -> list[Job]:
     per batch shape);  tier 4: everything else eager / CUDA graph;  tier 5: everything else compiled."""
     cuda = str(cfg.device).startswith("cuda")
     modes = [m for m in cfg.modes if cuda or m == "eager"]
-    variants = ([("gsit", b) for b in cfg.backends]
-                + ([("gsit_stacked", "triton")] if cfg.stacked_model and "triton" in cfg.backends else [])
-                + ([("mult", "sdpa")] if cfg.mult_model else []))
+    variants = [("gsit", b) for b in cfg.backends] + ([("mult", "sdpa")] if cfg.mult_model else [])
     jobs = []
     for dataset in cfg.datasets:
         for batch in cfg.batches:
@@ -570,7 +553,7 @@ def run_job(job: Job, case: Case, oracle: Callable[[Batch], tuple], cfg: BenchCo
                      f"median_ms = mean of per-batch medians")
     module = runner = None
     try:
-        if is_gsit(job.model):
+        if job.model == "gsit":
             reason = _backend_refusal(job, first, dtype, cfg)
             if reason:
                 return {**row, "status": f"refused: {reason}", "note": "; ".join(notes)}
@@ -646,17 +629,15 @@ class Oracles:
         cfg = self.cfg
         backend, note = "reference", ""
         n = case.batches[0].layout.total
-        if is_gsit(model) and reference_bytes(cb, n, cfg.num_heads) > memory_budget(cfg):
+        if model == "gsit" and reference_bytes(cb, n, cfg.num_heads) > memory_budget(cfg):
             backend, note = "pairs", "oracle: pairs backend fp32 (the dense reference does not fit)"
 
-        oracle_model = "gsit" if is_gsit(model) else model  # stacking changes the schedule, not the function
-
         def oracle(batch: Batch):
-            key = (oracle_model, case.key, cb, backend)
+            key = (model, case.key, cb, backend)
             if key not in self.cache:
                 if len(self.cache) > 8:
                     self.cache.clear()
-                self.cache[key] = run_oracle(oracle_model, batch, cb, cfg, backend=backend)
+                self.cache[key] = run_oracle(model, batch, cb, cfg, backend=backend)
                 _cleanup(cfg.device)
             return self.cache[key]
         oracle.note = note
@@ -710,7 +691,7 @@ def run(cfg: BenchConfig, out_path: Path, *, log=_log) -> list[dict]:
             case = cases[key]
         cb = min(cfg.check_batch, job.batch)
         n = case.batches[0].layout.total
-        if is_gsit(job.model) and n > 4096:
+        if job.model == "gsit" and n > 4096:
             cb = 1  # the dense oracle at long lengths: one sample
         t0 = time.perf_counter()
         row = run_job(job, case, oracles.for_case(job.model, case, cb), cfg)
@@ -746,9 +727,8 @@ def parse_args(argv: list[str] | None = None, *, results_dir: Path | None = None
     p.add_argument("--mults", default=None, help="length multipliers (default 1,2,4,8)")
     p.add_argument("--dtypes", default=None, help="bf16,fp32")
     p.add_argument("--backends", default=None, help=f"GsiT attention backends (default {','.join(BACKENDS)})")
-    p.add_argument("--modes", default=None, help=f"default {','.join(DEFAULT_MODES)}; known {','.join(MODES)}")
+    p.add_argument("--modes", default=None, help=f"default {','.join(MODES)}")
     p.add_argument("--no-mult", action="store_true", help="leave out the MulT rows")
-    p.add_argument("--no-stacked", action="store_true", help="leave out the gsit_stacked rows")
     p.add_argument("--no-padding", action="store_true", help="leave out the padding experiment")
     p.add_argument("--padding-batches", type=int, default=None, help="batches per padding row (default 8)")
     p.add_argument("--scale", type=int, default=None,
@@ -799,8 +779,6 @@ def parse_args(argv: list[str] | None = None, *, results_dir: Path | None = None
         overrides["mult_model"] = False
     if args.no_padding:
         overrides["padding"] = False
-    if args.no_stacked:
-        overrides["stacked_model"] = False
     only = []
     for spec in args.only:
         if "=" not in spec:

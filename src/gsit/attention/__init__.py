@@ -12,11 +12,6 @@ real).  Semantics, identical for every backend:
 * a query row with no allowed key returns zeros, with finite gradients;
 * ``scale`` multiplies the logits (default ``1/sqrt(D)``); ``dropout_p`` is applied to the probabilities.
 
-``mask`` may also be a :class:`gsit.graph.StackedGraphMask` (G graphs over one layout, the batch stacked
-group-major).  A backend module that sets ``STACKED = True`` runs it in one call (``triton``: one launch
-for every group); for the others the batch is split per group and each group runs as a plain mask --
-the same backend, the same numbers, G calls.
-
 Backends live in their own modules and are looked up by name.  A backend that cannot handle an input
 raises :class:`UnsupportedInput` listing every reason; nothing falls back silently to another backend.
 """
@@ -29,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from gsit.graph import GraphMask, StackedGraphMask
+from gsit.graph import GraphMask
 
 
 class UnsupportedInput(ValueError):
@@ -89,8 +84,6 @@ def _common_checks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Grap
                        f"({dict(zip(mask.layout.modalities, mask.layout.lengths))})")
     if mask.valid_lengths is not None and mask.valid_lengths.shape[0] != q.shape[0]:
         reasons.append(f"valid_lengths batch {mask.valid_lengths.shape[0]} != q batch {q.shape[0]}")
-    if isinstance(mask, StackedGraphMask) and q.shape[0] % mask.groups:
-        reasons.append(f"batch {q.shape[0]} is not divisible by the stacked mask's {mask.groups} groups")
     if not (q.dtype == k.dtype == v.dtype):
         reasons.append(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if not q.dtype.is_floating_point:
@@ -98,18 +91,11 @@ def _common_checks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Grap
     return reasons
 
 
-def graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask | StackedGraphMask, *,
+def graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *,
                     backend: str = "reference", scale: float | None = None,
                     dropout_p: float = 0.0) -> torch.Tensor:
     """Attention of (B, H, N, D) ``q`` over ``k, v`` restricted by ``mask``; returns (B, H, N, Dv)."""
     impl = get_backend(backend)
-    if isinstance(mask, StackedGraphMask) and not getattr(impl, "STACKED", False):
-        if q.dim() != 4:
-            raise UnsupportedInput(f"q must be (G * B, H, N, D) for a stacked mask, got {tuple(q.shape)}")
-        b = mask.group_size(q.shape[0])
-        return torch.cat([graph_attention(q[g * b:(g + 1) * b], k[g * b:(g + 1) * b], v[g * b:(g + 1) * b], m,
-                                          backend=backend, scale=scale, dropout_p=dropout_p)
-                          for g, m in enumerate(mask.masks)], dim=0)
     reasons = _common_checks(q, k, v, mask) + impl.check(q, k, v, mask, dropout_p=dropout_p)
     if reasons:
         raise UnsupportedInput(f"attention backend {backend!r} cannot run this input:\n  - " + "\n  - ".join(reasons))

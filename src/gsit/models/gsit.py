@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gsit.graph import GraphMask, ModalGraph, SequenceLayout, StackedGraphMask
-from gsit.models.layers import ConvFrontEnd, GraphEncoder, check_modal_inputs, stacked_encoders_forward
+from gsit.graph import GraphMask, ModalGraph, SequenceLayout
+from gsit.models.layers import ConvFrontEnd, GraphEncoder, check_modal_inputs
 from gsit.models.text import text_lengths_from_bert
 
 
@@ -38,7 +38,6 @@ class GsiTConfig:
     padding_aware: bool = False        # off = the paper (padding attends and is pooled); on = ignore padding
     output_dim: int = 1                # 1 for regression, C for classification
     nan_policy: str = "auto"           # auto: check CPU inputs only (no GPU sync) | error | ignore
-    stack_encoders: bool = False       # run the forward + backward encoders as ONE batched computation
 
 
 def last_steps(x: torch.Tensor, layout: SequenceLayout, valid_lengths: torch.Tensor | None) -> torch.Tensor:
@@ -59,22 +58,14 @@ class GraphFusion(nn.Module):
     """The paper's hierarchical modal-wise heterogeneous graph block, reusable by other models (the paper
     plugs it into Self-MM, TETFN and ALMT): interlaced forward/backward encoders (width d) over the
     concatenated sequence, their outputs joined on features (2d), an intra-modal self encoder (2d), and
-    last-step pooling of every modality block -> (B, M * 2d).
-
-    ``stack_encoders=True`` runs the forward and backward encoders (same input, same shapes, different
-    weights and graphs) as one stacked computation -- one GEMM per projection and one attention call for
-    both directions (:func:`gsit.models.layers.stacked_encoders_forward`).  Same parameters, same
-    state_dict, same function (tested); fewer, larger kernels, which is what a GPU step at MOSI/MOSEI
-    sizes is bound by."""
+    last-step pooling of every modality block -> (B, M * 2d)."""
 
     def __init__(self, *, modalities: tuple[str, ...], d_model: int, num_heads: int, num_layers: int,
                  share_layers: bool = True, structure: str = "original", embed_dropout: float = 0.2,
                  attn_dropout: float = 0.3, relu_dropout: float = 0.0, res_dropout: float = 0.0,
-                 attention_semantics: str = "paper", attention_backend: str = "pairs",
-                 stack_encoders: bool = False) -> None:
+                 attention_semantics: str = "paper", attention_backend: str = "pairs") -> None:
         super().__init__()
         self.modalities = tuple(modalities)
-        self.stack_encoders = bool(stack_encoders)
         self.forward_graph, self.backward_graph = ModalGraph.structure(structure, self.modalities)
         self.self_graph = ModalGraph.named("self", self.modalities)
         common = dict(num_heads=num_heads, num_layers=num_layers, share_layers=share_layers,
@@ -89,13 +80,8 @@ class GraphFusion(nn.Module):
                 valid_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, N, d) concatenated sequence; returns (B, M * 2d)."""
         fwd = GraphMask(self.forward_graph, layout, valid_lengths)
-        bwd = fwd.with_graph(self.backward_graph)
-        if self.stack_encoders:
-            both = stacked_encoders_forward((self.forward_encoder, self.backward_encoder), x,
-                                            StackedGraphMask((fwd, bwd)))  # (2, B, N, d)
-            h = torch.cat([both[0], both[1]], dim=-1)  # (B, N, 2d)
-        else:
-            h = torch.cat([self.forward_encoder(x, fwd), self.backward_encoder(x, bwd)], dim=-1)  # (B, N, 2d)
+        h = torch.cat([self.forward_encoder(x, fwd),
+                       self.backward_encoder(x, fwd.with_graph(self.backward_graph))], dim=-1)  # (B, N, 2d)
         h = self.self_encoder(h, fwd.with_graph(self.self_graph))  # (B, N, 2d)
         return last_steps(h, layout, valid_lengths)
 
@@ -170,7 +156,7 @@ class GsiT(nn.Module):
                                   embed_dropout=c.embed_dropout, attn_dropout=c.attn_dropout,
                                   relu_dropout=c.relu_dropout, res_dropout=c.res_dropout,
                                   attention_semantics=c.attention_semantics,
-                                  attention_backend=c.attention_backend, stack_encoders=c.stack_encoders)
+                                  attention_backend=c.attention_backend)
         self.post_fusion_dropout = nn.Dropout(c.post_fusion_dropout)
         self.head_hidden = nn.Linear(self.fusion.out_dim, c.d_model)  # 6d -> d
         self.head_out = nn.Linear(c.d_model, c.output_dim)

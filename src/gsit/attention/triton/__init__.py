@@ -24,9 +24,6 @@ Semantics (identical to the ``reference`` backend):
   so ``torch.manual_seed`` makes it reproducible (it is not the same random stream as ``F.dropout``).
   The draw happens on the device, so a compiled or CUDA-graph-captured step gets a fresh mask per replay.
 
-A :class:`gsit.graph.StackedGraphMask` (G graphs, batch stacked group-major) runs in the same single
-launch per kernel: the launch table holds every graph's adjacency and each sample reads its group's.
-
 Limits (``check`` reports them): CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (Triton's
 interpreter, for tests: it must be set before the first launch); head dims 1..128 (non-powers of two
 are padded to the next power of two inside the kernel, masked); B * H <= 65535; with dropout,
@@ -40,8 +37,6 @@ import torch
 
 from gsit.attention.triton.function import apply_unchecked, check_inputs, fused_graph_attention
 from gsit.graph import GraphMask
-
-STACKED = True  # a StackedGraphMask runs in ONE launch per kernel (graph chosen per sample in-kernel)
 
 
 def check(q, k, v, mask: GraphMask, *, dropout_p: float) -> list[str]:

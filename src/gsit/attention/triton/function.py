@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gsit.graph import GraphMask, StackedGraphMask
+from gsit.graph import GraphMask
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 128
@@ -166,25 +166,19 @@ def _links(key_sets: tuple[tuple[int, ...], ...], lengths: tuple[int, ...], reve
     return links
 
 
-Graphs = tuple[tuple[tuple[int, ...], ...], ...]  # one key_sets tuple per graph (G >= 1)
-
-
 @functools.lru_cache(maxsize=512)
-def meta_table(graphs: Graphs, lengths: tuple[int, ...], block: int, reverse: bool,
+def meta_table(key_sets: tuple[tuple[int, ...], ...], lengths: tuple[int, ...], block: int, reverse: bool,
                device: str) -> tuple[torch.Tensor, int]:
-    """The packed int32 table of one kernel launch (layout in :mod:`.kernel`) and its number of tiles;
-    ``graphs`` holds the ``key_sets`` of each graph of a stacked batch (one entry for a plain mask)."""
+    """The packed int32 table of one kernel launch (layout in :mod:`.kernel`) and its number of tiles."""
     m = len(lengths)
     starts = [sum(lengths[:i]) for i in range(m)]
+    links = _links(key_sets, lengths, reverse)
+    flat = [0] * (m * m)
+    for i, row in enumerate(links):
+        flat[i * m:i * m + len(row)] = row
     tile_mod = [i for i, n in enumerate(lengths) for _ in range(0, n, block)]
     tile_start = [starts[i] + t for i, n in enumerate(lengths) for t in range(0, n, block)]
-    table = starts + list(lengths) + tile_mod + tile_start
-    for key_sets in graphs:
-        links = _links(key_sets, lengths, reverse)
-        flat = [0] * (m * m)
-        for i, row in enumerate(links):
-            flat[i * m:i * m + len(row)] = row
-        table += [len(r) for r in links] + flat
+    table = starts + list(lengths) + [len(r) for r in links] + flat + tile_mod + tile_start
     return torch.tensor(table, dtype=torch.int32, device=device), len(tile_mod)
 
 
@@ -212,7 +206,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 class _Launch:
     """Everything both passes need (no tensor that requires grad)."""
 
-    graphs: Graphs  # key_sets of each graph; sample b of the batch uses graph b // (B / G)
+    key_sets: tuple[tuple[int, ...], ...]
     lengths: tuple[int, ...]
     vl: torch.Tensor
     scale: float
@@ -230,13 +224,6 @@ def _seed_arg(ln: _Launch, dummy: torch.Tensor) -> torch.Tensor:
     return dummy
 
 
-def _group_batch(batch: int, ln: _Launch) -> int:
-    """Samples per graph (the kernels' GROUP_B); the batch is stacked group-major."""
-    if batch % len(ln.graphs):
-        raise ValueError(f"batch {batch} is not divisible by the {len(ln.graphs)} stacked graphs")
-    return max(batch // len(ln.graphs), 1)
-
-
 def _consts(q, v, ln: _Launch, block_m: int, block_n: int, warps: int, stages: int) -> dict:
     D, DV = q.shape[-1], v.shape[-1]
     return dict(HEAD_D=D, HEAD_DV=DV, BLOCK_D=_pow2(D), BLOCK_DV=_pow2(DV), BLOCK_M=block_m, BLOCK_N=block_n,
@@ -250,14 +237,14 @@ def _forward(q, k, v, ln: _Launch):
     o = torch.empty(B, H, N, v.shape[-1], device=q.device, dtype=q.dtype)
     lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
     cfg = ln.cfg
-    meta, tiles = meta_table(ln.graphs, ln.lengths, cfg.fwd_m, False, str(q.device))
+    meta, tiles = meta_table(ln.key_sets, ln.lengths, cfg.fwd_m, False, str(q.device))
     if tiles == 0 or B * H == 0:
         return o, lse
     kern._fwd_kernel[(tiles, B * H)](
         q, k, v, o, lse, meta, ln.vl,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
-        H, N, len(ln.lengths), _group_batch(B, ln), ln.scale * kern.LOG2E, ln.dropout_p, _seed_arg(ln, lse),
+        H, N, len(ln.lengths), ln.scale * kern.LOG2E, ln.dropout_p, _seed_arg(ln, lse),
         **_consts(q, v, ln, cfg.fwd_m, cfg.fwd_n, cfg.fwd_warps, cfg.fwd_stages),
     )
     return o, lse
@@ -276,16 +263,15 @@ def _backward(q, k, v, o, lse, do, ln: _Launch):
     delta = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
     strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                v.stride(0), v.stride(1), v.stride(2))
-    scalars = (H, N, len(ln.lengths), _group_batch(B, ln), ln.scale * kern.LOG2E, ln.dropout_p,
-               _seed_arg(ln, delta))
+    scalars = (H, N, len(ln.lengths), ln.scale * kern.LOG2E, ln.dropout_p, _seed_arg(ln, delta))
     dev = str(q.device)
     # dQ first: it also writes delta = rowsum(dO * O), which the dK/dV kernel reads
-    meta, tiles = meta_table(ln.graphs, ln.lengths, cfg.dq_m, False, dev)
+    meta, tiles = meta_table(ln.key_sets, ln.lengths, cfg.dq_m, False, dev)
     kern._bwd_dq_kernel[(tiles, B * H)](
         q, k, v, o, do, lse, delta, dq, meta, ln.vl, *strides, *scalars,
         **_consts(q, v, ln, cfg.dq_m, cfg.dq_n, cfg.dq_warps, cfg.dq_stages),
     )
-    meta, tiles = meta_table(ln.graphs, ln.lengths, cfg.dkdv_n, True, dev)
+    meta, tiles = meta_table(ln.key_sets, ln.lengths, cfg.dkdv_n, True, dev)
     kern._bwd_dkdv_kernel[(tiles, B * H)](
         q, k, v, do, lse, delta, dk, dv, meta, ln.vl, *strides, *scalars,
         **_consts(q, v, ln, cfg.dkdv_m, cfg.dkdv_n, cfg.dkdv_warps, cfg.dkdv_stages),
@@ -302,35 +288,29 @@ def triton_cdiv(a: int, b: int) -> int:
 # forward one.  Dynamo and Inductor treat them as opaque nodes (shapes from the fake implementations),
 # so a model using the triton backend compiles as ONE graph -- no graph break around attention -- and
 # Inductor fuses the LayerNorms, bias adds, GELUs and residuals around it.  Eager calls go through the
-# same operators (one dispatcher hop per call).  Non-tensor arguments are plain ints/floats: the graphs
-# as flat 0/1 adjacencies (G*M*M), the segment lengths and the 12 tile parameters.
+# same operators (one dispatcher hop per call).  Non-tensor arguments are plain ints/floats: the graph
+# as a flat 0/1 adjacency (M*M), the segment lengths and the 12 tile parameters.
 
 
 def _pack(ln: "_Launch") -> tuple[list[int], list[int], list[int]]:
     m = len(ln.lengths)
-    adj = [0] * (len(ln.graphs) * m * m)
-    for g, key_sets in enumerate(ln.graphs):
-        for i, keys in enumerate(key_sets):
-            for j in keys:
-                adj[g * m * m + i * m + j] = 1
+    adj = [0] * (m * m)
+    for i, keys in enumerate(ln.key_sets):
+        for j in keys:
+            adj[i * m + j] = 1
     c = ln.cfg
     tiles = [c.fwd_m, c.fwd_n, c.fwd_warps, c.fwd_stages, c.dkdv_m, c.dkdv_n, c.dkdv_warps, c.dkdv_stages,
              c.dq_m, c.dq_n, c.dq_warps, c.dq_stages]
     return adj, list(ln.lengths), tiles
 
 
-def _decode_graphs(adj: list[int], m: int) -> Graphs:
-    """The inverse of :func:`_pack`'s adjacency encoding: G = len(adj) / (M * M) key_sets tuples."""
-    return tuple(tuple(tuple(j for j in range(m) if adj[g * m * m + i * m + j]) for i in range(m))
-                 for g in range(len(adj) // (m * m)))
-
-
 def _unpack(q, vl, adj, lengths, scale, dropout_p, seed, tiles) -> "_Launch":  # noqa: PLR0913
+    m = len(lengths)
+    key_sets = tuple(tuple(j for j in range(m) if adj[i * m + j]) for i in range(m))
     lengths = tuple(int(n) for n in lengths)
     if vl is None:
         vl = _full_lengths(lengths, q.shape[0], str(q.device))
-    return _Launch(_decode_graphs(adj, len(lengths)), lengths, vl, float(scale), float(dropout_p), seed,
-                   TileConfig(*tiles))
+    return _Launch(key_sets, lengths, vl, float(scale), float(dropout_p), seed, TileConfig(*tiles))
 
 
 @torch.library.custom_op("gsit::graph_attention_fwd", mutates_args=())
@@ -350,14 +330,15 @@ def _warm_tables(q, adj, lengths, tiles) -> None:
     if q.device.type != "cuda":
         return
     from torch._subclasses.fake_tensor import unset_fake_temporarily
+    m = len(lengths)
+    key_sets = tuple(tuple(j for j in range(m) if adj[i * m + j]) for i in range(m))
     lengths = tuple(int(n) for n in lengths)
-    graphs = _decode_graphs(adj, len(lengths))
     cfg = TileConfig(*tiles)
     dev = str(q.device)
     with unset_fake_temporarily():
-        meta_table(graphs, lengths, cfg.fwd_m, False, dev)
-        meta_table(graphs, lengths, cfg.dq_m, False, dev)
-        meta_table(graphs, lengths, cfg.dkdv_n, True, dev)
+        meta_table(key_sets, lengths, cfg.fwd_m, False, dev)
+        meta_table(key_sets, lengths, cfg.dq_m, False, dev)
+        meta_table(key_sets, lengths, cfg.dkdv_n, True, dev)
         _full_lengths(lengths, q.shape[0], dev)
 
 
@@ -428,7 +409,7 @@ def _graph_attention_op(q, k, v, vl, ln: "_Launch") -> torch.Tensor:
         return out
     if vl is None:
         vl = _full_lengths(ln.lengths, q.shape[0], str(q.device))
-    ln = _Launch(ln.graphs, ln.lengths, vl, ln.scale, ln.dropout_p, ln.seed, ln.cfg)
+    ln = _Launch(ln.key_sets, ln.lengths, vl, ln.scale, ln.dropout_p, ln.seed, ln.cfg)
     return _EagerFunction.apply(_unit_last(q), _unit_last(k), _unit_last(v), ln)
 
 
@@ -442,8 +423,6 @@ def _shape_reasons(q, k, v, mask: GraphMask) -> list[str]:
         reasons.append(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if mask.valid_lengths is not None and mask.valid_lengths.shape[0] != q.shape[0]:
         reasons.append(f"valid_lengths batch {mask.valid_lengths.shape[0]} != q batch {q.shape[0]}")
-    if isinstance(mask, StackedGraphMask) and q.shape[0] % mask.groups:
-        reasons.append(f"batch {q.shape[0]} is not divisible by the stacked mask's {mask.groups} groups")
     return reasons
 
 
@@ -464,7 +443,7 @@ def _valid_lengths(mask: GraphMask, lengths: tuple[int, ...]) -> torch.Tensor | 
     return torch.stack([vl[:, i].clamp(0, n) for i, n in enumerate(lengths)], dim=1)  # Python-int bounds
 
 
-def apply_unchecked(q, k, v, mask: GraphMask | StackedGraphMask, *, scale: float, dropout_p: float,
+def apply_unchecked(q, k, v, mask: GraphMask, *, scale: float, dropout_p: float,
                     seed: int | torch.Tensor | None = None, config: TileConfig | None = None) -> torch.Tensor:
     """Launch without re-checking (the registry's ``graph_attention`` has already run ``check``)."""
     seed_t = None
@@ -476,13 +455,11 @@ def apply_unchecked(q, k, v, mask: GraphMask | StackedGraphMask, *, scale: float
     lengths = tuple(int(n) for n in mask.layout.lengths)
     cfg = config if config is not None else default_config(max(q.shape[-1], v.shape[-1]), q.dtype, q.device,
                                                            lengths)
-    graphs = (tuple(m.graph.key_sets for m in mask.masks) if isinstance(mask, StackedGraphMask)
-              else (mask.graph.key_sets,))
-    ln = _Launch(graphs, lengths, None, float(scale), float(dropout_p), seed_t, cfg)
+    ln = _Launch(mask.graph.key_sets, lengths, None, float(scale), float(dropout_p), seed_t, cfg)
     return _graph_attention_op(q, k, v, _valid_lengths(mask, ln.lengths), ln)
 
 
-def fused_graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask | StackedGraphMask, *,
+def fused_graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *,
                           scale: float | None = None, dropout_p: float = 0.0, seed: int | torch.Tensor | None = None,
                           config: TileConfig | None = None) -> torch.Tensor:
     """The fused kernel with its knobs exposed (tile sizes, dropout seed); see the package docstring.

@@ -11,14 +11,13 @@ tiling of one kernel (offsets computed in-kernel from M and T = the number of ti
 
 * ``META[0:M]``            segment start positions;
 * ``META[M:2M]``           segment lengths;
-* ``META[2M:2M+T]``        segment of each tile; ``META[2M+T:2M+2T]`` first position of each tile.  Tiles
-  of BLOCK rows are cut *inside* each segment: a tile never straddles two segments and the last tile of
-  a segment is partial;
-* then one block of ``M + M*M`` entries per graph g (G >= 1 graphs; sample b uses graph
-  ``b // GROUP_B``, so a batch of G * GROUP_B samples stacked group-major runs G graphs in one launch):
-  ``[0:M]`` count of linked segments -- for the forward and dQ kernels, the key segments query segment
-  i reads (under ONE softmax); for the dK/dV kernel, the query segments reading key segment j (the
-  reverse adjacency) -- and ``[M:M+M*M]`` row i: those linked segments.
+* ``META[2M:3M]``          count of linked segments: for the forward and dQ kernels, the key segments
+  query segment i reads (under ONE softmax); for the dK/dV kernel, the query segments reading key
+  segment j (the reverse adjacency);
+* ``META[3M:3M+M*M]``      row i: those linked segments;
+* ``META[3M+M*M:][:T]``    segment of each tile; ``[...][T:2T]`` first position of each tile.  Tiles of
+  BLOCK rows are cut *inside* each segment: a tile never straddles two segments and the last tile of
+  a segment is partial.
 
 ``VL`` is (B, M) int32: the valid length of segment m in sample b, already clamped to [0, length]
 (the full lengths when there is no padding).
@@ -79,7 +78,7 @@ def _fwd_kernel(
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
-    H, N, M, GROUP_B, qk_scale, p_drop, SEED,
+    H, N, M, qk_scale, p_drop, SEED,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
@@ -87,8 +86,7 @@ def _fwd_kernel(
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    tiles = META + 2 * M
-    links = META + 2 * M + 2 * tl.num_programs(0) + (b // GROUP_B) * (M + M * M)  # this sample's graph
+    tiles = META + 3 * M + M * M
     qmod = tl.load(tiles + tile)
     m0 = tl.load(tiles + tl.num_programs(0) + tile)
     q_seg = tl.load(META + qmod)
@@ -122,9 +120,9 @@ def _fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     inv_keep = 1.0 / (1.0 - p_drop)
 
-    n_keys = tl.load(links + qmod)
+    n_keys = tl.load(META + 2 * M + qmod)
     for j in range(0, n_keys):
-        kmod = tl.load(links + M + qmod * M + j)
+        kmod = tl.load(META + 3 * M + qmod * M + j)
         k_seg = tl.load(META + kmod)
         k_end = k_seg + tl.load(VL + b * M + kmod)
         # only key tiles that hold at least one real key; the last one is masked
@@ -164,7 +162,7 @@ def _bwd_dq_kernel(
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
-    H, N, M, GROUP_B, qk_scale, p_drop, SEED,
+    H, N, M, qk_scale, p_drop, SEED,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
@@ -174,8 +172,7 @@ def _bwd_dq_kernel(
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    tiles = META + 2 * M
-    links = META + 2 * M + 2 * tl.num_programs(0) + (b // GROUP_B) * (M + M * M)  # this sample's graph
+    tiles = META + 3 * M + M * M
     qmod = tl.load(tiles + tile)
     m0 = tl.load(tiles + tl.num_programs(0) + tile)
     q_seg = tl.load(META + qmod)
@@ -212,9 +209,9 @@ def _bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     inv_keep = 1.0 / (1.0 - p_drop)
 
-    n_keys = tl.load(links + qmod)
+    n_keys = tl.load(META + 2 * M + qmod)
     for j in range(0, n_keys):
-        kmod = tl.load(links + M + qmod * M + j)
+        kmod = tl.load(META + 3 * M + qmod * M + j)
         k_seg = tl.load(META + kmod)
         k_end = k_seg + tl.load(VL + b * M + kmod)
         for n0 in range(k_seg, k_end, BLOCK_N):
@@ -244,7 +241,7 @@ def _bwd_dkdv_kernel(
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
-    H, N, M, GROUP_B, qk_scale, p_drop, SEED,
+    H, N, M, qk_scale, p_drop, SEED,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
@@ -254,8 +251,7 @@ def _bwd_dkdv_kernel(
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    tiles = META + 2 * M
-    links = META + 2 * M + 2 * tl.num_programs(0) + (b // GROUP_B) * (M + M * M)  # this sample's graph
+    tiles = META + 3 * M + M * M
     kmod = tl.load(tiles + tile)
     n0 = tl.load(tiles + tl.num_programs(0) + tile)
     k_seg = tl.load(META + kmod)
@@ -294,9 +290,9 @@ def _bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     inv_keep = 1.0 / (1.0 - p_drop)
 
-    n_readers = tl.load(links + kmod)
+    n_readers = tl.load(META + 2 * M + kmod)
     for i in range(0, n_readers):
-        qmod = tl.load(links + M + kmod * M + i)
+        qmod = tl.load(META + 3 * M + kmod * M + i)
         q_seg = tl.load(META + qmod)
         q_end = q_seg + tl.load(VL + b * M + qmod)
         for m0 in range(q_seg, q_end, BLOCK_M):
