@@ -118,6 +118,35 @@ def test_optimizer_step_count_counts_full_windows_only(seed):
     assert len(zero_calls) == 3 * 3  # once per window start, partial windows included
 
 
+def test_train_epoch_loss_is_read_once_not_per_batch(seed, monkeypatch):
+    """The running loss stays on the device (no host sync per step); the returned mean equals the mean
+    of the per-batch losses, and the progress bar still gets a running value."""
+    run = load_config("gsit", "synthetic", None, [*TINY_MODEL, "train.batch_size=4", "train.update_epochs=2"])
+    data = tiny_data(n_train=40)  # 10 batches
+    model = build_model(run, data)
+    opt = make_optimizer(run, model)
+    losses: list[float] = []
+    real_loss = train_mod._loss
+
+    def spy_loss(*a, **k):
+        out = real_loss(*a, **k)
+        losses.append(out.detach().clone())
+        return out
+    monkeypatch.setattr(train_mod, "_loss", spy_loss)
+    reads = []
+    real_float = torch.Tensor.__float__
+    monkeypatch.setattr(torch.Tensor, "__float__", lambda t: (reads.append(1), real_float(t))[1])
+    mean = train_epoch(model, opt, data.splits["train"], run=run, seed=1, epoch=1, task="regression", ctx=Dist())
+    n_reads = len(reads)
+    monkeypatch.undo()
+    assert len(losses) == 10 and n_reads == 1  # one read per epoch, none per batch
+    assert mean == pytest.approx(sum(float(v) for v in losses) / 10, rel=1e-12)
+    shown = []
+    mean2 = train_epoch(model, opt, data.splits["train"], run=run, seed=1, epoch=2, task="regression",
+                        ctx=Dist(), progress=lambda i, n, v: shown.append((i, n, v)))
+    assert shown[-1][:2] == (10, 10) and shown[-1][2] == pytest.approx(mean2, rel=1e-12)
+
+
 # ----------------------------------------------------------------------------- optimizer groups
 
 

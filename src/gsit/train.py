@@ -287,7 +287,11 @@ def train_epoch(model, optimizer, split, *, run: RunConfig, seed: int, epoch: in
     model.train()
     batches = epoch_batches(len(split), t.batch_size, shuffle=True, seed=seed, epoch=epoch,
                             sizes=total_lengths(split) if t.length_bucketing else None)
-    total, count = 0.0, 0
+    # the running loss stays on the device (float64 where supported: the same sums as Python floats), so a
+    # GPU step never waits for the host; it is read when the progress bar moves and once at the end
+    acc_dtype = torch.float32 if ctx.device.type == "mps" else torch.float64
+    total_t, count = torch.zeros((), dtype=acc_dtype, device=ctx.device), 0
+    every = max(1, len(batches) // 50)
     autocast = _autocast(run, ctx)
     for i, batch_idx in enumerate(batches):
         if i % t.update_epochs == 0:
@@ -306,12 +310,12 @@ def train_epoch(model, optimizer, split, *, run: RunConfig, seed: int, epoch: in
             torch.nn.utils.clip_grad_value_([p for p in model.parameters() if p.requires_grad], t.grad_clip)
         if (i + 1) % t.update_epochs == 0:
             optimizer.step()
-        total += float(loss.detach()) * weight
+        total_t += loss.detach().to(acc_dtype) * weight
         count += 1
-        if progress is not None:
-            progress(i + 1, len(batches), total / count)
+        if progress is not None and ((i + 1) % every == 0 or i + 1 == len(batches)):
+            progress(i + 1, len(batches), float(total_t) / count)
     # the partial window is never stepped (SPEC §9); its gradients are zeroed by the next epoch
-    losses = _all_gather(total, ctx)
+    losses = _all_gather(float(total_t), ctx)
     return float(sum(losses)) / max(count, 1)
 
 

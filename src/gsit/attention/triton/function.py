@@ -304,13 +304,17 @@ def _pack(ln: "_Launch") -> tuple[list[int], list[int], list[int]]:
     return adj, list(ln.lengths), tiles
 
 
+def _key_sets(adj: list[int], m: int) -> tuple[tuple[int, ...], ...]:
+    """The inverse of :func:`_pack`'s flat 0/1 adjacency: the key segments of each query segment."""
+    return tuple(tuple(j for j in range(m) if adj[i * m + j]) for i in range(m))
+
+
 def _unpack(q, vl, adj, lengths, scale, dropout_p, seed, tiles) -> "_Launch":  # noqa: PLR0913
-    m = len(lengths)
-    key_sets = tuple(tuple(j for j in range(m) if adj[i * m + j]) for i in range(m))
     lengths = tuple(int(n) for n in lengths)
     if vl is None:
         vl = _full_lengths(lengths, q.shape[0], str(q.device))
-    return _Launch(key_sets, lengths, vl, float(scale), float(dropout_p), seed, TileConfig(*tiles))
+    return _Launch(_key_sets(adj, len(lengths)), lengths, vl, float(scale), float(dropout_p), seed,
+                   TileConfig(*tiles))
 
 
 @torch.library.custom_op("gsit::graph_attention_fwd", mutates_args=())
@@ -330,9 +334,8 @@ def _warm_tables(q, adj, lengths, tiles) -> None:
     if q.device.type != "cuda":
         return
     from torch._subclasses.fake_tensor import unset_fake_temporarily
-    m = len(lengths)
-    key_sets = tuple(tuple(j for j in range(m) if adj[i * m + j]) for i in range(m))
     lengths = tuple(int(n) for n in lengths)
+    key_sets = _key_sets(adj, len(lengths))
     cfg = TileConfig(*tiles)
     dev = str(q.device)
     with unset_fake_temporarily():

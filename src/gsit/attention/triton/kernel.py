@@ -133,12 +133,13 @@ def _fwd_kernel(
                         other=0.0)
             v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=col_ok[:, None] & dv_ok[None, :],
                         other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-            s = tl.where(col_ok[None, :], s, float("-inf"))
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+            if n0 + BLOCK_N > k_end:  # only the last key tile of a segment is partial
+                s = tl.where(col_ok[None, :], s, float("-inf"))
             # column n0 is real, so every row has a finite logit here and m_new is finite
-            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
             alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
+            p = tl.exp2(s * qk_scale - m_new[:, None])  # one FMA + exp2 per logit
             l_i = l_i * alpha + tl.sum(p, 1)
             if DROPOUT:
                 keep = _keep(SEED, bh, offs_m[:, None], offs_n[None, :], N, p_drop)
@@ -221,9 +222,10 @@ def _bwd_dq_kernel(
                         other=0.0)
             v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=col_ok[:, None] & dv_ok[None, :],
                         other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-            p = tl.exp2(s - lse[:, None])
-            p = tl.where(col_ok[None, :], p, 0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+            p = tl.exp2(s * qk_scale - lse[:, None])
+            if n0 + BLOCK_N > k_end:  # only the last key tile of a segment is partial
+                p = tl.where(col_ok[None, :], p, 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
             if DROPOUT:
                 keep = _keep(SEED, bh, offs_m[:, None], offs_n[None, :], N, p_drop)
@@ -303,9 +305,11 @@ def _bwd_dkdv_kernel(
                          other=0.0)
             lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
             delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
-            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # (BLOCK_N, BLOCK_M)
-            p_t = tl.exp2(s_t - lse[None, :])
-            p_t = tl.where(col_ok[:, None], p_t, 0.0)
+            # (BLOCK_N, BLOCK_M); padded query rows have lse = +inf, so their p is exactly 0.  Key rows
+            # past k_end (k loaded as 0) get garbage here, but only in their own dK/dV rows, which are
+            # zeroed once at the end instead of masking every tile
+            s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)
+            p_t = tl.exp2(s_t * qk_scale - lse[None, :])
             dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
             if DROPOUT:
                 keep = _keep(SEED, bh, offs_m[None, :], offs_n[:, None], N, p_drop)
@@ -317,8 +321,9 @@ def _bwd_dkdv_kernel(
             ds_t = p_t * (dp_t - delta[None, :])
             dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
 
-    tl.store(dk_ptrs, (dk * (qk_scale / 1.4426950408889634)).to(DK.dtype.element_ty),
-             mask=in_seg[:, None] & d_ok[None, :])
+    dk = tl.where(col_ok[:, None], dk * (qk_scale / 1.4426950408889634), 0.0)
+    dv = tl.where(col_ok[:, None], dv, 0.0)
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=in_seg[:, None] & d_ok[None, :])
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=in_seg[:, None] & dv_ok[None, :])
 
 
