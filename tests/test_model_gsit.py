@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gsit.errors import ConfigError, DataError
-from gsit.graph import GraphMask, ModalGraph, SequenceLayout
+from gsit.graph import ModalGraph, SequenceLayout
 from gsit.models.gsit import GraphFusion, GsiT, GsiTConfig, last_steps
 from gsit.models.vanilla import Vanilla
 
