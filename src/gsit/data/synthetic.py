@@ -147,6 +147,29 @@ def _directions(rng: np.random.Generator, k: int, d: int) -> np.ndarray:
     return (g / np.linalg.norm(g, axis=0, keepdims=True)).T.astype(np.float32)
 
 
+def _split(name: str, audio: np.ndarray, vision: np.ndarray, y: np.ndarray, tl: np.ndarray, al: np.ndarray,
+           vl: np.ndarray) -> Split:
+    """A generated split without its text (the caller adds ``text`` or ``text_bert``)."""
+    return Split(name=name, audio=audio, vision=vision, labels=y.astype(np.float32),
+                 ids=np.array([f"synthetic_{name}_{i:06d}" for i in range(len(y))]),
+                 text_lengths=tl, audio_lengths=al, vision_lengths=vl)
+
+
+def _bert_rows(rng: np.random.Generator, length: int, tl: np.ndarray, cue_ids: np.ndarray) -> np.ndarray:
+    """MMSA ``text_bert`` rows (n, 3, L): ``[CLS] filler... [SEP] 0...`` with ``cue_ids[i]`` at one random
+    position strictly between [CLS] and [SEP] of row i (draws: the fillers, then the cue positions)."""
+    n = len(tl)
+    pos = np.arange(length)[None, :]
+    tok = rng.integers(*_FILLER_TOKENS, size=(n, length)).astype(np.int64)
+    tok[pos >= tl[:, None]] = 0
+    tok[:, 0] = CLS_TOKEN
+    tok[np.arange(n), tl - 1] = SEP_TOKEN
+    cue_pos = 1 + (rng.random(n) * (tl - 2)).astype(np.int64)
+    tok[np.arange(n), cue_pos] = cue_ids
+    mask = (pos < tl[:, None]).astype(np.int64)
+    return np.stack([tok, mask, np.zeros_like(tok)], axis=1)
+
+
 def _make_recall(cfg: dict, *, seed: int, text_kind: str, keys: int, cue_strength: float,
                  feature_noise: float, label_noise: float, cue_fraction: float, label_scale: float):
     """The associative-recall task (``task="recall"``): see :func:`make_synthetic`."""
@@ -182,16 +205,7 @@ def _make_recall(cfg: dict, *, seed: int, text_kind: str, keys: int, cue_strengt
         audio += (cue_strength * inside)[:, :, None].astype(np.float32) * plant
 
         vision = _features(rng, n, cfg["vision_len"], cfg["vision_dim"], vl, feature_noise)  # no signal
-        split = Split(
-            name=name,
-            audio=audio,
-            vision=vision,
-            labels=y.astype(np.float32),
-            ids=np.array([f"synthetic_{name}_{i:06d}" for i in range(n)]),
-            text_lengths=tl,
-            audio_lengths=al,
-            vision_lengths=vl,
-        )
+        split = _split(name, audio, vision, y, tl, al, vl)
         if text_kind == "features":
             text = _features(rng, n, cfg["text_len"], cfg["text_dim"], tl, feature_noise)
             span = np.maximum(1, np.ceil(cue_fraction * tl)).astype(np.int64)
@@ -201,16 +215,7 @@ def _make_recall(cfg: dict, *, seed: int, text_kind: str, keys: int, cue_strengt
             text += (cue_strength * window)[:, :, None].astype(np.float32) * text_codes[query][:, None, :]
             split.text = text
         else:
-            L = cfg["text_len"]
-            pos = np.arange(L)[None, :]
-            tok = rng.integers(*_FILLER_TOKENS, size=(n, L)).astype(np.int64)
-            tok[pos >= tl[:, None]] = 0
-            tok[:, 0] = CLS_TOKEN
-            tok[np.arange(n), tl - 1] = SEP_TOKEN
-            cue_pos = 1 + (rng.random(n) * (tl - 2)).astype(np.int64)
-            tok[np.arange(n), cue_pos] = RECALL_TOKEN_BASE + query
-            mask = (pos < tl[:, None]).astype(np.int64)
-            split.text_bert = np.stack([tok, mask, np.zeros_like(tok)], axis=1)
+            split.text_bert = _bert_rows(rng, cfg["text_len"], tl, RECALL_TOKEN_BASE + query)
         splits[name] = split
         cues[name] = {"query": query, "values": values, "order": order, "matched": matched,
                       "segment_start": offset, "segment_width": width}
@@ -330,31 +335,13 @@ def make_synthetic(
         vision = _features(rng, n, cfg["vision_len"], cfg["vision_dim"], vl, feature_noise)
         _plant(rng, vision, vl, cue_strength * m, u_v, cue_fraction)
 
-        split = Split(
-            name=name,
-            audio=audio,
-            vision=vision,
-            labels=y.astype(np.float32),
-            ids=np.array([f"synthetic_{name}_{i:06d}" for i in range(n)]),
-            text_lengths=tl,
-            audio_lengths=al,
-            vision_lengths=vl,
-        )
+        split = _split(name, audio, vision, y, tl, al, vl)
         if text_kind == "features":
             text = _features(rng, n, cfg["text_len"], cfg["text_dim"], tl, feature_noise)
             _plant(rng, text, tl, cue_strength * s_t, u_t, cue_fraction)
             split.text = text
         else:
-            L = cfg["text_len"]
-            pos = np.arange(L)[None, :]
-            tok = rng.integers(*_FILLER_TOKENS, size=(n, L)).astype(np.int64)
-            tok[pos >= tl[:, None]] = 0
-            tok[:, 0] = CLS_TOKEN
-            tok[np.arange(n), tl - 1] = SEP_TOKEN
-            cue_pos = 1 + (rng.random(n) * (tl - 2)).astype(np.int64)
-            tok[np.arange(n), cue_pos] = np.where(s_t > 0, CUE_TOKEN_POS, CUE_TOKEN_NEG)
-            mask = (pos < tl[:, None]).astype(np.int64)
-            split.text_bert = np.stack([tok, mask, np.zeros_like(tok)], axis=1)
+            split.text_bert = _bert_rows(rng, cfg["text_len"], tl, np.where(s_t > 0, CUE_TOKEN_POS, CUE_TOKEN_NEG))
         splits[name] = split
         cues[name] = {"text": s_t, "audio": s_a, "magnitude": m}
 
