@@ -136,7 +136,8 @@ def test_train_epoch_loss_is_read_once_not_per_batch(seed, monkeypatch):
     reads = []
     real_float = torch.Tensor.__float__
     monkeypatch.setattr(torch.Tensor, "__float__", lambda t: (reads.append(1), real_float(t))[1])
-    mean = train_epoch(model, opt, data.splits["train"], run=run, seed=1, epoch=1, task="regression", ctx=Dist())
+    mean = train_epoch(model, opt, data.splits["train"], run=run, seed=1, epoch=1, task="regression",
+                       ctx=Dist())
     n_reads = len(reads)
     monkeypatch.undo()
     assert len(losses) == 10 and n_reads == 1  # one read per epoch, none per batch

@@ -341,7 +341,8 @@ def make_synthetic(
             _plant(rng, text, tl, cue_strength * s_t, u_t, cue_fraction)
             split.text = text
         else:
-            split.text_bert = _bert_rows(rng, cfg["text_len"], tl, np.where(s_t > 0, CUE_TOKEN_POS, CUE_TOKEN_NEG))
+            cue_ids = np.where(s_t > 0, CUE_TOKEN_POS, CUE_TOKEN_NEG)
+            split.text_bert = _bert_rows(rng, cfg["text_len"], tl, cue_ids)
         splits[name] = split
         cues[name] = {"text": s_t, "audio": s_a, "magnitude": m}
 

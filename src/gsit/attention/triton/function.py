@@ -129,9 +129,9 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device,
     steps: taller tiles would mostly hold padding and leave SMs idle).  When the longest segment has
     ``LONG_SEGMENT`` or more steps, taller query tiles (and 128-key tiles in dK/dV) win: chosen by
     ``benchmarks/bench_kernel.py --sweep`` on an H200 (forward graph, MOSEI lengths x4/x8, B=32, 4 heads:
-    at x8 fwd+bwd 5.84 -> 4.90 ms at head dim 32 and 7.46 -> 6.86 ms at 64 with the previous kernel version;
-    per-pair cuDNN 5.94 / 7.19; ``benchmarks/results/NVIDIA-H200-kernel-sweep.csv``).  fp32 inputs use IEEE fp32 products (no tensor
-    cores), which need small tiles to stay in registers.
+    at x8 fwd+bwd 5.84 -> 4.90 ms at head dim 32 and 7.46 -> 6.86 ms at 64 with the previous kernel
+    version; per-pair cuDNN 5.94 / 7.19; ``benchmarks/results/NVIDIA-H200-kernel-sweep.csv``).  fp32 inputs
+    use IEEE fp32 products (no tensor cores), which need small tiles to stay in registers.
     """
     if device.type != "cuda" or interpret_mode():
         return INTERPRETER_TILES
