@@ -214,6 +214,9 @@ def test_check_reasons(monkeypatch):
     assert any("head dims" in r for r in check(big, big, big, mask, dropout_p=0.0))
     with pytest.raises(UnsupportedInput, match="head dims"):
         graph_attention(big, big, big, mask, backend="triton")
+    for bad_scale in (0.0, -0.5):  # the forward kernel scales the row max of the raw logits
+        with pytest.raises(UnsupportedInput, match="positive scale"):
+            graph_attention(q, q, q, mask, backend="triton", scale=bad_scale)
     if not _ON_GPU:
         qb = q.bfloat16()
         assert any("bfloat16" in r for r in check(qb, qb, qb, mask, dropout_p=0.0))

@@ -27,8 +27,9 @@ Semantics (identical to the ``reference`` backend):
 Limits (``check`` reports them): CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (Triton's
 interpreter, for tests: it must be set before the first launch); head dims 1..128 (non-powers of two
 are padded to the next power of two inside the kernel, masked); B * H <= 65535; with dropout,
-N <= 46340.  Backward is deterministic (no atomics).  Kernel design: :mod:`.kernel`; launch tables and
-tile sizes: :mod:`.function` (``fused_graph_attention`` exposes the tile sizes and the dropout seed).
+N <= 46340; ``scale`` > 0 (refused otherwise, at launch: the forward kernel scales the row maximum of
+the raw logits).  Backward is deterministic (no atomics).  Kernel design: :mod:`.kernel`; launch tables
+and tile sizes: :mod:`.function` (``fused_graph_attention`` exposes the tile sizes and the dropout seed).
 """
 
 from __future__ import annotations

@@ -449,6 +449,9 @@ def _valid_lengths(mask: GraphMask, lengths: tuple[int, ...]) -> torch.Tensor | 
 def apply_unchecked(q, k, v, mask: GraphMask, *, scale: float, dropout_p: float,
                     seed: int | torch.Tensor | None = None, config: TileConfig | None = None) -> torch.Tensor:
     """Launch without re-checking (the registry's ``graph_attention`` has already run ``check``)."""
+    if not scale > 0.0:  # the forward kernel takes the row max of the raw logits, then scales it
+        from gsit.attention import UnsupportedInput
+        raise UnsupportedInput(f"triton attention needs a positive scale, got {scale}")
     seed_t = None
     if dropout_p > 0.0:
         # drawn on the device from torch's generator: reproducible under torch.manual_seed, and a fresh
