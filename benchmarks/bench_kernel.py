@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gsit.attention import graph_attention  # noqa: E402
 from gsit.attention.triton.function import TileConfig, default_config, fused_graph_attention  # noqa: E402
-from gsit.bench import DATASET_LENGTHS, GSIT_MODALITIES, environment  # noqa: E402
+from bench_fusion import DATASET_LENGTHS, GSIT_MODALITIES, environment  # noqa: E402  (this folder)
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout  # noqa: E402
 
 COLUMNS = ("gpu", "torch", "triton", "cudnn", "cuda", "graph", "batch", "heads", "head_dim", "length_mult", "n",

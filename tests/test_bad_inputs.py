@@ -302,9 +302,10 @@ def test_bad_override(override, needles, good_pkl, tmp_path, capsys):
 
 
 def test_unknown_attention_backend_fails_at_startup_listing_backends(good_pkl, tmp_path, capsys, monkeypatch):
+    import gsit.build as build_mod
     import gsit.train as train_mod
     monkeypatch.setattr(train_mod, "train_seed", lambda *a, **k: pytest.fail("training started"))
-    monkeypatch.setattr(train_mod, "load_text_encoder", lambda *a, **k: pytest.fail("data/model were built"))
+    monkeypatch.setattr(build_mod, "load_text_encoder", lambda *a, **k: pytest.fail("data/model were built"))
     line = expect_error(capsys, tmp_path, train_pkl(good_pkl, "synthetic", "model.attention_backend=nope"),
                         "model.attention_backend", "'nope'", "known backends")
     for name in ("pairs", "reference"):

@@ -126,7 +126,8 @@ def test_stop_hook_then_resume_in_process_is_bit_identical(tmp_path):
     run_training(run, data, run_dir=ref, quiet=True, command=["test"])
     stopped = tmp_path / "stopped"
     run_training_args = dict(quiet=True, command=["test"])
-    from gsit.train import Dist, Progress
+    from gsit.distributed import Dist
+    from gsit.train import Progress
     stopped.mkdir()
     with pytest.raises(KeyboardInterrupt):
         train_seed(run, data, seed=2, seed_dir=stopped / "seed-2", ctx=Dist(), resume=False,

@@ -21,8 +21,11 @@ from gsit import cli
 from gsit.checkpoint import load_model_weights
 from gsit.config import load_config
 from gsit.data import make_synthetic, write_mmsa_pickle
-from gsit.train import (Dist, Progress, build_model, epoch_batches, make_optimizer, split_loss, train_epoch,
-                        train_seed)
+import gsit.evaluate as evaluate_mod
+from gsit.build import build_model
+from gsit.distributed import Dist
+from gsit.evaluate import split_loss
+from gsit.train import Progress, epoch_batches, make_optimizer, train_epoch, train_seed
 
 NO_DROPOUT = ["model.text_dropout=0.0", "model.embed_dropout=0.0", "model.attn_dropout=0.0"]
 TINY_MODEL = ["model.d_model=8", "model.num_heads=2", "model.num_layers=1", *NO_DROPOUT]
@@ -43,7 +46,7 @@ def _grads(model) -> dict[str, torch.Tensor]:
 def _batch_loss_grads(model, split, idx) -> dict[str, torch.Tensor]:
     """Gradient of one batch's MEAN L1 loss (fresh zero gradients)."""
     model.zero_grad(set_to_none=True)
-    batch = train_mod._batch_from(split, idx, torch.device("cpu"))
+    batch = evaluate_mod.batch_from(split, idx, torch.device("cpu"))
     out = model(batch.inputs, batch.lengths)
     torch.nn.functional.l1_loss(out["prediction"].view(-1), batch.labels.view(-1)).backward()
     return _grads(model)
@@ -126,13 +129,13 @@ def test_train_epoch_loss_is_read_once_not_per_batch(seed, monkeypatch):
     model = build_model(run, data)
     opt = make_optimizer(run, model)
     losses: list[float] = []
-    real_loss = train_mod._loss
+    real_loss = train_mod.batch_loss
 
     def spy_loss(*a, **k):
         out = real_loss(*a, **k)
         losses.append(out.detach().clone())
         return out
-    monkeypatch.setattr(train_mod, "_loss", spy_loss)
+    monkeypatch.setattr(train_mod, "batch_loss", spy_loss)
     reads = []
     real_float = torch.Tensor.__float__
     monkeypatch.setattr(torch.Tensor, "__float__", lambda t: (reads.append(1), real_float(t))[1])
@@ -220,7 +223,7 @@ def test_early_stop_selection_on_validation_only_and_test_read_once(tmp_path, mo
     events: list[str] = []
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
     test_states: list[dict[str, torch.Tensor]] = []
-    real_predict, real_batch_from = train_mod.predict_split, train_mod._batch_from
+    real_predict, real_batch_from = evaluate_mod.predict_split, evaluate_mod.batch_from
 
     def spy_batch_from(split, idx, device):
         events.append(split.name)
@@ -236,8 +239,9 @@ def test_early_stop_selection_on_validation_only_and_test_read_once(tmp_path, mo
         test_states.append({k: v.clone() for k, v in model.state_dict().items()})
         return real_predict(model, split, **kw)
 
-    monkeypatch.setattr(train_mod, "_batch_from", spy_batch_from)
-    monkeypatch.setattr(train_mod, "predict_split", spy_predict)
+    monkeypatch.setattr(train_mod, "batch_from", spy_batch_from)
+    monkeypatch.setattr(evaluate_mod, "batch_from", spy_batch_from)
+    monkeypatch.setattr(evaluate_mod, "predict_split", spy_predict)
     result = train_seed(run, data, seed=3, seed_dir=tmp_path / "seed-3", ctx=Dist(), resume=False,
                         progress=Progress(True, Dist()), dataset="synthetic")
     assert (result["epochs"], result["best_epoch"], result["valid_loss"]) == (5, 2, 0.5)

@@ -24,7 +24,10 @@ def _add_common_train(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gsit.train import init_distributed, run_training
+    from gsit.build import preflight
+    from gsit.distributed import init_distributed
+    from gsit.runs import check_new_run_dir, check_resume_dir, shared_new_run_dir
+    from gsit.train import run_training
     dataset = args.dataset or ("synthetic" if args.data is None else None)
     if dataset is None:
         raise GsitError("--dataset is required with --data (mosi, mosei, sims, simsv2, mintrec, synthetic)")
@@ -33,39 +36,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = _load_data(run, quiet=args.quiet or not ctx.main)
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "config.json").is_file():
-            raise GsitError(f"--resume {str(run_dir)!r}: not a run directory (no config.json)")
-        saved = json.loads((run_dir / "config.json").read_text())
-        if saved != json.loads(json.dumps(run.to_dict())):  # compare as stored (tuples become lists)
-            raise GsitError(f"--resume {str(run_dir)!r}: the run was started with a different configuration; "
-                            f"resume with the same arguments")
+        check_resume_dir(run_dir, run)
     elif args.run_dir:
-        from gsit.train import _all_gather
         run_dir = Path(args.run_dir)
-        # rank 0 decides, before any rank writes into it (other ranks would otherwise race rank 0's writes)
-        taken = run_dir.exists() and any(run_dir.iterdir()) if ctx.main else None
-        if _all_gather(taken, ctx)[0]:
-            raise GsitError(f"run directory {str(run_dir)!r} already exists and is not empty; runs are never "
-                            f"overwritten (use --resume to continue it)")
+        check_new_run_dir(run_dir, ctx)
     else:
         run_dir = None
     # build the model once before any run directory is created or written: a bad model setting, text
     # encoder or token id fails here with one clear line
-    from gsit.train import preflight
     preflight(run, data)
     if run_dir is None:
-        run_dir = _shared_new_run_dir(Path(args.out), run.model_name, dataset, ctx)
+        run_dir = shared_new_run_dir(Path(args.out), run.model_name, dataset, ctx)
     results = run_training(run, data, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet,
                            device=args.device, command=["gsit", *args.argv], ctx=ctx)
     if ctx.main:
         _print_results(results, run_dir)
     return 0
-
-
-def _shared_new_run_dir(root: Path, model: str, dataset: str, ctx) -> Path:
-    from gsit.train import _all_gather, new_run_dir
-    path = str(new_run_dir(root, model, dataset)) if ctx.main else None
-    return Path(_all_gather(path, ctx)[0])
 
 
 def _load_run(args, dataset: str):

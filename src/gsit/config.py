@@ -19,8 +19,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from gsit.errors import ConfigError
+from gsit.models.registry import MODELS, model_config_class
 
-MODELS = ("gsit", "mult", "vanilla")
 DATASETS = ("mosi", "mosei", "sims", "simsv2", "mintrec", "synthetic")
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -73,16 +73,6 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "model": dict(self.model),
                 "train": dataclasses.asdict(self.train), "data": dataclasses.asdict(self.data)}
-
-
-def model_config_class(name: str):
-    if name == "gsit" or name == "vanilla":
-        from gsit.models.gsit import GsiTConfig
-        return GsiTConfig
-    if name == "mult":
-        from gsit.models.mult import MulTConfig
-        return MulTConfig
-    raise ConfigError(f"unknown model {name!r}; known models: {list(MODELS)}")
 
 
 def _check_type(where: str, key: str, value: Any, expected: Any) -> Any:

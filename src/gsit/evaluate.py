@@ -1,29 +1,107 @@
-"""Evaluate or predict from a trained run directory (best checkpoint per seed, loaded without pickle)."""
+"""Evaluation: predictions over a split, MMSA's evaluation loss and metrics, and evaluating or predicting
+from a trained run directory (best checkpoint per seed, loaded without pickle)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from gsit.checkpoint import atomic_write_bytes
+from gsit.config import RunConfig
+from gsit.data import load_run_data
+from gsit.data.batch import SplitDataset
+from gsit.distributed import Dist, all_gather
 from gsit.errors import GsitError
+from gsit.metrics import compute_metrics
+from gsit.runs import load_run_config, model_from_run_dir, run_seeds, summarize
+
+
+def batch_loss(pred: torch.Tensor, labels: torch.Tensor, task: str, reduction: str = "mean") -> torch.Tensor:
+    """The training objective: L1 on the score (regression) or cross-entropy (classification)."""
+    if task == "classification":
+        return F.cross_entropy(pred.float(), labels.long(), reduction=reduction)
+    return F.l1_loss(pred.float().view(-1), labels.float().view(-1), reduction=reduction)
+
+
+def autocast_for(run: RunConfig, ctx: Dist):
+    """bf16 autocast when ``train.amp = \"bf16\"``, else a no-op context."""
+    if run.train.amp == "bf16":
+        return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def batch_from(split, idx: np.ndarray, device: torch.device):
+    """Gather rows ``idx`` of ``split`` into a Batch on ``device`` (one fancy-index per array)."""
+    ds = split.__dict__.get("_gsit_dataset")
+    if ds is None:
+        ds = split.__dict__["_gsit_dataset"] = SplitDataset(split)
+    return ds.__getitems__(idx).to(device)
+
+
+@torch.no_grad()
+def predict_split(model, split, *, run: RunConfig, ctx: Dist, batch_size: int | None = None) -> np.ndarray:
+    """Predictions for every row of ``split`` in row order (gathered across DDP ranks)."""
+    model.eval()
+    bs = batch_size or run.train.eval_batch_size or run.train.batch_size
+    rows = np.arange(len(split))[ctx.rank::ctx.world]
+    outs, idxs = [], []
+    autocast = autocast_for(run, ctx)
+    for start in range(0, len(rows), bs):
+        idx = rows[start:start + bs]
+        batch = batch_from(split, idx, ctx.device)
+        with autocast:
+            pred = model(batch.inputs, batch.lengths)["prediction"].float()
+        outs.append(pred.cpu().numpy())
+        idxs.append(idx)
+    local = (np.concatenate(idxs) if idxs else np.zeros(0, dtype=np.int64),
+             np.concatenate(outs) if outs else np.zeros((0, 1), dtype=np.float32))
+    parts = all_gather(local, ctx)
+    order = np.concatenate([p[0] for p in parts])
+    preds = np.concatenate([p[1] for p in parts])
+    result = np.empty_like(preds)
+    result[order] = preds
+    return result
+
+
+def split_loss(preds: np.ndarray, labels: np.ndarray, *, task: str, batch_size: int) -> float:
+    """MMSA's evaluation loss: the mean over batches of the batch loss, rounded to 4 decimals."""
+    losses = []
+    for s in range(0, len(labels), batch_size):
+        p = torch.from_numpy(preds[s:s + batch_size])
+        y = torch.from_numpy(np.asarray(labels[s:s + batch_size]))
+        losses.append(float(batch_loss(p, y, task)))
+    return round(float(np.mean(losses)), 4)
+
+
+def evaluate_split(model, split, *, run: RunConfig, dataset: str, task: str, ctx: Dist) -> dict[str, float]:
+    """``Loss`` (MMSA's rounded batch-mean loss) and the dataset's metrics on ``split``."""
+    preds = predict_split(model, split, run=run, ctx=ctx)
+    bs = run.train.eval_batch_size or run.train.batch_size
+    metrics = {"Loss": split_loss(preds, split.labels, task=task, batch_size=bs)}
+    metric_preds = preds if task == "classification" else preds.reshape(-1)
+    # the synthetic task is MOSI-like (regression in [-3, 3]) and is scored with MOSI's metrics
+    metrics.update(compute_metrics("mosi" if dataset == "synthetic" else dataset, metric_preds, split.labels))
+    return metrics
+
+
+# ----------------------------------------------------------------------------- from a run directory
 
 
 def _run_and_data(run_dir: str | Path, data_path: str | None):
     """(run_dir, dataset, data): the run's data as it was trained on (``data_path`` replaces its path)."""
-    from gsit.data import load_run_data
-    from gsit.train import load_run_config
     run = load_run_config(run_dir, data_path)
     return Path(run_dir), run.data.dataset, load_run_data(run.data)
 
 
 def evaluate_run(run_dir, *, data_path: str | None = None, split: str = "test", seed: int | None = None,
                  device: str = "cpu") -> dict[str, Any]:
-    from gsit.train import Dist, evaluate_split, model_from_run_dir, run_seeds, summarize
     run_dir, dataset, data = _run_and_data(run_dir, data_path)
     if split not in data.splits:
         raise GsitError(f"split {split!r} not in the data (splits: {sorted(data.splits)})")
@@ -31,15 +109,12 @@ def evaluate_run(run_dir, *, data_path: str | None = None, split: str = "test", 
     for s in run_seeds(run_dir, seed):
         run, model = model_from_run_dir(run_dir, data, seed=s, device=device)
         per_seed.append({"seed": s, "test": evaluate_split(model, data.splits[split], run=run, dataset=dataset,
-                                                           task=data.task, ctx=Dist(device=__import__("torch").device(device)))})
+                                                           task=data.task, ctx=Dist(device=torch.device(device)))})
     return {"run_dir": str(run_dir), "split": split, **summarize(per_seed), "per_seed": per_seed}
 
 
 def predict_run(run_dir, *, data_path: str | None, out: str, split: str = "test", seed: int | None = None,
                 device: str = "cpu") -> int:
-    import torch
-
-    from gsit.train import Dist, model_from_run_dir, predict_split, run_seeds
     out_path = Path(out)
     if out_path.exists():
         raise GsitError(f"output file {out!r} already exists; choose a new path (nothing is overwritten)")

@@ -50,13 +50,13 @@ def read_data(run, *, quiet: bool = True):
 
 def run_config_from_dir(run_dir: Path, data_path: str | None = None):
     """(RunConfig, data) of a trained run directory; ``data_path`` replaces the run's data path."""
-    from gsit.train import load_run_config
+    from gsit.runs import load_run_config
     run = load_run_config(Path(run_dir), data_path)
     return run, read_data(run)
 
 
 def run_seeds(run_dir: Path) -> list[int]:
-    from gsit.train import run_seeds as seeds_of
+    from gsit.runs import run_seeds as seeds_of
     return seeds_of(Path(run_dir))
 
 

@@ -92,7 +92,7 @@ def attention_maps(run_dir: str | Path, *, data_path: str | None = None, sample:
                    seed: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """:func:`capture_attention` for row ``sample`` of ``split`` of a trained run."""
     from gsit.data.batch import SplitDataset
-    from gsit.train import model_from_run_dir
+    from gsit.runs import model_from_run_dir
     run, data = run_config_from_dir(Path(run_dir), data_path)
     if split not in data.splits:
         raise GsitError(f"split {split!r} not in the data (splits: {sorted(data.splits)})")

@@ -219,7 +219,9 @@ def robustness(run_dir: str | Path, *, data_path: str | None = None, split: str 
                device: str = "cpu", metric: str | None = None) -> dict[str, Any]:
     """Score every condition for every seed of ``run_dir``; returns ``{"rows", "per_seed", "metric", ...}``."""
     from gsit.metrics import primary_metric_names
-    from gsit.train import Dist, evaluate_split, model_from_run_dir
+    from gsit.distributed import Dist
+    from gsit.evaluate import evaluate_split
+    from gsit.runs import model_from_run_dir
     run_dir = Path(run_dir)
     run, data = run_config_from_dir(run_dir, data_path)
     if split not in data.splits:

@@ -3,7 +3,7 @@
 Phases:
 
 1. **search** -- every trial samples a configuration from the search space, trains one seed with gsit's own
-   epoch loop (:func:`gsit.train.train_epoch` + :func:`gsit.train.evaluate_split` on ``valid``), reports the
+   epoch loop (:func:`gsit.train.train_epoch` + :func:`gsit.evaluate.evaluate_split` on ``valid``), reports the
    validation loss after every epoch to Optuna (median pruning) and returns its best validation loss.
    The test split is *sealed* during the search: the trials get a data view whose ``splits["test"]``
    raises on any access, so no search decision can depend on it.
@@ -177,16 +177,10 @@ def train_for_validation(run, data, *, seed: int, dataset: str, device: torch.de
                          ) -> dict[str, Any]:
     """Train one seed with the paper's loop and early stopping, scoring ``valid`` after each epoch; never
     touches ``test``.  ``on_epoch(epoch, valid_metrics, train_loss)`` may raise to stop (pruning)."""
-    from gsit.train import (
-        Dist,
-        build_model,
-        evaluate_split,
-        load_text_encoder,
-        make_optimizer,
-        make_scheduler,
-        set_seed,
-        train_epoch,
-    )
+    from gsit.build import build_model, load_text_encoder
+    from gsit.distributed import Dist
+    from gsit.evaluate import evaluate_split
+    from gsit.train import make_optimizer, make_scheduler, set_seed, train_epoch
     ctx = Dist(device=device)
     set_seed(seed, deterministic=run.train.deterministic)
     model = build_model(run, data, load_text_encoder(run, data)).to(device)

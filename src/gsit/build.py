@@ -1,0 +1,82 @@
+"""Model building: the one name -> model registry, the text encoder, and the preflight check that a run's
+model can be built on its data before anything is written."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gsit.config import RunConfig, build_model_config
+from gsit.errors import ConfigError
+from gsit.models.registry import model_class
+
+
+def data_input_dims(data, text_encoder) -> dict[str, int]:
+    dims = {"audio": int(data.audio_dim), "vision": int(data.vision_dim)}
+    if text_encoder is not None:
+        dims["text"] = int(text_encoder.out_dim)
+    elif data.text_kind == "bert":
+        raise ConfigError(f"the data at {data.source!r} holds text as token ids (text_bert); pass a local BERT-family "
+                          f"model directory with --text-encoder DIR (nothing is downloaded)")
+    else:
+        dims["text"] = int(data.text_dim)
+    return dims
+
+
+def load_text_encoder(run: RunConfig, data):
+    if data.text_kind != "bert":
+        return None
+    if not run.data.text_encoder:
+        data_input_dims(data, None)  # raises the clear error
+    from gsit.models.text import BertTextEncoder
+    try:  # transformers >= 5 draws a "Loading weights" progress bar on stderr: keep logs to gsit's own lines
+        from transformers.utils import logging as hf_logging
+        bar_was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - no transformers: from_pretrained reports it
+        hf_logging, bar_was_on = None, False
+    try:
+        encoder = BertTextEncoder.from_pretrained(run.data.text_encoder)
+    finally:
+        if hf_logging is not None and bar_was_on:
+            hf_logging.enable_progress_bar()
+    check_token_ids(data, getattr(encoder.bert.config, "vocab_size", None), run.data.text_encoder)
+    return encoder
+
+
+def check_token_ids(data, vocab_size: int | None, encoder_path: str = "") -> None:
+    """text_bert ids must index the text encoder's vocabulary (an MMSA pickle carries no vocabulary, so
+    this is known only once the encoder is loaded); otherwise the embedding lookup fails mid-training."""
+    if not vocab_size:
+        return
+    for name, split in data.splits.items():
+        tb = getattr(split, "text_bert", None)
+        if tb is None:
+            continue
+        ids = tb[:, 0, :]
+        bad = (ids < 0) | (ids >= vocab_size)
+        if bad.any():
+            i, j = (int(x) for x in np.argwhere(bad)[0])
+            raise ConfigError(f"{data.source}: split '{name}' key 'text_bert' holds token id "
+                              f"{int(ids[i, j])} at (sample, position) ({i}, {j}), outside the vocabulary "
+                              f"of size {vocab_size} of the text encoder {encoder_path!r}")
+
+
+def preflight(run: RunConfig, data) -> None:
+    """Build the model once (and load the text encoder) so that a bad model setting, text encoder, token
+    id or too-short sequence fails before a run directory is created or written."""
+    model = build_model(run, data, load_text_encoder(run, data))
+    kernels = getattr(getattr(model, "config", None), "kernel_sizes", None) or {}
+    lengths = data.seq_lengths
+    for m, k in kernels.items():
+        if m in lengths and lengths[m] < int(k):
+            raise ConfigError(f"model.kernel_sizes: the {m} conv kernel {int(k)} is longer than the data's "
+                              f"{m} sequences (length {lengths[m]}); set e.g. "
+                              f"model.kernel_sizes={{{m}=1, ...}}")
+
+
+def build_model(run: RunConfig, data, text_encoder=None) -> torch.nn.Module:
+    """The run's model with input widths and output size read from the data."""
+    output_dim = int(data.num_classes) if data.task == "classification" else 1
+    cfg = build_model_config(run, input_dims=data_input_dims(data, text_encoder), output_dim=output_dim)
+    return model_class(run.model_name)(cfg, text_encoder=text_encoder)
