@@ -327,7 +327,8 @@ def test_epochs_csv_columns(two_seed_run):
         metric_keys = ["Loss", "Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5",
                        "Mult_acc_7", "MAE", "Corr"]
         assert list(rows[0]) == ["epoch", "train_loss", "seconds", "lr", *[f"valid_{k}" for k in metric_keys],
-                                 "best_epoch"]
+                                 "best_epoch", "graphs"]
+        assert all(r["graphs"] == "0" for r in rows)  # eager on the CPU: nothing compiled or captured
         assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
         losses = [float(r["valid_Loss"]) for r in rows]
         best = int(rows[-1]["best_epoch"])

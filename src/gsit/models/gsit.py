@@ -103,6 +103,12 @@ def prepare_text(inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tenso
     return {**inputs, "text": text_encoder(text)}, lengths  # text -> (B, L, D_t)
 
 
+def _static_step() -> bool:
+    """True while torch.compile traces or a CUDA graph is being captured: no host read of tensor values."""
+    return torch.compiler.is_compiling() or (torch.cuda.is_available()
+                                             and torch.cuda.is_current_stream_capturing())
+
+
 def multimodal_sequence(c: GsiTConfig, front_end: ConvFrontEnd, text_dropout: nn.Module,
                         text_encoder: nn.Module | None, inputs: dict[str, torch.Tensor],
                         lengths: dict[str, torch.Tensor] | None):
@@ -119,8 +125,9 @@ def multimodal_sequence(c: GsiTConfig, front_end: ConvFrontEnd, text_dropout: nn
         if lengths is None or any(m not in lengths for m in c.modalities):
             raise ValueError(f"padding_aware=True needs lengths for {list(c.modalities)}, got "
                              f"{sorted(lengths) if lengths else None}")
-        keep = {m: max(int(lengths[m].max()), c.kernel_sizes[m]) for m in c.modalities}
-        inputs = {m: inputs[m][:, :keep[m]] for m in c.modalities}  # trim padding
+        if not _static_step():  # a static step's caller has cut the inputs already (gsit.execution)
+            keep = {m: max(int(lengths[m].max()), c.kernel_sizes[m]) for m in c.modalities}
+            inputs = {m: inputs[m][:, :keep[m]] for m in c.modalities}  # trim padding
     feats = {**inputs, "text": text_dropout(inputs["text"])} if "text" in inputs else dict(inputs)
     conv = front_end(feats)  # modality -> (B, T_m - k + 1, d)
     layout = SequenceLayout(c.modalities, tuple(conv[m].shape[1] for m in c.modalities))
