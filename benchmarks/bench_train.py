@@ -92,7 +92,9 @@ def one_run(*, dataset: str, model: str, encoder: str, path: str, data: Path, be
         cmd += ["--amp", amp]
     if backend and model != "mult":
         cmd += [f"model.attention_backend={backend}"]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # a cold compiler cache per run: warmup_s is what a first run on a new machine pays
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "TORCHINDUCTOR_CACHE_DIR": str(run_dir) + "_inductor", "TRITON_CACHE_DIR": str(run_dir) + "_triton"}
     row = {"dataset": dataset, "model": model, "text_encoder": encoder, "path": path, "amp": amp,
            "attention_backend": backend if model != "mult" else "mult"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
