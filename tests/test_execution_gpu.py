@@ -77,7 +77,17 @@ def _close(fast, eager, rtol, atol, what=""):
     np.testing.assert_allclose(fast[0], eager[0], rtol=rtol)
     np.testing.assert_allclose(fast[2], eager[2], rtol=rtol, atol=atol)
     for k in eager[1]:
-        torch.testing.assert_close(fast[1][k], eager[1][k], rtol=100 * rtol, atol=100 * atol, msg=k)
+        a, b = _without_key_bias(k, fast[1][k]), _without_key_bias(k, eager[1][k])
+        torch.testing.assert_close(a, b, rtol=100 * rtol, atol=100 * atol, msg=k)
+
+
+def _without_key_bias(name: str, t: torch.Tensor) -> torch.Tensor:
+    """The key slice of a packed QKV bias has a zero gradient in exact arithmetic (softmax ignores a
+    per-query constant), so Adam turns its round-off into lr-sized steps: not comparable across orders."""
+    if name.endswith("attn.in_proj_bias"):
+        d = t.shape[0] // 3
+        return torch.cat([t[:d], t[2 * d:]])
+    return t
 
 
 @pytest.mark.parametrize("mode, extra", [

@@ -49,11 +49,15 @@ import torch
 import torch.nn.functional as F
 
 from gsit.errors import ConfigError
+from gsit.models.gsit import static_shapes
 
 EXECUTIONS = ("auto", "eager", "compiled", "graphed", "compiled_graphed")
 # padding-aware mode: an input is cut to the smallest level x padded length that holds every valid step
 LENGTH_LEVELS = (0.125, 0.25, 0.5, 1.0)
-WARMUP_STEPS = 2  # eager runs of a step on a side stream before its capture (lazy initialisation)
+WARMUP_STEPS = 2
+# models whose compiled + captured step was checked against eager on a GPU (tests/test_execution_gpu.py);
+# ``auto`` keeps the others eager (MulT: its compile exceeded 150 s in benchmarks/bench_train.py)
+VERIFIED_FAST = ("gsit", "vanilla")  # eager runs of a step on a side stream before its capture (lazy initialisation)
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ class Execution:
 
 
 def resolve_execution(requested: str, *, device: torch.device, world: int = 1, legacy_compile: bool = False,
-                      deterministic: bool = False) -> Execution:
+                      deterministic: bool = False, model_name: str = "gsit") -> Execution:
     """The execution mode for ``requested`` on ``device`` (``world`` processes); an impossible explicit
     request is an error, never a silent substitute."""
     if requested not in EXECUTIONS:
@@ -96,6 +100,9 @@ def resolve_execution(requested: str, *, device: torch.device, world: int = 1, l
         if world > 1:
             return Execution(requested, "eager", f"DDP over {world} processes: the captured step bypasses "
                              "DDP's gradient hooks, so DDP runs eager (train.execution=compiled is allowed)")
+        if model_name not in VERIFIED_FAST:
+            return Execution(requested, "eager", f"model {model_name!r}: its compiled/captured step has not "
+                             "been verified on a GPU yet (set train.execution=graphed or compiled to try it)")
         return Execution(requested, "compiled_graphed", "one CUDA device: compiled model, whole step "
                          "captured in CUDA graphs (the fastest exact execution)")
     if requested in ("graphed", "compiled_graphed"):
@@ -274,7 +281,7 @@ class StepRunner:
     def _weighted_loss(self, inputs, lengths, labels, weights) -> torch.Tensor:
         inputs = dict(inputs)
         modality_dropout_(inputs, self.modality_dropout)
-        with self.autocast():
+        with self.autocast(), static_shapes():
             out = self.forward(inputs, lengths)
         per = row_losses(out["prediction"], labels, self.task)
         return (per * weights).sum() / weights.sum()
@@ -312,12 +319,12 @@ class StepRunner:
         batch, weights = self._cpu_batch(dataset, rows, self.eval_batch_size)
         if not self.execution.graphed:
             batch = batch.to(self.device)
-            with self.autocast():
+            with self.autocast(), static_shapes():
                 return self.eval_forward(batch.inputs, batch.lengths)["prediction"].float()[:n]
         return self._replay(self._eval_graphs, batch, weights, self._eval_step, training=False)[:n]
 
     def _eval_step(self, c: _Captured) -> torch.Tensor:
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad(), self.autocast(), static_shapes():
             return self.eval_forward(c.inputs, c.lengths)["prediction"].float()
 
     # ----------------------------------------------------------------- CUDA graphs

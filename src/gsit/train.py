@@ -212,7 +212,8 @@ def make_runner(run: RunConfig, model, execution: Execution, *, task: str, ctx: 
 def run_execution(run: RunConfig, ctx: Dist) -> Execution:
     """``train.execution`` resolved for this device and process count."""
     return resolve_execution(run.train.execution, device=ctx.device, world=ctx.world,
-                             legacy_compile=run.train.compile, deterministic=run.train.deterministic)
+                             legacy_compile=run.train.compile, deterministic=run.train.deterministic,
+                             model_name=run.model_name)
 
 
 class Progress:

@@ -7,6 +7,7 @@ MLP head).  The masks are not written here: they come from :mod:`gsit.graph`.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -103,10 +104,25 @@ def prepare_text(inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tenso
     return {**inputs, "text": text_encoder(text)}, lengths  # text -> (B, L, D_t)
 
 
+_STATIC_SHAPES = [False]
+
+
+@contextlib.contextmanager
+def static_shapes():
+    """Within this context the model never reads tensor values on the host (no padding trim: the caller
+    has cut its inputs to a static length already; see :mod:`gsit.execution`), so every call of one input
+    shape runs the same kernels -- warm-up, compilation and CUDA-graph capture alike."""
+    old, _STATIC_SHAPES[0] = _STATIC_SHAPES[0], True
+    try:
+        yield
+    finally:
+        _STATIC_SHAPES[0] = old
+
+
 def _static_step() -> bool:
-    """True while torch.compile traces or a CUDA graph is being captured: no host read of tensor values."""
-    return torch.compiler.is_compiling() or (torch.cuda.is_available()
-                                             and torch.cuda.is_current_stream_capturing())
+    """True under :func:`static_shapes`, while torch.compile traces, or while a CUDA graph is captured."""
+    return _STATIC_SHAPES[0] or torch.compiler.is_compiling() or (
+        torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 def multimodal_sequence(c: GsiTConfig, front_end: ConvFrontEnd, text_dropout: nn.Module,
