@@ -78,6 +78,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gsit.data.spec import DATASETS
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout
 
 CSV_COLUMNS = ("gpu", "torch", "triton", "cudnn", "cuda", "model", "backend", "mode", "dataset", "batch",
@@ -85,12 +86,14 @@ CSV_COLUMNS = ("gpu", "torch", "triton", "cudnn", "cuda", "model", "backend", "m
                "p10_ms", "p90_ms", "peak_mem_mb", "compile_s", "note")
 
 GSIT_MODALITIES = ("text", "vision", "audio")  # GsiTConfig's default concatenation order
-# conv-output lengths (raw padded length - kernel 5 + 1), in GSIT_MODALITIES order
-DATASET_LENGTHS = {"mosi": (46, 496, 371), "mosei": (46, 496, 496)}
-# the padding experiment: MOSI raw padded lengths and realistic mean valid lengths per modality
-MOSI_RAW_MAX = (50, 500, 375)
-MOSI_RAW_MEAN = (14, 42, 38)
 CONV_KERNEL = 5
+# conv-output lengths (raw padded length - kernel 5 + 1: mosi (46, 496, 371), mosei (46, 496, 496)), in
+# GSIT_MODALITIES order, from the dataset table
+DATASET_LENGTHS = {name: tuple(DATASETS[name].shapes[m][0] - CONV_KERNEL + 1 for m in GSIT_MODALITIES)
+                   for name in ("mosi", "mosei")}
+# the padding experiment: MOSI raw padded lengths (50, 500, 375) and realistic mean valid lengths per modality
+MOSI_RAW_MAX = tuple(DATASETS["mosi"].shapes[m][0] for m in GSIT_MODALITIES)
+MOSI_RAW_MEAN = (14, 42, 38)
 GAMMA_SHAPE = 2.0
 
 BACKENDS = ("reference", "pairs", "flex", "triton")  # GsiT attention backends, registry names

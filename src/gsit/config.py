@@ -18,10 +18,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from gsit.data.spec import DATASETS as DATASET_SPECS
 from gsit.errors import ConfigError
 from gsit.models.registry import MODELS, model_config_class
 
-DATASETS = ("mosi", "mosei", "sims", "simsv2", "mintrec", "synthetic")
+DATASETS = tuple(DATASET_SPECS)  # names a run may name (gsit.data.spec holds their facts)
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from gsit.data.spec import dataset_spec
 from gsit.errors import GsitError
 
 
@@ -61,8 +62,8 @@ def run_seeds(run_dir: Path) -> list[int]:
 
 
 def metric_dataset(dataset: str) -> str:
-    """The metric family of a dataset (the synthetic task is scored like MOSI)."""
-    return "mosi" if dataset == "synthetic" else dataset
+    """The metric family of a dataset (gsit.data.spec; the synthetic task is scored like MOSI)."""
+    return dataset_spec(dataset).metric_family
 
 
 def lower_is_better(metric: str) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gsit.data.spec import DATASETS, canonical_name
 from gsit.errors import DataError
 
 __all__ = [
@@ -28,34 +29,23 @@ __all__ = [
 
 SPLIT_NAMES = ("train", "valid", "test")
 
-# Regression label ranges per dataset; classification datasets are checked against num_classes.
+# Dataset facts (label ranges, classes, aliases) live in gsit.data.spec; these two views keep their names.
 DATASET_LABEL_RANGES: dict[str, tuple[float, float]] = {
-    "mosi": (-3.0, 3.0),
-    "mosei": (-3.0, 3.0),
-    "sims": (-1.0, 1.0),
-    "simsv2": (-1.0, 1.0),
-    "synthetic": (-3.0, 3.0),
+    n: s.label_range for n, s in DATASETS.items() if s.task == "regression"
 }
-CLASSIFICATION_DATASETS: dict[str, int] = {"mintrec": 20}
-_ALIASES = {
-    "cmu-mosi": "mosi",
-    "cmu-mosei": "mosei",
-    "ch-sims": "sims",
-    "ch-simsv2": "simsv2",
-    "sims2": "simsv2",
+CLASSIFICATION_DATASETS: dict[str, int] = {
+    n: s.num_classes for n, s in DATASETS.items() if s.task == "classification"
 }
-KNOWN_DATASETS = tuple(DATASET_LABEL_RANGES) + tuple(CLASSIFICATION_DATASETS)
 
 
 def normalize_dataset_name(dataset: str | None) -> str | None:
     """Lower-case a dataset name and map aliases; unknown names raise DataError."""
     if dataset is None:
         return None
-    key = str(dataset).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in KNOWN_DATASETS:
+    key = canonical_name(dataset)
+    if key is None:
         raise DataError(
-            f"unknown dataset name {dataset!r}; expected one of {', '.join(KNOWN_DATASETS)} (or none)."
+            f"unknown dataset name {dataset!r}; expected one of {', '.join(DATASETS)} (or none)."
         )
     return key
 
