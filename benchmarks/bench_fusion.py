@@ -80,6 +80,9 @@ from torch import nn
 
 from gsit.data.spec import DATASETS
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout
+from gsit.models.gsit import GraphFusion
+from gsit.models.mult import MulTConfig, MulTFusion
+from gsit.models.registry import model_class
 
 CSV_COLUMNS = ("gpu", "torch", "triton", "cudnn", "cuda", "model", "backend", "mode", "dataset", "batch",
                "length_mult", "dtype", "padding", "n_tokens", "check_rel_err", "status", "median_ms",
@@ -150,46 +153,35 @@ class Job:
 
 
 # --------------------------------------------------------------------------- the modules
-class MulTFusion(nn.Module):
-    """MulT's fusion block exactly as ``MulT.forward`` runs it after the conv front end: for every modality
-    q, its cross encoders (queries q, keys/values k) in config order, concatenated, through q's mem encoder;
-    the last step of each mem output, concatenated -> (B, 6d).  Takes the concatenated ``x`` (B, N, d) and
-    the layout so both models share one signature; ``valid`` is ignored (MulT reads padding)."""
+class SegmentedMulTFusion(nn.Module):
+    """:class:`gsit.models.mult.MulTFusion` behind GraphFusion's signature: the concatenated ``x`` (B, N, d)
+    is cut into its modality segments by ``layout``; ``valid`` is ignored (MulT reads padding)."""
 
-    def __init__(self, mult) -> None:
+    def __init__(self, fusion: MulTFusion) -> None:
         super().__init__()
-        self.modalities = mult.modalities
-        self.cross = mult.cross
-        self.mem = mult.mem
+        self.fusion = fusion
 
     def forward(self, x: torch.Tensor, layout: SequenceLayout,
                 valid: torch.Tensor | None = None) -> torch.Tensor:
         seg = {m: x[:, layout.segment(i)] for i, m in enumerate(layout.modalities)}  # m -> (B, T_m, d)
-        last = []
-        for q in self.modalities:
-            # (B, T_q, d) each
-            crossed = [self.cross[f"{q}->{k}"](seg[q], seg[k]) for k in self.modalities if k != q]
-            h = self.mem[q](torch.cat(crossed, dim=-1))  # (B, T_q, 2d)
-            last.append(h[:, -1])  # (B, 2d)
-        return torch.cat(last, dim=-1)  # (B, 6d)
+        return self.fusion(seg)  # (B, 6d)
 
 
 def build_fusion(model: str, backend: str, cfg: BenchConfig) -> nn.Module:
-    """A fusion block in fp32 on CPU with weights that depend only on (model, seed), in eval mode."""
+    """A fusion block in fp32 on CPU with weights that depend only on (model, seed), in eval mode:
+    GsiT's :class:`GraphFusion`, or the fusion of the registry's ``mult`` model (built whole, as before)."""
     torch.manual_seed(cfg.seed)
     if model == "gsit":
-        from gsit.models.gsit import GraphFusion
         module = GraphFusion(modalities=GSIT_MODALITIES, d_model=cfg.d_model, num_heads=cfg.num_heads,
                              num_layers=cfg.num_layers, share_layers=True, structure="original",
                              embed_dropout=0.0, attn_dropout=0.0, relu_dropout=0.0, res_dropout=0.0,
                              attention_semantics="paper", attention_backend=backend)
     elif model == "mult":
-        from gsit.models.mult import MulT, MulTConfig
         mcfg = MulTConfig(d_model=cfg.d_model, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
                           share_layers=True, causal=True, positional=False, attn_dropout=0.0,
                           attn_dropout_a=0.0, attn_dropout_v=0.0, relu_dropout=0.0, res_dropout=0.0,
                           embed_dropout=0.0, text_dropout=0.0, output_dropout=0.0)
-        module = MulTFusion(MulT(mcfg))
+        module = SegmentedMulTFusion(model_class("mult")(mcfg).fusion)
     else:
         raise ValueError(f"unknown model {model!r}; known: gsit, mult")
     return module.eval()

@@ -245,6 +245,43 @@ class MulTEncoder(nn.Module):
         return self.final_norm(h)
 
 
+# --------------------------------------------------------------------------- the fusion block
+class MulTFusion(nn.Module):
+    """MulT's fusion (steps 3-5 of the module docstring): for every modality q, its cross encoders (queries
+    q, keys/values k != q, in config order) concatenated to 2d, through q's mem encoder; the last step of
+    each mem output, concatenated -> (B, 6d).  ``forward`` takes the conv outputs m -> (B, T_m, d)."""
+
+    def __init__(self, config: MulTConfig) -> None:
+        super().__init__()
+        c = config
+        self.modalities = tuple(c.modalities)
+        d = c.d_model
+        common = dict(num_heads=c.num_heads, share_layers=c.share_layers, relu_dropout=c.relu_dropout,
+                      res_dropout=c.res_dropout, embed_dropout=c.embed_dropout, causal=c.causal,
+                      positional=c.positional, ffn_activation=c.ffn_activation)
+        # "q->k": queries of q read keys/values of k; attention dropout follows the key modality (MMSA)
+        self.pairs = [(q, k) for q in self.modalities for k in self.modalities if k != q]
+        self.cross = nn.ModuleDict({
+            f"{q}->{k}": MulTEncoder(d_model=d, num_layers=c.num_layers, attn_dropout=c.key_attn_dropout(k),
+                                     **common)
+            for q, k in self.pairs
+        })
+        mem_width = (len(self.modalities) - 1) * d  # 2d
+        self.mem = nn.ModuleDict({
+            m: MulTEncoder(d_model=mem_width, num_layers=c.mem_layers, attn_dropout=c.attn_dropout, **common)
+            for m in self.modalities
+        })
+        self.out_dim = len(self.modalities) * mem_width  # 6d
+
+    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        last = []
+        for q in self.modalities:
+            crossed = [self.cross[f"{q}->{k}"](x[q], x[k]) for k in self.modalities if k != q]  # (B, T_q, d)
+            h = self.mem[q](torch.cat(crossed, dim=-1))  # (B, T_q, 2d)
+            last.append(h[:, -1])  # (B, 2d)
+        return torch.cat(last, dim=-1)  # (B, 6d)
+
+
 # --------------------------------------------------------------------------- the model
 class MulT(nn.Module):
     """MMSA's MULT behind gsit's model interface.
@@ -267,25 +304,18 @@ class MulT(nn.Module):
         self.input_dims = {m: int(c.input_dims[m]) for m in self.modalities}
         self.kernel_sizes = {m: int(c.kernel_sizes[m]) for m in self.modalities}
         d = c.d_model
-        common = dict(num_heads=c.num_heads, share_layers=c.share_layers, relu_dropout=c.relu_dropout,
-                      res_dropout=c.res_dropout, embed_dropout=c.embed_dropout, causal=c.causal,
-                      positional=c.positional, ffn_activation=c.ffn_activation)
-
         self.text_dropout = nn.Dropout(c.text_dropout)
         self.front_end = ConvFrontEnd(modalities=self.modalities, input_dims=self.input_dims, d_model=d,
                                       kernel_sizes=self.kernel_sizes)
-        # "q->k": queries of q read keys/values of k; attention dropout follows the key modality (MMSA)
-        self.pairs = [(q, k) for q in self.modalities for k in self.modalities if k != q]
-        self.cross = nn.ModuleDict({
-            f"{q}->{k}": MulTEncoder(d_model=d, num_layers=c.num_layers, attn_dropout=c.key_attn_dropout(k),
-                                     **common)
-            for q, k in self.pairs
-        })
+        # MulT registers the fusion's two encoder dicts itself, under the names checkpoints hold ("cross.*",
+        # "mem.*"); ``fusion`` is kept outside ``_modules`` so every parameter is registered once.  The fusion
+        # holds no parameters or dropout of its own, so nothing it stores can go stale under .to() / .eval().
+        fusion = MulTFusion(c)
+        self.pairs = fusion.pairs
+        self.cross = fusion.cross
+        self.mem = fusion.mem
+        object.__setattr__(self, "fusion", fusion)
         mem_width = (len(self.modalities) - 1) * d  # 2d
-        self.mem = nn.ModuleDict({
-            m: MulTEncoder(d_model=mem_width, num_layers=c.mem_layers, attn_dropout=c.attn_dropout, **common)
-            for m in self.modalities
-        })
         combined = len(self.modalities) * mem_width  # 6d
         self.proj1 = nn.Linear(combined, combined)
         self.proj2 = nn.Linear(combined, combined)
@@ -314,12 +344,7 @@ class MulT(nn.Module):
         features["text"] = self.text_dropout(features["text"])
         x = self.front_end(features)  # m -> (B, T_m - k_m + 1, d)
 
-        last = []
-        for q in self.modalities:
-            crossed = [self.cross[f"{q}->{k}"](x[q], x[k]) for k in self.modalities if k != q]  # (B, T_q, d)
-            h = self.mem[q](torch.cat(crossed, dim=-1))  # (B, T_q, 2d)
-            last.append(h[:, -1])  # (B, 2d)
-        last_hs = torch.cat(last, dim=-1)  # (B, 6d)
+        last_hs = self.fusion(x)  # (B, 6d)
 
         h = self.proj2(self.output_dropout(F.relu(self.proj1(last_hs)))) + last_hs  # (B, 6d)
         return {"prediction": self.out_layer(h), "features": h}
