@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from gsit.attention import UnsupportedInput, available_backends, graph_attention
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout
-from gsit.models.layers import GraphEncoder
+from gsit.models.gsit import GraphEncoder
 
 T, V, A = "text", "vision", "audio"
 TVA = (T, V, A)

@@ -44,7 +44,7 @@ def capture_attention(model, inputs: dict[str, torch.Tensor], lengths: dict[str,
     ``{"modalities", "lengths", "prediction", "encoders": {name: {"allowed": (N, N) bool,
     "attention": (N, N) float, "calls": int}}}``."""
     from gsit.attention.reference import attention_weights
-    from gsit.models.layers import GraphSelfAttention
+    from gsit.models.gsit import GraphSelfAttention
     encoders = _encoders(model)
     records: dict[str, dict[str, Any]] = {name: {"sum": None, "calls": 0, "mask": None} for name in encoders}
     handles = []

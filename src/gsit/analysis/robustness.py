@@ -50,7 +50,13 @@ from gsit.analysis._common import (
     write_json_new,
     write_text_new,
 )
+from gsit.distributed import Dist
 from gsit.errors import GsitError
+from gsit.evaluate import evaluate_split
+from gsit.metrics import primary_metric_names
+from gsit.models.gsit import GsiT
+from gsit.models.vanilla import Vanilla
+from gsit.runs import model_from_run_dir
 
 MODALITIES = ("text", "audio", "vision")
 REMOVAL_SETS: tuple[tuple[str, ...], ...] = tuple((m,) for m in MODALITIES) + tuple(
@@ -145,8 +151,6 @@ def mean_split(split, mods: tuple[str, ...], means: dict[str, np.ndarray]):
 
 
 def supports_graph_drop(model) -> bool:
-    from gsit.models.gsit import GsiT
-    from gsit.models.vanilla import Vanilla
     return isinstance(model, (GsiT, Vanilla))
 
 
@@ -154,24 +158,22 @@ def supports_graph_drop(model) -> bool:
 def dropped_from_graph(model, absent: tuple[str, ...]):
     """Temporarily drop ``absent`` modalities from a GsiT or Vanilla model's graphs (see module doc).
 
-    Swaps ``model.fusion.{forward,backward,self}_graph`` (GsiT) or ``model.graph`` (Vanilla) for
-    ``graph.without(absent)`` and zeroes the absent modalities' blocks of the head's input with a forward
-    pre-hook on ``head_hidden``; everything is restored on exit, also after an error."""
-    from gsit.models.gsit import GsiT
-    from gsit.models.vanilla import Vanilla
+    Every call of the model inside the context passes ``graphs={name: graph.without(absent)}`` (the
+    models' documented ``graphs`` argument, injected by a forward pre-hook, so callers such as
+    ``predict_split`` need not know), and a forward pre-hook on ``head_hidden`` zeroes the absent
+    modalities' blocks of the head's input; both hooks are removed on exit, also after an error."""
     mods = tuple(model.config.modalities)
     unknown = [m for m in absent if m not in mods]
     if unknown:
         raise GsitError(f"cannot drop {unknown}: the model's modalities are {list(mods)}")
-    if isinstance(model, GsiT):
-        holder, names = model.fusion, ("forward_graph", "backward_graph", "self_graph")
-    elif isinstance(model, Vanilla):
-        holder, names = model, ("graph",)
-    else:
+    if not supports_graph_drop(model):
         raise GsitError(f"the graph policy needs a graph model (gsit, vanilla), not {type(model).__name__}")
-    saved = {n: getattr(holder, n) for n in names}
+    dropped = {name: g.without(tuple(absent)) for name, g in model.graphs.items()}
     width = model.head_hidden.in_features // len(mods)
     blocks = [mods.index(m) for m in absent]
+
+    def with_graphs(module, args, kwargs):
+        return args, {**kwargs, "graphs": dropped}
 
     def zero_blocks(module, args):
         (z,) = args
@@ -180,15 +182,13 @@ def dropped_from_graph(model, absent: tuple[str, ...]):
             z[:, b * width:(b + 1) * width] = 0
         return (z,)
 
-    handle = model.head_hidden.register_forward_pre_hook(zero_blocks)
+    handles = [model.register_forward_pre_hook(with_graphs, with_kwargs=True),
+               model.head_hidden.register_forward_pre_hook(zero_blocks)]
     try:
-        for n, g in saved.items():
-            setattr(holder, n, g.without(tuple(absent)))
         yield model
     finally:
-        handle.remove()
-        for n, g in saved.items():
-            setattr(holder, n, g)
+        for h in handles:
+            h.remove()
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -218,10 +218,6 @@ def robustness(run_dir: str | Path, *, data_path: str | None = None, split: str 
                seeds: list[int] | None = None, rates=DEFAULT_RATES, mask_seed: int = 0,
                device: str = "cpu", metric: str | None = None) -> dict[str, Any]:
     """Score every condition for every seed of ``run_dir``; returns ``{"rows", "per_seed", "metric", ...}``."""
-    from gsit.metrics import primary_metric_names
-    from gsit.distributed import Dist
-    from gsit.evaluate import evaluate_split
-    from gsit.runs import model_from_run_dir
     run_dir = Path(run_dir)
     run, data = run_config_from_dir(run_dir, data_path)
     if split not in data.splits:

@@ -2,7 +2,7 @@
 
 One entry point, :func:`graph_attention`, one signature for every backend::
 
-    out = graph_attention(q, k, v, mask, backend="pairs", scale=None, dropout_p=0.0)
+    out = graph_attention(q, k, v, mask, backend=DEFAULT_BACKEND, scale=None, dropout_p=0.0)
 
 ``q, k, v`` are (B, H, N, D) over the concatenated sequence; ``mask`` is a :class:`gsit.graph.GraphMask`
 that says which query block may read which key block (and, in padding-aware mode, which positions are
@@ -61,6 +61,12 @@ register_backend("flex", "gsit.attention.flex", "FlexAttention with a BlockMask 
 register_backend("triton", "gsit.attention.triton", "fused Triton kernel over all allowed block pairs")
 
 
+# The one default, used by graph_attention and by the models' configs: ``pairs`` is exact (one SDPA call per
+# query block, no approximation), runs on CPU and on every GPU without a compile step, and never builds the
+# dense (N, N) mask.  ``reference`` is the oracle (dense, fp32, slow on purpose): tests name it explicitly.
+DEFAULT_BACKEND = "pairs"
+
+
 def available_backends() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -92,7 +98,7 @@ def _common_checks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Grap
 
 
 def graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *,
-                    backend: str = "reference", scale: float | None = None,
+                    backend: str = DEFAULT_BACKEND, scale: float | None = None,
                     dropout_p: float = 0.0) -> torch.Tensor:
     """Attention of (B, H, N, D) ``q`` over ``k, v`` restricted by ``mask``; returns (B, H, N, Dv)."""
     impl = get_backend(backend)

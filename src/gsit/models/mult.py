@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gsit.errors import ConfigError, DataError
-from gsit.models.layers import NAN_POLICIES, ConvFrontEnd, check_modal_inputs, xavier_linear_
+from gsit.models.layers import NAN_POLICIES, ConvFrontEnd, attach_view, check_modal_inputs, xavier_linear_
+from gsit.models.text import encode_text
 
 MULT_MODALITIES = ("text", "audio", "vision")
 FFN_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
@@ -314,7 +315,7 @@ class MulT(nn.Module):
         self.pairs = fusion.pairs
         self.cross = fusion.cross
         self.mem = fusion.mem
-        object.__setattr__(self, "fusion", fusion)
+        attach_view(self, "fusion", fusion)
         mem_width = (len(self.modalities) - 1) * d  # 2d
         combined = len(self.modalities) * mem_width  # 6d
         self.proj1 = nn.Linear(combined, combined)
@@ -322,23 +323,12 @@ class MulT(nn.Module):
         self.output_dropout = nn.Dropout(c.output_dropout)
         self.out_layer = nn.Linear(combined, c.output_dim)
 
-    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        if self.text_encoder is None:
-            if not text.is_floating_point():
-                raise DataError(f"modality 'text': input of shape {tuple(text.shape)} and dtype {text.dtype} "
-                                f"holds token ids; MulT needs a text encoder for MMSA text_bert rows")
-            return text
-        if text.dim() != 3 or text.shape[1] != 3:
-            raise DataError(f"modality 'text': with a text encoder the input must be MMSA text_bert rows "
-                            f"(B, 3, L) of ids / mask / segments, got shape {tuple(text.shape)}")
-        return self.text_encoder(text)  # (B, L, D_t)
-
     def forward(self, inputs: dict[str, torch.Tensor],
                 lengths: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         if "text" not in inputs:
             raise DataError(f"model input is missing modality 'text'; got {sorted(inputs)}")
         features = {m: inputs[m] for m in self.modalities if m in inputs}
-        features["text"] = self.encode_text(inputs["text"])
+        features["text"] = encode_text(inputs["text"], self.text_encoder)
         check_modal_inputs(features, input_dims=self.input_dims, kernel_sizes=self.kernel_sizes,
                            nan_policy=self.config.nan_policy)
         features["text"] = self.text_dropout(features["text"])
