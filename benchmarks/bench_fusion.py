@@ -78,6 +78,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gsit.attention import check_backend
 from gsit.data.spec import DATASETS
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout
 from gsit.models.gsit import GraphFusion
@@ -515,8 +516,6 @@ def plan(cfg: BenchConfig) -> list[Job]:
 # --------------------------------------------------------------------------- one row
 def _backend_refusal(job: Job, batch: Batch, dtype: torch.dtype, cfg: BenchConfig) -> str | None:
     """``check`` of the backend on the attention inputs the fusion block will give it (both widths)."""
-    from gsit.attention import _common_checks, get_backend
-    impl = get_backend(job.backend)
     fwd, bwd = ModalGraph.structure("original", GSIT_MODALITIES)
     reasons: list[str] = []
     B, n = batch.x.shape[0], batch.layout.total
@@ -525,7 +524,7 @@ def _backend_refusal(job: Job, batch: Batch, dtype: torch.dtype, cfg: BenchConfi
         hd = width // cfg.num_heads
         q = torch.empty(B, cfg.num_heads, n, hd, device=cfg.device, dtype=dtype, requires_grad=True)
         mask = GraphMask(graph, batch.layout, batch.valid)
-        for r in _common_checks(q, q, q, mask) + impl.check(q, q, q, mask, dropout_p=0.0):
+        for r in check_backend(job.backend, q, q, q, mask, dropout_p=0.0):
             if r not in reasons:
                 reasons.append(r)
     return "; ".join(reasons) if reasons else None

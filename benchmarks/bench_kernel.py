@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gsit.attention import graph_attention  # noqa: E402
-from gsit.attention.triton.function import TileConfig, default_config, fused_graph_attention  # noqa: E402
+from gsit.attention.triton.function import TileConfig, default_config  # noqa: E402
 from bench_fusion import DATASET_LENGTHS, GSIT_MODALITIES, environment  # noqa: E402  (this folder)
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout  # noqa: E402
 
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
                 def call(q, k, v, backend=backend, cfg=cfg):
                     if backend == "pairs":
                         return graph_attention(q, k, v, mask, backend="pairs")
-                    return fused_graph_attention(q, k, v, mask, config=cfg)
+                    return graph_attention(q, k, v, mask, backend="triton", config=cfg)
                 row = dict(env, graph="forward", batch=B, heads=H, head_dim=hd, length_mult=mult, n=n,
                            dtype="bf16", backend=backend, tiles="" if cfg is None else tiles_str(cfg), best="")
                 try:
