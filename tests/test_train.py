@@ -428,3 +428,18 @@ def test_compiled_training_with_the_triton_backend_matches_eager(tmp_path, seed)
     eager, comp = results[False], results[True]
     assert comp["epochs"] == eager["epochs"] == 2
     assert abs(comp["test"]["MAE"] - eager["test"]["MAE"]) < 0.05, (comp["test"], eager["test"])
+
+
+def test_update_epochs_is_an_alias_of_accumulation_steps(tmp_path):
+    """MMSA's name ``update_epochs`` (batches per optimizer step) maps to ``accumulation_steps`` in
+    overrides and TOML files; both at once is an error."""
+    from gsit.config import ConfigError, load_config as load
+    assert load("gsit", "synthetic", None, ["train.update_epochs=3"]).train.accumulation_steps == 3
+    assert load("gsit", "synthetic", None, ["train.accumulation_steps=5"]).train.accumulation_steps == 5
+    toml = tmp_path / "u.toml"
+    toml.write_text("[train]\nupdate_epochs = 4\n")
+    assert load("mult", "synthetic", toml).train.accumulation_steps == 4
+    assert load("gsit", "synthetic", toml, ["train.accumulation_steps=2"]).train.accumulation_steps == 2
+    toml.write_text("[train]\nupdate_epochs = 4\naccumulation_steps = 4\n")
+    with pytest.raises(ConfigError, match="u.toml.*both accumulation_steps and its alias update_epochs"):
+        load("gsit", "synthetic", toml)

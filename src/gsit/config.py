@@ -36,7 +36,8 @@ class TrainConfig:
     weight_decay_other: float = 1e-3
     learning_rate: float = 2e-3        # mmsa_mult protocol only
     weight_decay: float = 0.0          # mmsa_mult protocol only
-    update_epochs: int = 8             # summed-gradient accumulation window; the partial window is dropped
+    accumulation_steps: int = 8        # batches per optimizer step (summed gradients; the partial window is
+                                       # dropped); MMSA calls it update_epochs, accepted as an alias
     early_stop: int = 8                # epochs without a 4-decimal validation-loss improvement
     max_epochs: int = 0                # 0 = no cap (the paper); a cap for quick runs
     grad_clip: float = 0.0             # clip_grad_value_; 0 = off (mmsa_mult: 0.6)
@@ -50,6 +51,22 @@ class TrainConfig:
     eval_batch_size: int = 0           # 0 = batch_size
     length_bucketing: bool = False     # batches of similar total length (pays with model.padding_aware)
     modality_dropout: float = 0.0      # training-time probability of zeroing each non-text modality per sample
+
+
+# [train] keys accepted under another name (MMSA's), mapped to ours in TOML files, overrides and run dirs
+TRAIN_ALIASES = {"update_epochs": "accumulation_steps"}
+
+
+def canonical_train_keys(values: dict[str, Any], where: str = "[train]") -> dict[str, Any]:
+    """``values`` of a [train] table with alias keys renamed (``update_epochs`` -> ``accumulation_steps``);
+    giving both names is an error."""
+    out = dict(values)
+    for alias, name in TRAIN_ALIASES.items():
+        if alias in out:
+            if name in out:
+                raise ConfigError(f"{where} sets both {name} and its alias {alias} (MMSA's name); keep one")
+            out[name] = out.pop(alias)
+    return out
 
 
 @dataclass(frozen=True)
@@ -146,6 +163,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
+def _canonical(raw: dict[str, Any], source) -> dict[str, Any]:
+    """One TOML file's tables with [train] alias keys renamed (each file on its own, before merging)."""
+    if isinstance(raw.get("train"), dict):
+        raw = {**raw, "train": canonical_train_keys(raw["train"], where=f"[train] of {str(source)!r}")}
+    return raw
+
+
 def preset_path(model: str, dataset: str) -> Path:
     return PRESET_DIR / f"{model}_{dataset}.toml"
 
@@ -159,11 +183,13 @@ def load_config(model: str = "gsit", dataset: str = "synthetic", path: str | Pat
     raw: dict[str, Any] = {}
     preset = preset_path(model, dataset)
     if preset.is_file():
-        raw = _read_toml(preset)
+        raw = _canonical(_read_toml(preset), preset)
     if path is not None:
-        raw = _merge(raw, _read_toml(Path(path)))
+        raw = _merge(raw, _canonical(_read_toml(Path(path)), path))
     for o in overrides:
         keys, value = parse_override(o)
+        if len(keys) == 2 and keys[0] == "train":
+            keys[1] = TRAIN_ALIASES.get(keys[1], keys[1])
         node = raw
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -191,9 +217,9 @@ def load_config(model: str = "gsit", dataset: str = "synthetic", path: str | Pat
                           ("amp", ("none", "bf16"))):
         if getattr(train, name) not in allowed:
             raise ConfigError(f"train.{name}={getattr(train, name)!r}; allowed: {list(allowed)}")
-    if train.batch_size < 1 or train.update_epochs < 1 or train.early_stop < 1:
-        raise ConfigError(f"train.batch_size, update_epochs and early_stop must be >= 1, got "
-                          f"{train.batch_size}, {train.update_epochs}, {train.early_stop}")
+    if train.batch_size < 1 or train.accumulation_steps < 1 or train.early_stop < 1:
+        raise ConfigError(f"train.batch_size, accumulation_steps and early_stop must be >= 1, got "
+                          f"{train.batch_size}, {train.accumulation_steps}, {train.early_stop}")
     if not train.seeds:
         raise ConfigError("train.seeds is empty")
     return RunConfig(model_name=model, model=model_values, train=train, data=data)

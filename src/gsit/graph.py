@@ -312,7 +312,3 @@ class GraphMask:
 
     def with_graph(self, graph: ModalGraph) -> "GraphMask":
         return GraphMask(graph, self.layout, self.valid_lengths)
-
-
-def layout_from_lengths(modalities: tuple[str, ...], lengths: tuple[int, ...]) -> SequenceLayout:
-    return SequenceLayout(tuple(modalities), tuple(int(n) for n in lengths))

@@ -2,11 +2,11 @@
 
 Paper protocol (``train.protocol = "gsit"``):
   Adam with three parameter groups (BERT weights with decay, BERT biases/LayerNorm without, the rest);
-  summed-gradient accumulation over ``update_epochs`` batches -- the gradient is zeroed at the start of
-  each window, every batch calls ``backward`` on its mean loss (not divided), ``step`` runs after the
-  window's last batch, and the partial window at the end of an epoch is never stepped; no scheduler, no
-  clipping; after each epoch the validation loss (mean over batches of the batch L1, rounded to 4
-  decimals) selects the best model (improvement > 1e-6); stop after ``early_stop`` epochs without one;
+  summed-gradient accumulation over ``accumulation_steps`` batches (MMSA: ``update_epochs``) -- the
+  gradient is zeroed at the start of each window, every batch calls ``backward`` on its mean loss (not
+  divided), ``step`` runs after the window's last batch, and the partial window at the end of an epoch is
+  never stepped; no scheduler, no clipping; after each epoch the validation loss (mean over batches of
+  the batch L1, rounded to 4 decimals) selects the best model (improvement > 1e-6); stop after ``early_stop`` epochs without one;
   reload the best weights and evaluate the test split once.
 MMSA MulT protocol (``"mmsa_mult"``): one Adam group (``learning_rate``), value clipping, ReduceLROnPlateau.
 
@@ -112,7 +112,8 @@ def make_scheduler(run: RunConfig, optimizer):
     return None
 
 
-def _modality_dropout(batch, p: float, generator: torch.Generator | None = None):
+def _modality_dropout(batch, p: float):
+    """Zero each sample's audio and vision with probability ``p`` each (``train.modality_dropout``)."""
     if p <= 0:
         return batch
     for m in ("audio", "vision"):
@@ -136,7 +137,7 @@ def train_epoch(model, optimizer, split, *, run: RunConfig, seed: int, epoch: in
     every = max(1, len(batches) // 50)
     autocast = autocast_for(run, ctx)
     for i, batch_idx in enumerate(batches):
-        if i % t.update_epochs == 0:
+        if i % t.accumulation_steps == 0:
             optimizer.zero_grad(set_to_none=False)
         mine = rank_slice(batch_idx, ctx)
         weight = len(mine) / len(batch_idx)  # this rank's share of the global mean
@@ -150,7 +151,7 @@ def train_epoch(model, optimizer, split, *, run: RunConfig, seed: int, epoch: in
         (loss * weight * ctx.world).backward()
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_value_([p for p in model.parameters() if p.requires_grad], t.grad_clip)
-        if (i + 1) % t.update_epochs == 0:
+        if (i + 1) % t.accumulation_steps == 0:
             optimizer.step()
         total_t += loss.detach().to(acc_dtype) * weight
         count += 1

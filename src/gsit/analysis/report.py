@@ -49,7 +49,7 @@ def variant_of(run_dir: Path, config: dict[str, Any]) -> str:
     vfile = run_dir / "variant.json"
     if vfile.is_file():
         return str(json.loads(vfile.read_text())["variant"])
-    from gsit.config import load_config
+    from gsit.config import canonical_train_keys, load_config
     try:
         preset = load_config(config["model_name"], config["data"]["dataset"])
     except GsitError:
@@ -61,7 +61,9 @@ def variant_of(run_dir: Path, config: dict[str, Any]) -> str:
             diffs.append(f"model.{k}={json.dumps(v)}")
     for section, ref in (("train", dataclasses.asdict(preset.train)), ("data", dataclasses.asdict(preset.data))):
         ref = _flat(section, ref)
-        for k, v in sorted(_flat(section, config.get(section, {})).items()):
+        values = config.get(section, {})
+        values = canonical_train_keys(values) if section == "train" else values
+        for k, v in sorted(_flat(section, values).items()):
             if k not in _IGNORED and ref.get(k) != v:
                 diffs.append(f"{k}={json.dumps(v)}")
     return "; ".join(diffs) or "default"

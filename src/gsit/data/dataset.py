@@ -25,6 +25,7 @@ __all__ = [
     "SPLIT_NAMES",
     "DATASET_LABEL_RANGES",
     "normalize_dataset_name",
+    "check_token_ids",
 ]
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -105,10 +106,6 @@ class MultimodalData:
 
     def __getitem__(self, name: str) -> Split:
         return self.splits[name]
-
-    @property
-    def train(self) -> Split:
-        return self.splits["train"]
 
     @property
     def _first(self) -> Split:
@@ -276,15 +273,7 @@ def _check_split(source: str, s: Split, *, task: str, vocab_size: int | None) ->
             raise _fail(
                 source, name, "text_bert", f"holds a negative token id {ids[idx]} at (sample, position) {idx}"
             )
-        if vocab_size is not None and (ids >= vocab_size).any():
-            idx = _first_bad(ids >= vocab_size)
-            raise _fail(
-                source,
-                name,
-                "text_bert",
-                f"holds token id {ids[idx]} at (sample, position) {idx}, "
-                f"outside the vocabulary of size {vocab_size}",
-            )
+        _check_vocabulary(source, s, vocab_size)
         mask = tb[:, 1, :]
         bad = (mask != 0) & (mask != 1)
         if bad.any():
@@ -328,6 +317,26 @@ def _check_split(source: str, s: Split, *, task: str, vocab_size: int | None) ->
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             i = int(np.argmax(~np.isfinite(arr)))
             raise _fail(source, name, key, f"holds a non-finite label {arr[i]} at row {i}")
+
+
+def _check_vocabulary(source: str, s: Split, vocab_size: int | None, vocabulary: str = "") -> None:
+    if not vocab_size or s.text_bert is None:
+        return
+    ids = s.text_bert[:, 0, :]
+    bad = (ids < 0) | (ids >= vocab_size)
+    if bad.any():
+        idx = _first_bad(bad)
+        raise _fail(source, s.name, "text_bert", f"holds token id {ids[idx]} at (sample, position) {idx}, "
+                                                 f"outside the vocabulary of size {vocab_size}{vocabulary}")
+
+
+def check_token_ids(data: MultimodalData, vocab_size: int | None, *, vocabulary: str = "") -> None:
+    """Every split's ``text_bert`` ids lie in [0, vocab_size); else one DataError naming the split, the
+    position and the id (``vocabulary`` is appended to it, e.g. " of the text encoder 'dir'").  The one
+    vocabulary check: :func:`validate` runs it with a tokenizer's size, model building with the loaded
+    encoder's (an MMSA pickle carries no vocabulary)."""
+    for s in data.splits.values():
+        _check_vocabulary(data.source, s, vocab_size, vocabulary)
 
 
 def validate(
