@@ -190,7 +190,8 @@ def build_fusion(model: str, backend: str, cfg: BenchConfig) -> nn.Module:
 
 # --------------------------------------------------------------------------- inputs
 @dataclass
-class Batch:
+class BenchInputs:
+    """One timed batch of the fusion block's inputs (not gsit.data.Batch: no labels, a fixed upstream gradient)."""
     layout: SequenceLayout
     x: torch.Tensor                 # (B, N, d) fp32 on the device
     upstream: torch.Tensor          # (B, M * 2d) fp32
@@ -202,7 +203,7 @@ class Batch:
 class Case:
     """The inputs shared by every variant of one (model-independent) configuration."""
     key: tuple
-    batches: list[Batch]
+    batches: list[BenchInputs]
 
 
 def scaled_lengths(lengths: tuple[int, ...], mult: int, scale: int) -> tuple[int, ...]:
@@ -222,7 +223,7 @@ def grid_case(dataset: str, batch: int, mult: int, cfg: BenchConfig) -> Case:
     x = torch.cat([_randn((cb, n, d), seed), _randn((batch - cb, n, d), seed + 1)])
     g = torch.cat([_randn((cb, out_dim), seed + 2), _randn((batch - cb, out_dim), seed + 3)])
     return Case(("grid", dataset, mult, layout.lengths),
-                [Batch(layout, x.to(cfg.device), g.to(cfg.device), None, batch * n)])
+                [BenchInputs(layout, x.to(cfg.device), g.to(cfg.device), None, batch * n)])
 
 
 def sample_valid_lengths(n: int, cfg: BenchConfig) -> np.ndarray:
@@ -260,7 +261,7 @@ def padding_cases(cfg: BenchConfig) -> dict[str, Case]:
                 layout = SequenceLayout(GSIT_MODALITIES, keep)
                 x = torch.cat([x_all[idx][:, full.segment(m)][:, :keep[m]] for m in range(len(keep))], dim=1)
             valid = None if padding == "padded" else vl.to(cfg.device)
-            batches.append(Batch(layout, x.to(cfg.device), g_all[idx].to(cfg.device), valid,
+            batches.append(BenchInputs(layout, x.to(cfg.device), g_all[idx].to(cfg.device), valid,
                                  int(vl.clamp(max=torch.tensor(layout.lengths)).sum())))
         cases[padding] = Case(("padding", padding), batches)
     return cases
@@ -275,7 +276,7 @@ def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return (got - ref).norm().item() / denom if denom > 0 else (got - ref).norm().item()
 
 
-def run_oracle(model: str, batch: Batch, cb: int, cfg: BenchConfig, *, backend: str = "reference"
+def run_oracle(model: str, batch: BenchInputs, cb: int, cfg: BenchConfig, *, backend: str = "reference"
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 eager output and input gradient of the first ``cb`` samples (GsiT: the dense reference backend
     unless told otherwise; MulT: the math SDPA kernel)."""
@@ -323,7 +324,7 @@ def _zero_grads(module: nn.Module, x: torch.Tensor) -> None:
     x.grad = None
 
 
-def make_runner(mode: str, module: nn.Module, batch: Batch, dtype: torch.dtype, cfg: BenchConfig) -> Runner:
+def make_runner(mode: str, module: nn.Module, batch: BenchInputs, dtype: torch.dtype, cfg: BenchConfig) -> Runner:
     x = batch.x.to(dtype).detach().requires_grad_(True)  # static input
     g = batch.upstream.to(dtype)
     layout, valid = batch.layout, batch.valid
@@ -514,7 +515,7 @@ def plan(cfg: BenchConfig) -> list[Job]:
 
 
 # --------------------------------------------------------------------------- one row
-def _backend_refusal(job: Job, batch: Batch, dtype: torch.dtype, cfg: BenchConfig) -> str | None:
+def _backend_refusal(job: Job, batch: BenchInputs, dtype: torch.dtype, cfg: BenchConfig) -> str | None:
     """``check`` of the backend on the attention inputs the fusion block will give it (both widths)."""
     fwd, bwd = ModalGraph.structure("original", GSIT_MODALITIES)
     reasons: list[str] = []
@@ -537,7 +538,7 @@ def _cleanup(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def run_job(job: Job, case: Case, oracle: Callable[[Batch], tuple], cfg: BenchConfig) -> dict:
+def run_job(job: Job, case: Case, oracle: Callable[[BenchInputs], tuple], cfg: BenchConfig) -> dict:
     dtype = DTYPES[job.dtype]
     cuda = str(cfg.device).startswith("cuda")
     first = case.batches[0]
@@ -630,7 +631,7 @@ class Oracles:
         if model == "gsit" and reference_bytes(cb, n, cfg.num_heads) > memory_budget(cfg):
             backend, note = "pairs", "oracle: pairs backend fp32 (the dense reference does not fit)"
 
-        def oracle(batch: Batch):
+        def oracle(batch: BenchInputs):
             key = (model, case.key, cb, backend)
             if key not in self.cache:
                 if len(self.cache) > 8:

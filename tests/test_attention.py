@@ -156,7 +156,8 @@ def test_graph_encoder_equals_hand_written_per_pair_layers(graph_name, seed):
     outs = {}
     for backend in BACKENDS:
         torch.manual_seed(1)  # identical weights for both backends
-        enc = GraphEncoder(d_model=16, num_heads=2, num_layers=3, share_layers=True, backend=backend).eval()
+        enc = GraphEncoder(d_model=16, num_heads=2, num_layers=3, share_layers=True,
+                           attention_backend=backend).eval()
         outs[backend] = enc(x, GraphMask(graph, layout))
     expected = hand_written_encoder(enc, x, layout, graph, num_heads=2)
     torch.testing.assert_close(outs["reference"], expected, atol=1e-5, rtol=1e-5)

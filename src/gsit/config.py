@@ -18,6 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from gsit.attention import available_backends
 from gsit.data.spec import DATASETS as DATASET_SPECS
 from gsit.errors import ConfigError
 from gsit.models.registry import MODELS, model_config_class
@@ -142,6 +143,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from e
 
 
+read_toml = _read_toml  # the public name (analysis reads search spaces and configs with it)
+
+
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
@@ -205,7 +209,6 @@ def load_config(model: str = "gsit", dataset: str = "synthetic", path: str | Pat
     model_cfg = _build(cls, "model", model_values)
     backend = getattr(model_cfg, "attention_backend", None)
     if backend is not None:
-        from gsit.attention import available_backends
         if backend not in available_backends():
             raise ConfigError(f"model.attention_backend={backend!r} is not a known attention backend; "
                               f"known backends: {available_backends()}")

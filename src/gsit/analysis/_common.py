@@ -12,8 +12,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from gsit.data import load_run_data
 from gsit.data.spec import dataset_spec
 from gsit.errors import GsitError
+from gsit.runs import load_run_config
+from gsit.runs import run_seeds as seeds_of
 
 
 class MissingDependency(GsitError):
@@ -45,19 +50,16 @@ def require_optuna():
 
 def read_data(run, *, quiet: bool = True):
     """The data a run config names, exactly as ``gsit train`` reads it (see ``gsit.data.load_run_data``)."""
-    from gsit.data import load_run_data
     return load_run_data(run.data, quiet=quiet)
 
 
 def run_config_from_dir(run_dir: Path, data_path: str | None = None):
     """(RunConfig, data) of a trained run directory; ``data_path`` replaces the run's data path."""
-    from gsit.runs import load_run_config
     run = load_run_config(Path(run_dir), data_path)
     return run, read_data(run)
 
 
 def run_seeds(run_dir: Path) -> list[int]:
-    from gsit.runs import run_seeds as seeds_of
     return seeds_of(Path(run_dir))
 
 
@@ -115,7 +117,6 @@ def write_json_new(path: Path, obj: Any) -> Path:
 
 
 def _plain(obj):
-    import numpy as np
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -176,7 +177,6 @@ def latex_table(header: list[str], rows: list[list[Any]], caption: str = "") -> 
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    import numpy as np
     vals = np.asarray([v for v in values if v is not None], dtype=np.float64)
     if vals.size == 0:
         return float("nan"), float("nan")

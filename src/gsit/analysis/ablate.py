@@ -32,7 +32,10 @@ from gsit.analysis._common import (
     write_json_new,
     write_text_new,
 )
+from gsit.config import load_config, model_config_class, read_toml
 from gsit.errors import GsitError
+from gsit.metrics import primary_metric_names
+from gsit.train import run_training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,14 +83,12 @@ def synthetic_task_overrides(dataset: str, data_path: str | None, overrides=(), 
     if any(o.split("=", 1)[0].strip() in ("data.synthetic_task", "data.path") for o in overrides):
         return []
     if config is not None:
-        from gsit.config import _read_toml
-        if {"synthetic_task", "path"} & set(_read_toml(Path(config)).get("data", {})):
+        if {"synthetic_task", "path"} & set(read_toml(Path(config)).get("data", {})):
             return []
     return [f'data.synthetic_task="{ABLATION_SYNTHETIC_TASK}"']
 
 
 def _model_keys(model: str) -> set[str]:
-    from gsit.config import model_config_class
     return {f.name for f in dataclasses.fields(model_config_class(model))}
 
 
@@ -123,9 +124,6 @@ def run_ablation(dataset: str, *, data_path: str | None = None, out: str | Path 
                  quiet: bool = True, device: str | None = None) -> dict[str, Any]:
     """Train every variant into ``out/<variant>/`` and write ``ablation.csv``, ``ablation.md`` and
     ``ablation.json`` in ``out``.  Returns ``{"out", "metrics", "rows"}``."""
-    from gsit.config import load_config
-    from gsit.metrics import primary_metric_names
-    from gsit.train import run_training
     names = parse_variants(",".join(variants)) if variants else DEFAULT_VARIANTS
     out_dir = new_dir(out, default_root=Path("runs"), prefix=f"ablation-{dataset}")
     common = synthetic_task_overrides(dataset, data_path, overrides, config) + list(overrides)

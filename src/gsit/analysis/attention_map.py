@@ -21,12 +21,15 @@ import torch
 import torch.nn.functional as F
 
 from gsit.analysis._common import new_file, require_matplotlib, run_config_from_dir, run_seeds, save_figure
+from gsit.attention.reference import attention_weights
+from gsit.data.batch import SplitDataset
 from gsit.errors import GsitError
+from gsit.models.gsit import GraphSelfAttention, GsiT
+from gsit.models.vanilla import Vanilla
+from gsit.runs import model_from_run_dir
 
 
 def _encoders(model) -> dict[str, torch.nn.Module]:
-    from gsit.models.gsit import GsiT
-    from gsit.models.vanilla import Vanilla
     if isinstance(model, GsiT):
         f = model.fusion
         return {"forward": f.forward_encoder, "backward": f.backward_encoder, "self": f.self_encoder}
@@ -43,8 +46,6 @@ def capture_attention(model, inputs: dict[str, torch.Tensor], lengths: dict[str,
     over heads and depth calls, for sample 0 of the batch:
     ``{"modalities", "lengths", "prediction", "encoders": {name: {"allowed": (N, N) bool,
     "attention": (N, N) float, "calls": int}}}``."""
-    from gsit.attention.reference import attention_weights
-    from gsit.models.gsit import GraphSelfAttention
     encoders = _encoders(model)
     records: dict[str, dict[str, Any]] = {name: {"sum": None, "calls": 0, "mask": None} for name in encoders}
     handles = []
@@ -91,8 +92,6 @@ def capture_attention(model, inputs: dict[str, torch.Tensor], lengths: dict[str,
 def attention_maps(run_dir: str | Path, *, data_path: str | None = None, sample: int = 0, split: str = "test",
                    seed: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """:func:`capture_attention` for row ``sample`` of ``split`` of a trained run."""
-    from gsit.data.batch import SplitDataset
-    from gsit.runs import model_from_run_dir
     run, data = run_config_from_dir(Path(run_dir), data_path)
     if split not in data.splits:
         raise GsitError(f"split {split!r} not in the data (splits: {sorted(data.splits)})")

@@ -46,7 +46,12 @@ from typing import Any
 import torch
 
 from gsit.analysis._common import csv_text, new_dir, read_data, require_optuna, write_json_new, write_text_new
+from gsit.build import build_model, load_text_encoder
+from gsit.config import load_config, read_toml
+from gsit.distributed import Dist
 from gsit.errors import ConfigError, GsitError
+from gsit.evaluate import evaluate_split
+from gsit.train import make_optimizer, make_scheduler, run_training, set_seed, train_epoch
 
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "model.d_model": {"type": "categorical", "choices": [16, 32]},
@@ -105,8 +110,7 @@ def parse_space(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def load_space(path: str | Path | None) -> dict[str, dict[str, Any]]:
     if path is None:
         return parse_space(DEFAULT_SPACE)
-    from gsit.config import _read_toml
-    return parse_space(_read_toml(Path(path)))
+    return parse_space(read_toml(Path(path)))
 
 
 def toml_value(v: Any) -> str:
@@ -177,10 +181,6 @@ def train_for_validation(run, data, *, seed: int, dataset: str, device: torch.de
                          ) -> dict[str, Any]:
     """Train one seed with the paper's loop and early stopping, scoring ``valid`` after each epoch; never
     touches ``test``.  ``on_epoch(epoch, valid_metrics, train_loss)`` may raise to stop (pruning)."""
-    from gsit.build import build_model, load_text_encoder
-    from gsit.distributed import Dist
-    from gsit.evaluate import evaluate_split
-    from gsit.train import make_optimizer, make_scheduler, set_seed, train_epoch
     ctx = Dist(device=device)
     set_seed(seed, deterministic=run.train.deterministic)
     model = build_model(run, data, load_text_encoder(run, data)).to(device)
@@ -222,8 +222,6 @@ def tune(dataset: str, *, model: str = "gsit", trials: int = 20, data_path: str 
         raise GsitError(f"--trials must be at least 1, got {trials}")
     if not final_seeds:
         raise GsitError("final_seeds is empty")
-    from gsit.config import load_config
-    from gsit.train import run_training
     if not isinstance(space, dict):
         space = load_space(space)
     else:

@@ -66,15 +66,16 @@ class GraphSelfAttention(nn.Module):
     """fairseq-style multi-head attention: one packed (3D, D) QKV projection over the whole concatenated
     sequence, attention restricted by a :class:`GraphMask`, then ``out_proj``."""
 
-    def __init__(self, *, d_model: int, num_heads: int, attn_dropout: float, semantics: str, backend: str) -> None:
+    def __init__(self, *, d_model: int, num_heads: int, attn_dropout: float, attention_semantics: str,
+                 attention_backend: str) -> None:
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
-        self.scale, self.attn_dropout = attention_scale_and_dropout(semantics, self.head_dim, attn_dropout)
-        get_backend(backend)  # an unknown name fails here; the module is imported now, not while tracing
-        self.backend = backend
+        self.scale, self.attn_dropout = attention_scale_and_dropout(attention_semantics, self.head_dim, attn_dropout)
+        get_backend(attention_backend)  # an unknown name fails here; the module is imported now, not while tracing
+        self.attention_backend = attention_backend
         self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
         self.out_proj = nn.Linear(d_model, d_model)
@@ -85,7 +86,7 @@ class GraphSelfAttention(nn.Module):
         B, N, D = x.shape
         qkv = nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, N, 3D)
         qkv = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
-        out = graph_attention(qkv[0], qkv[1], qkv[2], mask, backend=self.backend, scale=self.scale,
+        out = graph_attention(qkv[0], qkv[1], qkv[2], mask, backend=self.attention_backend, scale=self.scale,
                               dropout_p=self.attn_dropout if self.training else 0.0)  # (B, H, N, hd)
         return self.out_proj(out.transpose(1, 2).reshape(B, N, D))
 
@@ -95,11 +96,12 @@ class GraphEncoderLayer(nn.Module):
     """Pre-LN transformer layer: x + MHA(LN(x)); x + FFN(LN(x)) with a GELU FFN of width 4D."""
 
     def __init__(self, *, d_model: int, num_heads: int, attn_dropout: float, relu_dropout: float,
-                 res_dropout: float, semantics: str, backend: str) -> None:
+                 res_dropout: float, attention_semantics: str, attention_backend: str) -> None:
         super().__init__()
         self.attn_norm = nn.LayerNorm(d_model)
         self.attn = GraphSelfAttention(d_model=d_model, num_heads=num_heads, attn_dropout=attn_dropout,
-                                       semantics=semantics, backend=backend)
+                                       attention_semantics=attention_semantics,
+                                       attention_backend=attention_backend)
         self.ffn_norm = nn.LayerNorm(d_model)
         self.fc1 = xavier_linear_(nn.Linear(d_model, 4 * d_model))
         self.fc2 = xavier_linear_(nn.Linear(4 * d_model, d_model))
@@ -120,7 +122,8 @@ class GraphEncoder(nn.Module):
 
     def __init__(self, *, d_model: int, num_heads: int, num_layers: int, share_layers: bool = True,
                  embed_dropout: float = 0.2, attn_dropout: float = 0.3, relu_dropout: float = 0.0,
-                 res_dropout: float = 0.0, semantics: str = "paper", backend: str = DEFAULT_BACKEND) -> None:
+                 res_dropout: float = 0.0, attention_semantics: str = "paper",
+                 attention_backend: str = DEFAULT_BACKEND) -> None:
         super().__init__()
         self.d_model = d_model
         self.num_layers = num_layers
@@ -130,8 +133,8 @@ class GraphEncoder(nn.Module):
 
         def make():
             return GraphEncoderLayer(d_model=d_model, num_heads=num_heads, attn_dropout=attn_dropout,
-                                     relu_dropout=relu_dropout, res_dropout=res_dropout, semantics=semantics,
-                                     backend=backend)
+                                     relu_dropout=relu_dropout, res_dropout=res_dropout,
+                                     attention_semantics=attention_semantics, attention_backend=attention_backend)
         # one module reused (shared) or a list of distinct ones; the state_dict never holds aliases
         self.layers = nn.ModuleList([make()] if share_layers else [make() for _ in range(num_layers)])
         self.final_norm = nn.LayerNorm(d_model)
@@ -239,7 +242,8 @@ class GraphFusion(nn.Module):
         self.self_graph = ModalGraph.named("self", self.modalities)
         common = dict(num_heads=num_heads, num_layers=num_layers, share_layers=share_layers,
                       embed_dropout=embed_dropout, attn_dropout=attn_dropout, relu_dropout=relu_dropout,
-                      res_dropout=res_dropout, semantics=attention_semantics, backend=attention_backend)
+                      res_dropout=res_dropout, attention_semantics=attention_semantics,
+                      attention_backend=attention_backend)
         self.forward_encoder = GraphEncoder(d_model=d_model, **common)
         self.backward_encoder = GraphEncoder(d_model=d_model, **common)
         self.self_encoder = GraphEncoder(d_model=2 * d_model, **common)
