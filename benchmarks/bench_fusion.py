@@ -191,7 +191,9 @@ def build_fusion(model: str, backend: str, cfg: BenchConfig) -> nn.Module:
 # --------------------------------------------------------------------------- inputs
 @dataclass
 class BenchInputs:
-    """One timed batch of the fusion block's inputs (not gsit.data.Batch: no labels, a fixed upstream gradient)."""
+    """One timed batch of the fusion block's inputs (not gsit.data.Batch: no labels; a fixed upstream
+    gradient)."""
+
     layout: SequenceLayout
     x: torch.Tensor                 # (B, N, d) fp32 on the device
     upstream: torch.Tensor          # (B, M * 2d) fp32
@@ -324,7 +326,9 @@ def _zero_grads(module: nn.Module, x: torch.Tensor) -> None:
     x.grad = None
 
 
-def make_runner(mode: str, module: nn.Module, batch: BenchInputs, dtype: torch.dtype, cfg: BenchConfig) -> Runner:
+def make_runner(
+    mode: str, module: nn.Module, batch: BenchInputs, dtype: torch.dtype, cfg: BenchConfig
+) -> Runner:
     x = batch.x.to(dtype).detach().requires_grad_(True)  # static input
     g = batch.upstream.to(dtype)
     layout, valid = batch.layout, batch.valid
@@ -488,7 +492,9 @@ def plan(cfg: BenchConfig) -> list[Job]:
                                 tier = 5
                             elif mult == cfg.mults[0]:
                                 tier = 2 if mode == "compile_cudagraph" else 2.5
-                            elif backend == "triton" and mode == "compile_cudagraph" and mult == cfg.mults[-1]:
+                            elif (
+                                backend == "triton" and mode == "compile_cudagraph" and mult == cfg.mults[-1]
+                            ):
                                 tier = 3
                             else:
                                 tier = 5

@@ -24,8 +24,7 @@ pytest.importorskip("triton")
 from gsit.attention import UnsupportedInput, get_backend, graph_attention  # noqa: E402
 from gsit.attention.reference import attention_weights  # noqa: E402
 from gsit.attention.triton import check  # noqa: E402
-from gsit.attention.triton.function import (  # noqa: E402
-    TileConfig, dropout_keep_mask, fused_graph_attention, small_tiles)
+from gsit.attention.triton.function import TileConfig, dropout_keep_mask, fused_graph_attention, small_tiles  # noqa: E402
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout  # noqa: E402
 
 DEVICE = "cuda" if _ON_GPU else "cpu"
@@ -66,7 +65,9 @@ def _compare(q, k, v, mask, *, fn=None, scale=None, atol=ATOL, rtol=RTOL, seed=1
     torch.testing.assert_close(out.float(), r_out, atol=atol, rtol=rtol)
     for name, g, rg in zip("qkv", grads, r_grads):
         assert torch.isfinite(g).all(), f"d{name} not finite"
-        torch.testing.assert_close(g.float(), rg.float(), atol=atol, rtol=rtol, msg=lambda m: f"d{name}: {m}")
+        torch.testing.assert_close(
+            g.float(), rg.float(), atol=atol, rtol=rtol, msg=lambda m, name=name: f"d{name}: {m}"
+        )
     return out, grads
 
 

@@ -43,8 +43,9 @@ def test_mult_fusion_is_the_models_fusion_and_registers_each_parameter_once():
     assert len(names) == len(set(names)) == len(list(model.parameters()))
     # a fusion built alone owns its encoders (the benchmark times it without the rest of MulT)
     alone = MulTFusion(MulTConfig(d_model=16, num_heads=2, num_layers=1))
-    assert sum(p.numel() for p in alone.parameters()) == sum(p.numel() for p in model.cross.parameters()) + sum(
-        p.numel() for p in model.mem.parameters())
+    assert sum(p.numel() for p in alone.parameters()) == sum(
+        p.numel() for p in model.cross.parameters()
+    ) + sum(p.numel() for p in model.mem.parameters())
 
 
 def test_mult_forward_runs_its_fusion_module():

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
+import gsit.evaluate as evaluate_mod
 import gsit.train as train_mod
 from gsit import cli
+from gsit.build import build_model
 from gsit.checkpoint import load_model_weights
 from gsit.config import load_config
 from gsit.data import make_synthetic, write_mmsa_pickle
-import gsit.evaluate as evaluate_mod
-from gsit.build import build_model
 from gsit.distributed import Dist
 from gsit.evaluate import split_loss
 from gsit.train import Progress, epoch_batches, make_optimizer, train_epoch, train_seed
@@ -433,7 +433,8 @@ def test_compiled_training_with_the_triton_backend_matches_eager(tmp_path, seed)
 def test_update_epochs_is_an_alias_of_accumulation_steps(tmp_path):
     """MMSA's name ``update_epochs`` (batches per optimizer step) maps to ``accumulation_steps`` in
     overrides and TOML files; both at once is an error."""
-    from gsit.config import ConfigError, load_config as load
+    from gsit.config import ConfigError
+    from gsit.config import load_config as load
     assert load("gsit", "synthetic", None, ["train.update_epochs=3"]).train.accumulation_steps == 3
     assert load("gsit", "synthetic", None, ["train.accumulation_steps=5"]).train.accumulation_steps == 5
     toml = tmp_path / "u.toml"

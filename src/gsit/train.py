@@ -6,8 +6,8 @@ Paper protocol (``train.protocol = "gsit"``):
   gradient is zeroed at the start of each window, every batch calls ``backward`` on its mean loss (not
   divided), ``step`` runs after the window's last batch, and the partial window at the end of an epoch is
   never stepped; no scheduler, no clipping; after each epoch the validation loss (mean over batches of
-  the batch L1, rounded to 4 decimals) selects the best model (improvement > 1e-6); stop after ``early_stop`` epochs without one;
-  reload the best weights and evaluate the test split once.
+  the batch L1, rounded to 4 decimals) selects the best model (improvement > 1e-6); stop after
+  ``early_stop`` epochs without one; reload the best weights and evaluate the test split once.
 MMSA MulT protocol (``"mmsa_mult"``): one Adam group (``learning_rate``), value clipping, ReduceLROnPlateau.
 
 Model selection reads only the validation split; the test split is read once, after training.
@@ -25,16 +25,23 @@ import random
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gsit.build import build_model, load_text_encoder
-from gsit.checkpoint import (atomic_write_bytes, atomic_write_json, load_model_weights, load_training_state,
-                             save_model, save_training_state)
+from gsit.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_json,
+    load_model_weights,
+    load_training_state,
+    save_model,
+    save_training_state,
+)
 from gsit.config import RunConfig
 from gsit.distributed import Dist, all_gather, barrier, init_distributed, rank_slice
 from gsit.evaluate import autocast_for, batch_from, batch_loss, evaluate_split

@@ -41,7 +41,9 @@ def require_optuna():
     try:
         import optuna
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise MissingDependency("gsit tune needs optuna: pip install optuna (or pip install 'gsit[analysis]')") from e
+        raise MissingDependency(
+            "gsit tune needs optuna: pip install optuna (or pip install 'gsit[analysis]')"
+        ) from e
     return optuna
 
 
@@ -81,8 +83,10 @@ def new_dir(path: str | Path | None, *, default_root: Path, prefix: str) -> Path
     if path is not None:
         p = Path(path)
         if p.exists() and (not p.is_dir() or any(p.iterdir())):
-            raise GsitError(f"output directory {str(p)!r} already exists and is not empty; nothing is overwritten "
-                            f"(choose a new path)")
+            raise GsitError(
+                f"output directory {str(p)!r} already exists and is not empty; nothing is overwritten "
+                f"(choose a new path)"
+            )
         p.mkdir(parents=True, exist_ok=True)
         return p
     default_root.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,10 @@ def capture_attention(model, inputs: dict[str, torch.Tensor], lengths: dict[str,
     finally:
         for h in handles:
             h.remove()
-    result: dict[str, Any] = {"encoders": {}, "prediction": out["prediction"][0].float().cpu().numpy().tolist()}
+    result: dict[str, Any] = {
+        "encoders": {},
+        "prediction": out["prediction"][0].float().cpu().numpy().tolist(),
+    }
     for name, rec in records.items():
         if rec["calls"] == 0:
             raise GsitError(f"encoder {name!r} ran no attention layer")
@@ -82,8 +85,12 @@ def capture_attention(model, inputs: dict[str, torch.Tensor], lengths: dict[str,
         allowed = mask.dense_mask("cpu")
         if allowed.dim() == 3:
             allowed = allowed[0]
-        result["encoders"][name] = {"allowed": allowed.numpy().copy(), "attention": (rec["sum"] / rec["calls"]).numpy(),
-                                    "calls": rec["calls"], "graph": mask.graph.edge_names()}
+        result["encoders"][name] = {
+            "allowed": allowed.numpy().copy(),
+            "attention": (rec["sum"] / rec["calls"]).numpy(),
+            "calls": rec["calls"],
+            "graph": mask.graph.edge_names(),
+        }
         result["modalities"] = list(mask.layout.modalities)
         result["lengths"] = list(mask.layout.lengths)
     return result
@@ -121,7 +128,8 @@ def _boundaries(ax, modalities, lengths) -> None:
 
 
 def plot_attention_maps(maps: dict[str, Any], path: str | Path) -> Path:
-    """Top row: allowed adjacency of each encoder; bottom row: learned attention (mean over heads and depth)."""
+    """Top row: allowed adjacency of each encoder; bottom row: learned attention (mean over heads and
+    depth)."""
     plt = require_matplotlib()
     encs = maps["encoders"]
     n = len(encs)
@@ -137,9 +145,12 @@ def plot_attention_maps(maps: dict[str, Any], path: str | Path) -> Path:
         bx.set_title(f"{name}: attention (mean of {e['calls']} calls x heads)", fontsize=9)
         fig.colorbar(im, ax=bx, fraction=0.046, pad=0.04)
     pred = maps.get("prediction")
-    fig.suptitle(f"{maps.get('model', '')} sample {maps.get('sample', '')} ({maps.get('id', '')}) of "
-                 f"{maps.get('split', '')}: label {np.round(maps.get('label', np.nan), 3).tolist()}, prediction "
-                 f"{np.round(pred, 3).tolist() if pred is not None else ''}", fontsize=10)
+    fig.suptitle(
+        f"{maps.get('model', '')} sample {maps.get('sample', '')} ({maps.get('id', '')}) of "
+        f"{maps.get('split', '')}: label {np.round(maps.get('label', np.nan), 3).tolist()}, prediction "
+        f"{np.round(pred, 3).tolist() if pred is not None else ''}",
+        fontsize=10,
+    )
     fig.tight_layout()
     out = save_figure(fig, Path(path))
     plt.close(fig)

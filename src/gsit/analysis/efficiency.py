@@ -1,4 +1,5 @@
-"""The paper's efficiency numbers: thop-style MACs (SPEC §12) next to true FLOPs and both parameter conventions.
+"""The paper's efficiency numbers: thop-style MACs (SPEC §12) next to true FLOPs and both parameter
+conventions.
 
 The paper's "FLOPS (G)" column is what ``thop.profile`` returns for one MOSI batch of 8 at the full padded
 lengths, BERT excluded.  thop attaches a counting rule to *module types* only, so it sees:
@@ -151,8 +152,10 @@ def step_cost(model_name: str, dataset: str, *, batch: int = 32, device: str = "
 
 
 def format_efficiency(rows: list[dict[str, Any]]) -> str:
-    header = (f"{'model':12s} {'dataset':8s} {'params total':>13s} {'params paper':>13s} {'GFLOP/sample':>14s} "
-              f"{'attn GFLOPs':>12s} {'thop G (B)':>11s} {'thop paper G':>13s} {'paper says':>11s}")
+    header = (
+        f"{'model':12s} {'dataset':8s} {'params total':>13s} {'params paper':>13s} {'GFLOP/sample':>14s} "
+        f"{'attn GFLOPs':>12s} {'thop G (B)':>11s} {'thop paper G':>13s} {'paper says':>11s}"
+    )
     if any(r.get("step") is not None for r in rows):
         st = next(r["step"] for r in rows if r.get("step") is not None)
         header += f" {'step ms (B)':>14s} {'peak MB':>9s}"
@@ -168,14 +171,18 @@ def format_efficiency(rows: list[dict[str, Any]]) -> str:
             mem = f"{st['peak_mem_mb']:9.0f}" if st["peak_mem_mb"] is not None else f"{'-':>9s}"
             line += f" {st['median_ms']:9.2f} ({st['batch']}) {mem}"
         lines.append(line)
-    lines.append("params total: all but the text encoder; params paper: GsiT/Vanilla = fusion + conv (head "
-                 "excluded), MulT = all but BERT.  GFLOP/sample: true forward FLOPs (2 x MACs) per sample incl. "
-                 "attention over allowed pairs.  thop: MACs of one batch counted like thop (Conv1d, Linear, "
-                 "LayerNorm modules only; no in_proj, no attention matmuls); paper convention as for params.")
+    lines.append(
+        "params total: all but the text encoder; params paper: GsiT/Vanilla = fusion + conv (head "
+        "excluded), MulT = all but BERT.  GFLOP/sample: true forward FLOPs (2 x MACs) per sample incl. "
+        "attention over allowed pairs.  thop: MACs of one batch counted like thop (Conv1d, Linear, "
+        "LayerNorm modules only; no in_proj, no attention matmuls); paper convention as for params."
+    )
     steps = [r["step"] for r in rows if r.get("step") is not None]
     if steps:
         st = steps[0]
-        lines.append(f"step ms: median of {st['reps']} training steps (forward, L1 loss, backward, Adam; BERT "
-                     f"excluded) at the full padded lengths on {st['device']}, {st['dtype']}, GsiT/Vanilla "
-                     f"attention backend {st['backend'] or 'pairs'}; peak MB: max allocated GPU memory (- on CPU).")
+        lines.append(
+            f"step ms: median of {st['reps']} training steps (forward, L1 loss, backward, Adam; BERT "
+            f"excluded) at the full padded lengths on {st['device']}, {st['dtype']}, GsiT/Vanilla "
+            f"attention backend {st['backend'] or 'pairs'}; peak MB: max allocated GPU memory (- on CPU)."
+        )
     return "\n".join(lines)

@@ -60,7 +60,10 @@ def variant_of(run_dir: Path, config: dict[str, Any]) -> str:
     for k, v in sorted(config.get("model", {}).items()):
         if model_preset.get(k, object()) != v:
             diffs.append(f"model.{k}={json.dumps(v)}")
-    for section, ref in (("train", dataclasses.asdict(preset.train)), ("data", dataclasses.asdict(preset.data))):
+    for section, ref in (
+        ("train", dataclasses.asdict(preset.train)),
+        ("data", dataclasses.asdict(preset.data)),
+    ):
         ref = _flat(section, ref)
         values = config.get(section, {})
         values = canonical_train_keys(values) if section == "train" else values

@@ -111,10 +111,11 @@ def _mask_text_ids(text_bert: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 
 def masked_split(split, mods: tuple[str, ...], *, rate: float, seed: int = 0):
-    """A copy of ``split`` with MMSA's random per-step missing at ``rate`` on ``mods`` (rate 1 = all steps)."""
+    """A copy of ``split`` with MMSA's random per-step missing at ``rate`` on ``mods`` (rate 1: all
+    steps)."""
     split.fill_lengths()
     changes = {}
-    for i, m in enumerate(MODALITIES):
+    for m in MODALITIES:
         if m not in mods:
             continue
         field = _text_field(split) if m == "text" else m
@@ -217,7 +218,8 @@ def _sweep(model, part, means, score, rates, mask_seed: int) -> list[dict[str, A
 def robustness(run_dir: str | Path, *, data_path: str | None = None, split: str = "test",
                seeds: list[int] | None = None, rates=DEFAULT_RATES, mask_seed: int = 0,
                device: str = "cpu", metric: str | None = None) -> dict[str, Any]:
-    """Score every condition for every seed of ``run_dir``; returns ``{"rows", "per_seed", "metric", ...}``."""
+    """Score every condition for every seed of ``run_dir``; returns ``{"rows", "per_seed", "metric",
+    ...}``."""
     run_dir = Path(run_dir)
     run, data = run_config_from_dir(run_dir, data_path)
     if split not in data.splits:
@@ -236,7 +238,9 @@ def robustness(run_dir: str | Path, *, data_path: str | None = None, split: str 
             return evaluate_split(model, sp, run=run, dataset=dataset, task=data.task, ctx=ctx)
 
         per_seed += [{"seed": s, **r} for r in _sweep(model, part, means, score, rates, mask_seed)]
-    metric_names = ["Loss"] + [k for k in per_seed[0] if k not in ("seed", "condition", "policy", "rate", "Loss")]
+    metric_names = ["Loss"] + [
+        k for k in per_seed[0] if k not in ("seed", "condition", "policy", "rate", "Loss")
+    ]
     rows = []
     keys = list(dict.fromkeys((r["condition"], r["policy"], r["rate"]) for r in per_seed))
     for cond, pol, rate in keys:
@@ -246,16 +250,29 @@ def robustness(run_dir: str | Path, *, data_path: str | None = None, split: str 
             row[f"{k}_mean"], row[f"{k}_std"] = mean_std([g[k] for g in group])
         rows.append(row)
     default_metric = primary_metric_names(metric_dataset(dataset))[0]
-    return {"run_dir": str(run_dir), "split": split, "dataset": dataset, "model": run.model_name,
-            "seeds": seeds, "mask_seed": mask_seed, "metrics": metric_names, "metric": metric or default_metric,
-            "rows": rows, "per_seed": per_seed}
+    return {
+        "run_dir": str(run_dir),
+        "split": split,
+        "dataset": dataset,
+        "model": run.model_name,
+        "seeds": seeds,
+        "mask_seed": mask_seed,
+        "metrics": metric_names,
+        "metric": metric or default_metric,
+        "rows": rows,
+        "per_seed": per_seed,
+    }
 
 
 def lookup(result: dict[str, Any], condition: str, policy: str, rate: float | None = None,
            metric: str | None = None) -> float:
     metric = metric or result["metric"]
     for r in result["rows"]:
-        if r["condition"] == condition and r["policy"] == policy and (rate is None or abs(r["rate"] - rate) < 1e-9):
+        if (
+            r["condition"] == condition
+            and r["policy"] == policy
+            and (rate is None or abs(r["rate"] - rate) < 1e-9)
+        ):
             return r[f"{metric}_mean"]
     raise KeyError((condition, policy, rate))
 

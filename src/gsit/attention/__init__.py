@@ -84,7 +84,9 @@ def _common_checks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Grap
     """The shape, dtype and layout checks every backend shares (each backend's ``check`` adds its own)."""
     reasons = []
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        reasons.append(f"q, k, v must be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        reasons.append(
+            f"q, k, v must be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
         return reasons
     if q.shape != k.shape or q.shape[:3] != v.shape[:3]:
         reasons.append(f"q, k, v shapes must agree on (B, H, N) and q/k on D; got {tuple(q.shape)}, "
@@ -126,7 +128,9 @@ def graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Gra
                          f"{list(getattr(impl, 'OPTIONS', ()))}")
     reasons = _reasons(impl, q, k, v, mask, dropout_p)
     if reasons:
-        raise UnsupportedInput(f"attention backend {backend!r} cannot run this input:\n  - " + "\n  - ".join(reasons))
+        raise UnsupportedInput(
+            f"attention backend {backend!r} cannot run this input:\n  - " + "\n  - ".join(reasons)
+        )
     if scale is None:
         scale = q.shape[-1] ** -0.5
     return impl.attention(q, k, v, mask, scale=scale, dropout_p=dropout_p, **options)

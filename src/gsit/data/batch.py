@@ -7,8 +7,9 @@ for map-style datasets, and training calls directly), so only the batch itself i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ class Batch:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def _map(self, fn) -> "Batch":
+    def _map(self, fn) -> Batch:
         return Batch(
             inputs={k: fn(v) for k, v in self.inputs.items()},
             lengths={k: fn(v) for k, v in self.lengths.items()},
@@ -49,10 +50,10 @@ class Batch:
             extra_labels={k: fn(v) for k, v in self.extra_labels.items()},
         )
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         return self._map(lambda t: t.pin_memory())
 
 

@@ -39,8 +39,10 @@ class GsiTConfig:
     relu_dropout: float = 0.0
     res_dropout: float = 0.0
     post_fusion_dropout: float = 0.0
-    structure: str = "original"        # original | structure1 | structure2 | structure3 | self_only | bidirectional
-    attention_semantics: str = "paper"  # paper: 1/sqrt(hd) + dropout; official_code: 1/hd, no dropout (SPEC §6)
+    structure: str = "original"  # original | structure1 | structure2 | structure3 | self_only | bidirectional
+    attention_semantics: str = (
+        "paper"  # paper: 1/sqrt(hd) + dropout; official_code: 1/hd, no dropout (SPEC §6)
+    )
     attention_backend: str = DEFAULT_BACKEND  # any name in gsit.attention.available_backends()
     padding_aware: bool = False        # off = the paper (padding attends and is pooled); on = ignore padding
     output_dim: int = 1                # 1 for regression, C for classification
@@ -73,8 +75,12 @@ class GraphSelfAttention(nn.Module):
             raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
-        self.scale, self.attn_dropout = attention_scale_and_dropout(attention_semantics, self.head_dim, attn_dropout)
-        get_backend(attention_backend)  # an unknown name fails here; the module is imported now, not while tracing
+        self.scale, self.attn_dropout = attention_scale_and_dropout(
+            attention_semantics, self.head_dim, attn_dropout
+        )
+        get_backend(
+            attention_backend
+        )  # an unknown name fails here; the module is imported now, not while tracing
         self.attention_backend = attention_backend
         self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
@@ -132,9 +138,16 @@ class GraphEncoder(nn.Module):
         self.embed_dropout = nn.Dropout(embed_dropout)
 
         def make():
-            return GraphEncoderLayer(d_model=d_model, num_heads=num_heads, attn_dropout=attn_dropout,
-                                     relu_dropout=relu_dropout, res_dropout=res_dropout,
-                                     attention_semantics=attention_semantics, attention_backend=attention_backend)
+            return GraphEncoderLayer(
+                d_model=d_model,
+                num_heads=num_heads,
+                attn_dropout=attn_dropout,
+                relu_dropout=relu_dropout,
+                res_dropout=res_dropout,
+                attention_semantics=attention_semantics,
+                attention_backend=attention_backend,
+            )
+
         # one module reused (shared) or a list of distinct ones; the state_dict never holds aliases
         self.layers = nn.ModuleList([make()] if share_layers else [make() for _ in range(num_layers)])
         self.final_norm = nn.LayerNorm(d_model)
@@ -206,7 +219,9 @@ def last_steps(x: torch.Tensor, layout: SequenceLayout, valid_lengths: torch.Ten
     """(B, N, D) -> (B, M * D): the last step of every modality block (the last *valid* step when
     ``valid_lengths`` (B, M) is given; a block with no valid step contributes zeros)."""
     if valid_lengths is None:
-        return torch.cat([x[:, o + n - 1] for o, n in zip(layout.offsets, layout.lengths)], dim=-1)  # (B, M * D)
+        return torch.cat(
+            [x[:, o + n - 1] for o, n in zip(layout.offsets, layout.lengths)], dim=-1
+        )  # (B, M * D)
     # segment offsets/lengths enter as Python ints (no host-to-device copy: CUDA-graph and compile safe)
     valid = valid_lengths.to(x.device)
     idx = torch.stack([o + (valid[:, i].clamp(max=n) - 1).clamp(min=0)
@@ -216,7 +231,9 @@ def last_steps(x: torch.Tensor, layout: SequenceLayout, valid_lengths: torch.Ten
     return picked.flatten(1)
 
 
-def _with_graphs(defaults: dict[str, ModalGraph], override: dict[str, ModalGraph] | None) -> dict[str, ModalGraph]:
+def _with_graphs(
+    defaults: dict[str, ModalGraph], override: dict[str, ModalGraph] | None
+) -> dict[str, ModalGraph]:
     """``defaults`` with the entries of ``override`` replaced; an unknown name is an error."""
     if not override:
         return defaults

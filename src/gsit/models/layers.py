@@ -16,17 +16,27 @@ class ConvFrontEnd(nn.Module):
     when ``len > 0``: a short sequence still fills position 0 through the zero padding).
     """
 
-    def __init__(self, *, modalities: tuple[str, ...], input_dims: dict[str, int], d_model: int | dict[str, int],
-                 kernel_sizes: dict[str, int]) -> None:
+    def __init__(
+        self,
+        *,
+        modalities: tuple[str, ...],
+        input_dims: dict[str, int],
+        d_model: int | dict[str, int],
+        kernel_sizes: dict[str, int],
+    ) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
         self.kernel_sizes = {m: int(kernel_sizes[m]) for m in self.modalities}
         widths = d_model if isinstance(d_model, dict) else {m: int(d_model) for m in self.modalities}
         self.input_dims = {m: int(input_dims[m]) for m in self.modalities}
-        self.convs = nn.ModuleDict({
-            m: nn.Conv1d(self.input_dims[m], widths[m], kernel_size=self.kernel_sizes[m], padding=0, bias=False)
-            for m in self.modalities
-        })
+        self.convs = nn.ModuleDict(
+            {
+                m: nn.Conv1d(
+                    self.input_dims[m], widths[m], kernel_size=self.kernel_sizes[m], padding=0, bias=False
+                )
+                for m in self.modalities
+            }
+        )
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """(B, T_m, D_m) per modality -> (B, T_m - k + 1, d) per modality."""

@@ -292,7 +292,7 @@ def triton_cdiv(a: int, b: int) -> int:
 # as a flat 0/1 adjacency (M*M), the segment lengths and the 12 tile parameters.
 
 
-def _pack(ln: "_Launch") -> tuple[list[int], list[int], list[int]]:
+def _pack(ln: _Launch) -> tuple[list[int], list[int], list[int]]:
     m = len(ln.lengths)
     adj = [0] * (m * m)
     for i, keys in enumerate(ln.key_sets):
@@ -309,7 +309,7 @@ def _key_sets(adj: list[int], m: int) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(j for j in range(m) if adj[i * m + j]) for i in range(m))
 
 
-def _unpack(q, vl, adj, lengths, scale, dropout_p, seed, tiles) -> "_Launch":  # noqa: PLR0913
+def _unpack(q, vl, adj, lengths, scale, dropout_p, seed, tiles) -> _Launch:  # noqa: PLR0913
     lengths = tuple(int(n) for n in lengths)
     if vl is None:
         vl = _full_lengths(lengths, q.shape[0], str(q.device))
@@ -353,9 +353,21 @@ def _(q, k, v, vl, adj, lengths, scale, dropout_p, seed, tiles):
 
 
 @torch.library.custom_op("gsit::graph_attention_bwd", mutates_args=())
-def _bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
-            do: torch.Tensor, vl: torch.Tensor | None, adj: list[int], lengths: list[int], scale: float,
-            dropout_p: float, seed: torch.Tensor | None, tiles: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    do: torch.Tensor,
+    vl: torch.Tensor | None,
+    adj: list[int],
+    lengths: list[int],
+    scale: float,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+    tiles: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward(_unit_last(q), _unit_last(k), _unit_last(v), o.contiguous(), lse.contiguous(), do,
                      _unpack(q, vl, adj, lengths, scale, dropout_p, seed, tiles))
 
@@ -408,7 +420,7 @@ class _EagerFunction(torch.autograd.Function):
         return (*_backward(q, k, v, o, lse, do, ctx.ln), None)
 
 
-def _graph_attention_op(q, k, v, vl, ln: "_Launch") -> torch.Tensor:
+def _graph_attention_op(q, k, v, vl, ln: _Launch) -> torch.Tensor:
     """Under torch.compile: the custom operators (one graph).  Eagerly: the autograd.Function (same
     kernels, same tables, same numbers; tested equal)."""
     if torch.compiler.is_compiling():
@@ -424,7 +436,9 @@ def _graph_attention_op(q, k, v, vl, ln: "_Launch") -> torch.Tensor:
 def _seed_tensor(seed, device) -> torch.Tensor:
     if isinstance(seed, torch.Tensor):
         if seed.numel() != 1 or seed.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"seed tensor must hold one int32/int64 value, got {seed.dtype} {tuple(seed.shape)}")
+            raise ValueError(
+                f"seed tensor must hold one int32/int64 value, got {seed.dtype} {tuple(seed.shape)}"
+            )
         return seed.reshape(1).to(device=device, dtype=torch.int64)
     return torch.tensor([int(seed) & 0x7FFFFFFF], dtype=torch.int64, device=device)
 
@@ -456,9 +470,17 @@ def apply_unchecked(q, k, v, mask: GraphMask, *, scale: float, dropout_p: float,
     return _graph_attention_op(q, k, v, _valid_lengths(mask, ln.lengths), ln)
 
 
-def fused_graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *,
-                          scale: float | None = None, dropout_p: float = 0.0, seed: int | torch.Tensor | None = None,
-                          config: TileConfig | None = None) -> torch.Tensor:
+def fused_graph_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: GraphMask,
+    *,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    seed: int | torch.Tensor | None = None,
+    config: TileConfig | None = None,
+) -> torch.Tensor:
     """Kept for callers of the earlier name: exactly ``graph_attention(..., backend="triton", seed=seed,
     config=config)`` (the registry's checks, then the launch); see the package docstring."""
     return graph_attention(q, k, v, mask, backend="triton", scale=scale, dropout_p=dropout_p, seed=seed,
