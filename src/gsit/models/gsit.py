@@ -78,9 +78,8 @@ class GraphSelfAttention(nn.Module):
         self.scale, self.attn_dropout = attention_scale_and_dropout(
             attention_semantics, self.head_dim, attn_dropout
         )
-        get_backend(
-            attention_backend
-        )  # an unknown name fails here; the module is imported now, not while tracing
+        # an unknown name fails here; the backend's module is imported now, not while tracing
+        get_backend(attention_backend)
         self.attention_backend = attention_backend
         self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
@@ -160,6 +159,8 @@ class GraphEncoder(nn.Module):
         for layer in self.depth_layers():
             x = layer(x, mask)
         return self.final_norm(x)
+
+
 # --------------------------------------------------------------------------- multimodal embedding
 class MultimodalEmbedding(nn.Module):
     """The "multimodal graph embedding" (SPEC §3): the text encoder (if any) on MMSA ``text_bert`` rows,
@@ -231,7 +232,7 @@ def last_steps(x: torch.Tensor, layout: SequenceLayout, valid_lengths: torch.Ten
     return picked.flatten(1)
 
 
-def _with_graphs(
+def override_graphs(
     defaults: dict[str, ModalGraph], override: dict[str, ModalGraph] | None
 ) -> dict[str, ModalGraph]:
     """``defaults`` with the entries of ``override`` replaced; an unknown name is an error."""
@@ -275,7 +276,7 @@ class GraphFusion(nn.Module):
                 graphs: dict[str, ModalGraph] | None = None) -> torch.Tensor:
         """x: (B, N, d) concatenated sequence; returns (B, M * 2d).  ``graphs`` replaces some of
         :attr:`graphs` for this call (e.g. a modality dropped from every graph; see analysis/robustness)."""
-        g = _with_graphs(self.graphs, graphs)
+        g = override_graphs(self.graphs, graphs)
         fwd = GraphMask(g["forward"], layout, valid_lengths)
         h = torch.cat([self.forward_encoder(x, fwd),
                        self.backward_encoder(x, fwd.with_graph(g["backward"]))], dim=-1)  # (B, N, 2d)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from gsit.graph import GraphMask, ModalGraph
-from gsit.models.gsit import GraphEncoder, GsiTConfig, MultimodalEmbedding, _with_graphs, last_steps
+from gsit.models.gsit import GraphEncoder, GsiTConfig, MultimodalEmbedding, last_steps, override_graphs
 from gsit.models.layers import attach_view
 
 
@@ -41,7 +41,7 @@ class Vanilla(nn.Module):
     def forward(self, inputs, lengths=None, *, graphs: dict[str, ModalGraph] | None = None):
         """As :meth:`GsiT.forward`; ``graphs`` may replace ``full`` for one call."""
         x, layout, valid = self.embedding(inputs, lengths)  # (B, N, d)
-        h = self.encoder(x, GraphMask(_with_graphs(self.graphs, graphs)["full"], layout, valid))
+        h = self.encoder(x, GraphMask(override_graphs(self.graphs, graphs)["full"], layout, valid))
         hidden = torch.relu(self.head_hidden(last_steps(h, layout, valid)))
         return {"prediction": self.head_out(hidden), "features": hidden}
 
