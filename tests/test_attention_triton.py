@@ -315,7 +315,7 @@ def test_eager_path_and_custom_operator_give_identical_results(dropout):
     lengths = (5, 9, 7)
     ln = F._Launch(mask.graph.key_sets, lengths, None, 0.25, dropout,
                    F._seed_tensor(7, DEVICE) if dropout else None, F.default_config(16, q.dtype, q.device))
-    vl = F._valid_lengths(mask, lengths)
+    vl = F._valid_lengths(mask, lengths, q.device)
     eager = _run(q, k, v, mask, lambda q, k, v, m: F._graph_attention_op(q, k, v, vl, ln), do)
     adj, lens, tiles = F._pack(ln)
     op = _run(q, k, v, mask, lambda q, k, v, m: F._fwd_op(q, k, v, vl, adj, lens, ln.scale, ln.dropout_p,
@@ -365,7 +365,7 @@ def test_eager_and_custom_op_routes_agree(dropout_p):
     lengths = mask.layout.lengths
     ln = fn._Launch(mask.graph.key_sets, lengths, None, 0.25, dropout_p, seed,
                     fn.default_config(16, q.dtype, q.device, lengths))
-    vl = fn._valid_lengths(mask, lengths)
+    vl = fn._valid_lengths(mask, lengths, q.device)
     eager = fn._graph_attention_op(q, k, v, vl, ln)  # not compiling: the autograd.Function route
     eager_grads = torch.autograd.grad(eager, (q, k, v), do)
     adj, lens, tiles = fn._pack(ln)

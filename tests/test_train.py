@@ -327,7 +327,8 @@ def test_epochs_csv_columns(two_seed_run):
         metric_keys = ["Loss", "Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5",
                        "Mult_acc_7", "MAE", "Corr"]
         assert list(rows[0]) == ["epoch", "train_loss", "seconds", "lr", *[f"valid_{k}" for k in metric_keys],
-                                 "best_epoch"]
+                                 "best_epoch", "graphs"]
+        assert all(r["graphs"] == "0" for r in rows)  # eager on the CPU: nothing compiled or captured
         assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
         losses = [float(r["valid_Loss"]) for r in rows]
         best = int(rows[-1]["best_epoch"])
@@ -444,3 +445,20 @@ def test_update_epochs_is_an_alias_of_accumulation_steps(tmp_path):
     toml.write_text("[train]\nupdate_epochs = 4\naccumulation_steps = 4\n")
     with pytest.raises(ConfigError, match="u.toml.*both accumulation_steps and its alias update_epochs"):
         load("gsit", "synthetic", toml)
+
+
+def test_resume_accepts_a_run_saved_with_update_epochs(tmp_path):
+    """A run directory written before the rename stores ``update_epochs``; resuming it with the same
+    settings is allowed, with other settings it is refused."""
+    import json
+
+    from gsit.errors import GsitError
+    from gsit.runs import check_resume_dir
+    run = load_config("gsit", "synthetic", None, ["train.accumulation_steps=3"])
+    saved = json.loads(json.dumps(run.to_dict()))
+    saved["train"]["update_epochs"] = saved["train"].pop("accumulation_steps")
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_resume_dir(tmp_path, run)
+    other = load_config("gsit", "synthetic", None, ["train.accumulation_steps=2"])
+    with pytest.raises(GsitError, match="different configuration"):
+        check_resume_dir(tmp_path, other)

@@ -27,7 +27,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gsit.build import preflight
     from gsit.distributed import init_distributed
     from gsit.runs import check_new_run_dir, check_resume_dir, shared_new_run_dir
-    from gsit.train import run_training
+    from gsit.train import run_execution, run_training
     dataset = args.dataset or ("synthetic" if args.data is None else None)
     if dataset is None:
         raise GsitError("--dataset is required with --data (mosi, mosei, sims, simsv2, mintrec, synthetic)")
@@ -45,6 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # build the model once before any run directory is created or written: a bad model setting, text
     # encoder or token id fails here with one clear line
     preflight(run, data)
+    run_execution(run, ctx)  # an execution this device cannot run fails before any directory exists
     if run_dir is None:
         run_dir = shared_new_run_dir(Path(args.out), run.model_name, dataset, ctx)
     results = run_training(run, data, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet,

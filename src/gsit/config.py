@@ -48,7 +48,8 @@ class TrainConfig:
     seeds: tuple[int, ...] = (1111, 1112, 1113, 1114, 1115)
     amp: str = "none"                  # none | bf16
     deterministic: bool = False        # torch.use_deterministic_algorithms + cuDNN deterministic
-    compile: bool = False              # torch.compile the model (static shapes)
+    compile: bool = False              # legacy switch: with execution="auto", same as execution="compiled"
+    execution: str = "auto"            # auto | eager | compiled | graphed | compiled_graphed (gsit.execution)
     eval_batch_size: int = 0           # 0 = batch_size
     length_bucketing: bool = False     # batches of similar total length (pays with model.padding_aware)
     modality_dropout: float = 0.0      # training-time probability of zeroing each non-text modality per sample
@@ -217,7 +218,8 @@ def load_config(model: str = "gsit", dataset: str = "synthetic", path: str | Pat
         raise ConfigError(f"[data] dataset={data.dataset!r} conflicts with --dataset {dataset!r}")
     train = _build(TrainConfig, "train", raw.get("train", {}))
     for name, allowed in (("protocol", ("gsit", "mmsa_mult")), ("scheduler", ("none", "plateau")),
-                          ("amp", ("none", "bf16"))):
+                          ("amp", ("none", "bf16")),
+                          ("execution", ("auto", "eager", "compiled", "graphed", "compiled_graphed"))):
         if getattr(train, name) not in allowed:
             raise ConfigError(f"train.{name}={getattr(train, name)!r}; allowed: {list(allowed)}")
     if train.batch_size < 1 or train.accumulation_steps < 1 or train.early_stop < 1:

@@ -38,29 +38,42 @@ def autocast_for(run: RunConfig, ctx: Dist):
     return contextlib.nullcontext()
 
 
-def batch_from(split, idx: np.ndarray, device: torch.device):
-    """Gather rows ``idx`` of ``split`` into a Batch on ``device`` (one fancy-index per array)."""
+def split_dataset(split) -> SplitDataset:
+    """The split's :class:`SplitDataset` (built once per split and kept on it)."""
     ds = split.__dict__.get("_gsit_dataset")
     if ds is None:
         ds = split.__dict__["_gsit_dataset"] = SplitDataset(split)
-    return ds.__getitems__(idx).to(device)
+    return ds
+
+
+def batch_from(split, idx: np.ndarray, device: torch.device):
+    """Gather rows ``idx`` of ``split`` into a Batch on ``device`` (one fancy-index per array)."""
+    return split_dataset(split).__getitems__(idx).to(device)
 
 
 @torch.no_grad()
-def predict_split(model, split, *, run: RunConfig, ctx: Dist, batch_size: int | None = None) -> np.ndarray:
-    """Predictions for every row of ``split`` in row order (gathered across DDP ranks)."""
+def predict_split(model, split, *, run: RunConfig, ctx: Dist, batch_size: int | None = None,
+                  runner=None) -> np.ndarray:
+    """Predictions for every row of ``split`` in row order (gathered across DDP ranks).  ``runner``
+    (:class:`gsit.execution.StepRunner`) runs compiled / CUDA-graphed steps instead of eager calls."""
     model.eval()
     bs = batch_size or run.train.eval_batch_size or run.train.batch_size
     rows = np.arange(len(split))[ctx.rank::ctx.world]
     outs, idxs = [], []
     autocast = autocast_for(run, ctx)
+    static = runner is not None and runner.execution.static
     for start in range(0, len(rows), bs):
         idx = rows[start:start + bs]
-        batch = batch_from(split, idx, ctx.device)
-        with autocast:
-            pred = model(batch.inputs, batch.lengths)["prediction"].float()
-        outs.append(pred.cpu().numpy())
+        if static:  # predictions stay on the device until the end: no host sync per batch
+            outs.append(runner.predict(split_dataset(split), idx).clone())
+        else:
+            batch = batch_from(split, idx, ctx.device)
+            with autocast:
+                pred = model(batch.inputs, batch.lengths)["prediction"].float()
+            outs.append(pred.cpu().numpy())
         idxs.append(idx)
+    if static and outs:
+        outs = [torch.cat(outs).cpu().numpy()]
     local = (np.concatenate(idxs) if idxs else np.zeros(0, dtype=np.int64),
              np.concatenate(outs) if outs else np.zeros((0, 1), dtype=np.float32))
     parts = all_gather(local, ctx)
@@ -81,9 +94,10 @@ def split_loss(preds: np.ndarray, labels: np.ndarray, *, task: str, batch_size: 
     return round(float(np.mean(losses)), 4)
 
 
-def evaluate_split(model, split, *, run: RunConfig, dataset: str, task: str, ctx: Dist) -> dict[str, float]:
+def evaluate_split(model, split, *, run: RunConfig, dataset: str, task: str, ctx: Dist,
+                   runner=None) -> dict[str, float]:
     """``Loss`` (MMSA's rounded batch-mean loss) and the dataset's metrics on ``split``."""
-    preds = predict_split(model, split, run=run, ctx=ctx)
+    preds = predict_split(model, split, run=run, ctx=ctx, runner=runner)
     bs = run.train.eval_batch_size or run.train.batch_size
     metrics = {"Loss": split_loss(preds, split.labels, task=task, batch_size=bs)}
     metric_preds = preds if task == "classification" else preds.reshape(-1)

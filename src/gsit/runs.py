@@ -163,6 +163,9 @@ def check_resume_dir(run_dir: Path, run: RunConfig) -> None:
     if not (run_dir / "config.json").is_file():
         raise GsitError(f"--resume {str(run_dir)!r}: not a run directory (no config.json)")
     saved = json.loads((run_dir / "config.json").read_text())
+    saved.pop("execution", None)  # what train.execution resolved to (recorded, not a setting)
+    if isinstance(saved.get("train"), dict):  # a run saved before the rename holds MMSA's update_epochs
+        saved["train"] = canonical_train_keys(saved["train"])
     if saved != json.loads(json.dumps(run.to_dict())):  # compare as stored (tuples become lists)
         raise GsitError(f"--resume {str(run_dir)!r}: the run was started with a different configuration; "
                         f"resume with the same arguments")

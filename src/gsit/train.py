@@ -44,7 +44,8 @@ from gsit.checkpoint import (
 )
 from gsit.config import RunConfig
 from gsit.distributed import Dist, all_gather, barrier, init_distributed, rank_slice
-from gsit.evaluate import autocast_for, batch_from, batch_loss, evaluate_split
+from gsit.evaluate import autocast_for, batch_from, batch_loss, evaluate_split, split_dataset
+from gsit.execution import Execution, StepRunner, resolve_execution
 from gsit.runs import append_epoch_row, data_facts, versions, write_results
 
 
@@ -131,10 +132,15 @@ def _modality_dropout(batch, p: float):
 
 
 def train_epoch(model, optimizer, split, *, run: RunConfig, seed: int, epoch: int, task: str, ctx: Dist,
-                progress: Callable[[int, int, float], None] | None = None) -> float:
-    """One epoch of summed-gradient accumulation; returns the mean training loss over batches."""
+                progress: Callable[[int, int, float], None] | None = None,
+                runner: StepRunner | None = None) -> float:
+    """One epoch of summed-gradient accumulation; returns the mean training loss over batches.  ``runner``
+    (compiled / CUDA-graphed steps, :mod:`gsit.execution`) replaces the eager step below when given."""
     t = run.train
     model.train()
+    if runner is not None and runner.execution.static:
+        return _train_epoch_static(runner, optimizer, split, run=run, seed=seed, epoch=epoch, ctx=ctx,
+                                   progress=progress)
     batches = epoch_batches(len(split), t.batch_size, shuffle=True, seed=seed, epoch=epoch,
                             sizes=total_lengths(split) if t.length_bucketing else None)
     # the running loss stays on the device (float64 where supported: the same sums as Python floats), so a
@@ -167,6 +173,54 @@ def train_epoch(model, optimizer, split, *, run: RunConfig, seed: int, epoch: in
     # the partial window is never stepped (SPEC §9); its gradients are zeroed by the next epoch
     losses = all_gather(float(total_t), ctx)
     return float(sum(losses)) / max(count, 1)
+
+
+def _train_epoch_static(runner: StepRunner, optimizer, split, *, run: RunConfig, seed: int, epoch: int,
+                        ctx: Dist, progress) -> float:
+    """:func:`train_epoch` with static-shape steps (same batches, same windows, same loss)."""
+    t = run.train
+    dataset = split_dataset(split)
+    batches = epoch_batches(len(split), t.batch_size, shuffle=True, seed=seed, epoch=epoch,
+                            sizes=total_lengths(split) if t.length_bucketing else None)
+    total_t, count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
+    every = max(1, len(batches) // 50)
+    for i, batch_idx in enumerate(batches):
+        if i % t.accumulation_steps == 0:
+            optimizer.zero_grad(set_to_none=False)
+        mine = rank_slice(batch_idx, ctx)
+        weight = len(mine) / len(batch_idx)  # this rank's share of the global mean
+        if len(mine) == 0:
+            mine, weight = batch_idx[:1], 0.0
+        scale = weight * ctx.world
+        loss = runner.train_batch(dataset, mine, scale if ctx.enabled else 1.0)
+        if (i + 1) % t.accumulation_steps == 0:
+            optimizer.step()
+        total_t += loss.to(torch.float64) * weight
+        count += 1
+        if progress is not None and ((i + 1) % every == 0 or i + 1 == len(batches)):
+            progress(i + 1, len(batches), float(total_t) / count)
+    losses = all_gather(float(total_t), ctx)
+    return float(sum(losses)) / max(count, 1)
+
+
+def make_runner(run: RunConfig, model, execution: Execution, *, task: str, ctx: Dist,
+                train_module=None) -> StepRunner:
+    """The step runner of ``execution`` for ``model`` (static batch = this rank's share of a batch)."""
+    t = run.train
+    cfg = getattr(model, "config", None)
+    return StepRunner(model, execution, task=task, batch_size=-(-t.batch_size // ctx.world),
+                      eval_batch_size=t.eval_batch_size or t.batch_size, amp=t.amp,
+                      modality_dropout=t.modality_dropout, grad_clip=t.grad_clip,
+                      padding_aware=bool(getattr(cfg, "padding_aware", False)),
+                      modalities=tuple(getattr(cfg, "modalities", ("text", "vision", "audio"))),
+                      kernel_sizes=dict(getattr(cfg, "kernel_sizes", {})), device=ctx.device,
+                      train_module=train_module)
+
+
+def run_execution(run: RunConfig, ctx: Dist) -> Execution:
+    """``train.execution`` resolved for this device and process count."""
+    return resolve_execution(run.train.execution, device=ctx.device, world=ctx.world,
+                             legacy_compile=run.train.compile, deterministic=run.train.deterministic)
 
 
 class Progress:
@@ -209,8 +263,8 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
     if ctx.enabled:
         train_model = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                           find_unused_parameters=True)
-    if t.compile:
-        train_model = torch.compile(train_model)
+    execution = run_execution(run, ctx)
+    runner = make_runner(run, model, execution, task=task, ctx=ctx, train_module=train_model)
     state = {"epoch": 0, "best_valid": math.inf, "best_epoch": 0, "done": False}
     last = seed_dir / "last.safetensors"
     if resume and last.is_file() and (seed_dir / "last.json").is_file():
@@ -229,8 +283,9 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
             os._exit(13)
         t0 = time.time()
         train_loss = train_epoch(train_model, optimizer, data.splits["train"], run=run, seed=seed, epoch=epoch,
-                                 task=task, ctx=ctx, progress=progress.batch(seed, epoch))
-        valid = evaluate_split(model, data.splits["valid"], run=run, dataset=dataset, task=task, ctx=ctx)
+                                 task=task, ctx=ctx, progress=progress.batch(seed, epoch), runner=runner)
+        valid = evaluate_split(model, data.splits["valid"], run=run, dataset=dataset, task=task, ctx=ctx,
+                               runner=runner)
         improved = valid["Loss"] <= state["best_valid"] - 1e-6
         if improved:
             state["best_valid"], state["best_epoch"] = valid["Loss"], epoch
@@ -243,7 +298,9 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
         if ctx.main:
             row = {"epoch": epoch, "train_loss": round(train_loss, 6), "seconds": round(time.time() - t0, 2),
                    "lr": optimizer.param_groups[-1]["lr"], **{f"valid_{k}": v for k, v in valid.items()},
-                   "best_epoch": state["best_epoch"]}
+                   "best_epoch": state["best_epoch"], "graphs": runner.graph_count()}
+            if ctx.device.type == "cuda":
+                row["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(ctx.device) / 2**20, 1)
             append_epoch_row(seed_dir / "epochs.csv", row)
             save_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
         barrier(ctx)
@@ -252,7 +309,8 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
         if stop_after_epoch is not None and epoch >= stop_after_epoch and not state["done"]:
             raise KeyboardInterrupt(f"stopped after epoch {epoch} (test hook)")
     load_model_weights(seed_dir / "best.safetensors", model)
-    test = evaluate_split(model, data.splits["test"], run=run, dataset=dataset, task=task, ctx=ctx)
+    test = evaluate_split(model, data.splits["test"], run=run, dataset=dataset, task=task, ctx=ctx,
+                          runner=runner)
     result = {"seed": seed, "best_epoch": state["best_epoch"], "epochs": state["epoch"],
               "valid_loss": state["best_valid"], "test": test}
     if ctx.main:
@@ -267,10 +325,12 @@ def run_training(run: RunConfig, data, *, run_dir: Path, resume: bool = False, q
     write the mean/std results."""
     ctx = ctx or init_distributed(device)
     progress = Progress(quiet, ctx)
+    execution = run_execution(run, ctx)
+    progress.line(f"execution: {execution.mode} ({execution.reason})")
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
-            atomic_write_json(run_dir / "config.json", run.to_dict())
+            atomic_write_json(run_dir / "config.json", {**run.to_dict(), "execution": execution.to_dict()})
             atomic_write_bytes(run_dir / "command.txt", (shlex.join(command or sys.argv) + "\n").encode())
             atomic_write_json(run_dir / "versions.json", versions())
             atomic_write_json(run_dir / "data.json", data_facts(data))

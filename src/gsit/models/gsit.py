@@ -162,6 +162,12 @@ class GraphEncoder(nn.Module):
 
 
 # --------------------------------------------------------------------------- multimodal embedding
+def _static_step() -> bool:
+    """True while torch.compile traces or a CUDA graph is being captured: no host read of tensor values."""
+    return torch.compiler.is_compiling() or (torch.cuda.is_available()
+                                             and torch.cuda.is_current_stream_capturing())
+
+
 class MultimodalEmbedding(nn.Module):
     """The "multimodal graph embedding" (SPEC §3): the text encoder (if any) on MMSA ``text_bert`` rows,
     text dropout, one conv front end per modality, and concatenation along time in ``modalities`` order.
@@ -203,8 +209,9 @@ class MultimodalEmbedding(nn.Module):
             if lengths is None or any(m not in lengths for m in c.modalities):
                 raise ValueError(f"padding_aware=True needs lengths for {list(c.modalities)}, got "
                                  f"{sorted(lengths) if lengths else None}")
-            keep = {m: max(int(lengths[m].max()), c.kernel_sizes[m]) for m in c.modalities}
-            inputs = {m: inputs[m][:, :keep[m]] for m in c.modalities}  # trim padding
+            if not _static_step():  # a static step's caller has cut the inputs already (gsit.execution)
+                keep = {m: max(int(lengths[m].max()), c.kernel_sizes[m]) for m in c.modalities}
+                inputs = {m: inputs[m][:, :keep[m]] for m in c.modalities}  # trim padding
         feats = {**inputs, "text": self.text_dropout(inputs["text"])} if "text" in inputs else dict(inputs)
         conv = self.front_end(feats)  # modality -> (B, T_m - k + 1, d)
         layout = SequenceLayout(c.modalities, tuple(conv[m].shape[1] for m in c.modalities))

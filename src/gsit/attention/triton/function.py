@@ -342,7 +342,8 @@ def _warm_tables(q, adj, lengths, tiles) -> None:
         meta_table(key_sets, lengths, cfg.fwd_m, False, dev)
         meta_table(key_sets, lengths, cfg.dq_m, False, dev)
         meta_table(key_sets, lengths, cfg.dkdv_n, True, dev)
-        _full_lengths(lengths, q.shape[0], dev)
+        if isinstance(q.shape[0], int):  # a symbolic (dynamic) batch size: built at the first real call
+            _full_lengths(lengths, q.shape[0], dev)
 
 
 @_fwd_op.register_fake
@@ -443,12 +444,13 @@ def _seed_tensor(seed, device) -> torch.Tensor:
     return torch.tensor([int(seed) & 0x7FFFFFFF], dtype=torch.int64, device=device)
 
 
-def _valid_lengths(mask: GraphMask, lengths: tuple[int, ...]) -> torch.Tensor | None:
+def _valid_lengths(mask: GraphMask, lengths: tuple[int, ...], q_device: torch.device) -> torch.Tensor | None:
     """(B, M) int32 valid lengths clamped to [0, segment length], or None without padding.  Written with
     tensor ops only (no caches, no host copies) so it traces under torch.compile and CUDA graphs."""
     if mask.valid_lengths is None:
         return None
-    vl = mask.valid_lengths.to(torch.int32)
+    # lengths given on the CPU for CUDA q are moved (the kernels read them through a device pointer)
+    vl = mask.valid_lengths.to(device=q_device, dtype=torch.int32)
     return torch.stack([vl[:, i].clamp(0, n) for i, n in enumerate(lengths)], dim=1)  # Python-int bounds
 
 
@@ -467,7 +469,7 @@ def apply_unchecked(q, k, v, mask: GraphMask, *, scale: float, dropout_p: float,
     cfg = config if config is not None else default_config(max(q.shape[-1], v.shape[-1]), q.dtype, q.device,
                                                            lengths)
     ln = _Launch(mask.graph.key_sets, lengths, None, float(scale), float(dropout_p), seed_t, cfg)
-    return _graph_attention_op(q, k, v, _valid_lengths(mask, ln.lengths), ln)
+    return _graph_attention_op(q, k, v, _valid_lengths(mask, ln.lengths, q.device), ln)
 
 
 def fused_graph_attention(

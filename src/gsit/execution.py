@@ -1,0 +1,392 @@
+"""How the training and evaluation steps run: eager, compiled, or captured whole in CUDA graphs.
+
+``train.execution`` picks one of
+
+* ``eager``: plain PyTorch, one Python dispatch per kernel (the reference; every CPU run);
+* ``compiled``: ``torch.compile(model, dynamic=False)`` (Inductor fuses LayerNorm/GELU/residual kernels);
+* ``graphed``: the whole training step -- forward (text encoder included), loss, backward and the
+  accumulation of the gradients -- captured once per input shape in a CUDA graph and replayed;
+* ``compiled_graphed``: the compiled model inside that captured step (the fastest on a GPU);
+* ``auto`` (default): ``compiled_graphed`` on one CUDA device, ``eager`` on a CPU and under DDP.
+
+What is run is recorded in the run's ``config.json`` (``execution``: requested, chosen, why).
+
+**Static shapes, bounded.**  Every mode but ``eager`` sees only a small, fixed set of input shapes, so it
+compiles and captures a bounded number of times and never afterwards:
+
+* the batch dimension is always ``batch_size`` (evaluation: the evaluation batch size): a short last batch
+  is padded with copies of its first row that carry weight 0.  The loss is the weighted mean
+  ``sum(w_i * l_i) / sum(w_i)``, which equals the mean over the real rows, so padded rows contribute
+  nothing to the loss, the gradient or the predictions (samples never interact inside the model);
+* in padding-aware mode (``model.padding_aware``) the audio/vision (and precomputed text) inputs are cut,
+  on the CPU, to the smallest of ``len(LENGTH_LEVELS)`` levels (a fraction of the padded length, the same
+  fraction for every modality) that holds the batch's longest valid input: padding cannot change a valid
+  output there, so results are unchanged and the cost follows the real tokens.
+
+So a run sees at most ``len(LENGTH_LEVELS)`` training shapes (1 without padding-aware mode) and as many
+evaluation shapes.  Valid-length maxima come from the CPU batch: no host synchronisation inside a step.
+
+**Gradient accumulation** is the paper's (SPEC §9): the captured step adds its gradients into the
+parameters' ``.grad`` tensors (owned outside the graph, zeroed at the start of every window); the
+optimizer steps eagerly after the window's last batch; the partial window is never stepped.  Under
+``compiled_graphed``/``graphed`` the step uses ``torch.autograd.grad`` + ``_foreach_add_`` instead of
+``backward()`` so that the accumulation happens inside the graph, in place.
+
+**Exactness.**  With dropout off, fp32 losses and metrics equal the eager path up to float summation order
+(GPU test ``tests/test_execution_gpu.py``).  With dropout on, the masks are drawn from the same generator
+but in a different order (per captured graph), so runs agree in distribution, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gsit.errors import ConfigError
+
+EXECUTIONS = ("auto", "eager", "compiled", "graphed", "compiled_graphed")
+# padding-aware mode: an input is cut to the smallest level x padded length that holds every valid step
+LENGTH_LEVELS = (0.125, 0.25, 0.5, 1.0)
+WARMUP_STEPS = 2  # eager runs of a step on a side stream before its capture (lazy initialisation)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """What ``train.execution`` resolved to on this device, and why."""
+
+    requested: str
+    mode: str  # eager | compiled | graphed | compiled_graphed
+    reason: str
+
+    @property
+    def static(self) -> bool:
+        return self.mode != "eager"
+
+    @property
+    def compiled(self) -> bool:
+        return self.mode in ("compiled", "compiled_graphed")
+
+    @property
+    def graphed(self) -> bool:
+        return self.mode in ("graphed", "compiled_graphed")
+
+    def to_dict(self) -> dict[str, str]:
+        return {"requested": self.requested, "chosen": self.mode, "reason": self.reason}
+
+
+def resolve_execution(requested: str, *, device: torch.device, world: int = 1, legacy_compile: bool = False,
+                      deterministic: bool = False) -> Execution:
+    """The execution mode for ``requested`` on ``device`` (``world`` processes); an impossible explicit
+    request is an error, never a silent substitute."""
+    if requested not in EXECUTIONS:
+        raise ConfigError(f"train.execution={requested!r}; allowed: {list(EXECUTIONS)}")
+    cuda = device.type == "cuda"
+    if requested == "auto":
+        if legacy_compile:
+            return Execution(requested, "compiled", "train.compile=true (--compile) asks for torch.compile")
+        if not cuda:
+            return Execution(requested, "eager", f"device {device.type}: CUDA graphs need a GPU, and compiling "
+                             "for the CPU costs more than it saves on these model sizes")
+        if world > 1:
+            return Execution(requested, "eager", f"DDP over {world} processes: the captured step bypasses "
+                             "DDP's gradient hooks, so DDP runs eager (train.execution=compiled is allowed)")
+        return Execution(requested, "compiled_graphed", "one CUDA device: compiled model, whole step "
+                         "captured in CUDA graphs (the fastest exact execution)")
+    if requested in ("graphed", "compiled_graphed"):
+        if not cuda:
+            raise ConfigError(f"train.execution={requested!r} needs a CUDA device (device is {device}); "
+                              f"use 'eager' or 'compiled'")
+        if world > 1:
+            raise ConfigError(f"train.execution={requested!r} is single-process: under DDP ({world} "
+                              f"processes) use 'eager' or 'compiled'")
+    if deterministic and requested != "eager":
+        return Execution(requested, requested, "as requested (with --deterministic)")
+    return Execution(requested, requested, "as requested")
+
+
+# ----------------------------------------------------------------------------- static batches
+
+
+def padded_rows(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` padded to ``size`` with copies of its first row; weights 1 for real rows, 0 for copies."""
+    n = len(rows)
+    if n > size:
+        raise ValueError(f"a batch of {n} rows does not fit the static batch size {size}")
+    if n == 0:
+        raise ValueError("an empty batch cannot be padded")
+    idx = np.concatenate([rows, np.full(size - n, rows[0], dtype=rows.dtype)])
+    weights = np.zeros(size, dtype=np.float32)
+    weights[:n] = 1.0
+    return idx, weights
+
+
+def level_length(full: int, needed: int, levels: tuple[float, ...] = LENGTH_LEVELS) -> int:
+    """The smallest ``ceil(f * full)`` over ``levels`` that is >= ``needed`` (``full`` if none is)."""
+    for f in levels:
+        n = min(full, math.ceil(f * full))
+        if n >= needed:
+            return n
+    return full
+
+
+def cut_to_level(batch, *, modalities: tuple[str, ...], kernel_sizes: dict[str, int],
+                 levels: tuple[float, ...] = LENGTH_LEVELS):
+    """Padding-aware mode: cut the CPU batch's time axes to one shared length level (see module doc).
+    Text given as ``text_bert`` token rows (B, 3, L) is left whole (BERT runs on it first)."""
+    fraction = 0.0
+    for m in modalities:
+        x = batch.inputs[m]
+        if m == "text" and not x.is_floating_point():
+            continue
+        full = x.shape[1]
+        need = max(int(batch.lengths[m].max()) if len(batch.lengths[m]) else 0, int(kernel_sizes[m]))
+        fraction = max(fraction, next((f for f in levels if min(full, math.ceil(f * full)) >= need), 1.0))
+    for m in modalities:
+        x = batch.inputs[m]
+        if m == "text" and not x.is_floating_point():
+            continue
+        keep = level_length(x.shape[1], math.ceil(fraction * x.shape[1]), levels)
+        batch.inputs[m] = x[:, :keep]
+    return batch
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def row_losses(pred: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+    """(B,) per-row training loss: L1 on the score, or cross-entropy on the class."""
+    if task == "classification":
+        return F.cross_entropy(pred.float(), labels.long(), reduction="none")
+    return (pred.float().reshape(-1) - labels.float().reshape(-1)).abs()
+
+
+def modality_dropout_(inputs: dict[str, torch.Tensor], p: float) -> None:
+    """Training-time: zero each non-text modality of a sample with probability ``p`` (in place in the dict)."""
+    if p <= 0:
+        return
+    for m in ("audio", "vision"):
+        if m in inputs:
+            x = inputs[m]
+            keep = (torch.rand(x.shape[0], device=x.device) >= p).to(x.dtype)
+            inputs[m] = x * keep[:, None, None]
+
+
+def _is_capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def in_static_step() -> bool:
+    """True while a compiled graph is traced or a CUDA graph is captured: code on this path must not read
+    tensor values on the host (the model skips its own padding trim there; the executor has cut already)."""
+    return torch.compiler.is_compiling() or _is_capturing()
+
+
+@dataclass
+class _Captured:
+    graph: Any
+    inputs: dict[str, torch.Tensor]
+    lengths: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    weights: torch.Tensor
+    output: torch.Tensor
+
+
+class StepRunner:
+    """Runs training and prediction steps in one execution mode (``eager`` keeps today's eager loop).
+
+    ``train_batch(dataset, rows, scale)`` adds the gradient of ``scale`` x the batch's mean loss into the
+    parameters' ``.grad`` and returns the (unscaled) mean loss as a device scalar; ``predict(dataset, rows)``
+    returns the (len(rows), C) predictions on the device.  Shapes are made static as the module doc says."""
+
+    def __init__(self, model: torch.nn.Module, execution: Execution, *, task: str, batch_size: int,
+                 eval_batch_size: int, amp: str, modality_dropout: float, grad_clip: float,
+                 padding_aware: bool, modalities: tuple[str, ...], kernel_sizes: dict[str, int],
+                 device: torch.device, train_module: torch.nn.Module | None = None) -> None:
+        self.model = model
+        self.execution = execution
+        self.task = task
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.amp = amp
+        self.modality_dropout = modality_dropout
+        self.grad_clip = grad_clip
+        self.padding_aware = padding_aware
+        self.modalities = modalities
+        self.kernel_sizes = kernel_sizes
+        self.device = device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.train_module = train_module if train_module is not None else model  # DDP wrapper, if any
+        self.forward = self.train_module  # training forward (through DDP when there is one)
+        self.eval_forward = model  # prediction never goes through DDP (ranks hold uneven batch counts)
+        if execution.compiled:
+            _raise_recompile_limit(2 * len(LENGTH_LEVELS) + 4)
+            self.forward = torch.compile(self.train_module, dynamic=False)
+            self.eval_forward = (self.forward if self.train_module is model
+                                 else torch.compile(model, dynamic=False))
+        self._train_graphs: dict[tuple, _Captured] = {}
+        self._eval_graphs: dict[tuple, _Captured] = {}
+        self.captures = 0
+
+    # ----------------------------------------------------------------- helpers
+    def autocast(self):
+        if self.amp == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _cpu_batch(self, dataset, rows: np.ndarray, size: int | None):
+        if size is None:
+            return dataset.__getitems__(rows), None
+        idx, weights = padded_rows(np.asarray(rows), size)
+        batch = dataset.__getitems__(idx)
+        if self.padding_aware:
+            batch = cut_to_level(batch, modalities=self.modalities, kernel_sizes=self.kernel_sizes)
+        return batch, torch.from_numpy(weights)
+
+    # ----------------------------------------------------------------- training
+    def train_batch(self, dataset, rows: np.ndarray, scale: float = 1.0) -> torch.Tensor:
+        if not self.execution.static:
+            batch = dataset.__getitems__(rows).to(self.device)
+            modality_dropout_(batch.inputs, self.modality_dropout)
+            with self.autocast():
+                out = self.train_module(batch.inputs, batch.lengths)
+            loss = row_losses(out["prediction"], batch.labels, self.task).mean()
+            (loss * scale).backward()
+            self._clip()
+            return loss.detach()
+        batch, weights = self._cpu_batch(dataset, rows, self.batch_size)
+        if not self.execution.graphed:
+            batch = batch.to(self.device)
+            w = weights.to(self.device)
+            loss = self._weighted_loss(batch.inputs, batch.lengths, batch.labels, w)
+            (loss * scale).backward()
+            self._clip()
+            return loss.detach()
+        if scale != 1.0:
+            raise ValueError("a captured training step takes no loss scale (it is single-process)")
+        return self._replay(self._train_graphs, batch, weights, self._train_step, training=True)
+
+    def _weighted_loss(self, inputs, lengths, labels, weights) -> torch.Tensor:
+        inputs = dict(inputs)
+        modality_dropout_(inputs, self.modality_dropout)
+        with self.autocast():
+            out = self.forward(inputs, lengths)
+        per = row_losses(out["prediction"], labels, self.task)
+        return (per * weights).sum() / weights.sum()
+
+    def _clip(self) -> None:
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_value_(self.params, self.grad_clip)
+
+    def _train_step(self, c: _Captured) -> torch.Tensor:
+        loss = self._weighted_loss(c.inputs, c.lengths, c.labels, c.weights)
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        pairs = [(p.grad, g) for p, g in zip(self.params, grads) if g is not None]
+        torch._foreach_add_([a for a, _ in pairs], [g for _, g in pairs])
+        if self.grad_clip > 0:
+            acc = [p.grad for p in self.params]
+            torch._foreach_clamp_min_(acc, -self.grad_clip)
+            torch._foreach_clamp_max_(acc, self.grad_clip)
+        return loss.detach()
+
+    def ensure_grads(self) -> None:
+        """Allocate every parameter's ``.grad`` (zeros) before the first capture: the captured step adds
+        into these tensors, and they must never be replaced (``zero_grad(set_to_none=False)``)."""
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+    # ----------------------------------------------------------------- prediction
+    @torch.no_grad()
+    def predict(self, dataset, rows: np.ndarray) -> torch.Tensor:
+        n = len(rows)
+        if not self.execution.static:
+            batch = dataset.__getitems__(rows).to(self.device)
+            with self.autocast():
+                return self.model(batch.inputs, batch.lengths)["prediction"].float()
+        batch, weights = self._cpu_batch(dataset, rows, self.eval_batch_size)
+        if not self.execution.graphed:
+            batch = batch.to(self.device)
+            with self.autocast():
+                return self.eval_forward(batch.inputs, batch.lengths)["prediction"].float()[:n]
+        return self._replay(self._eval_graphs, batch, weights, self._eval_step, training=False)[:n]
+
+    def _eval_step(self, c: _Captured) -> torch.Tensor:
+        with torch.no_grad(), self.autocast():
+            return self.eval_forward(c.inputs, c.lengths)["prediction"].float()
+
+    # ----------------------------------------------------------------- CUDA graphs
+    def _replay(self, graphs: dict, batch, weights: torch.Tensor, step, *, training: bool) -> torch.Tensor:
+        key = (training, tuple((m, tuple(t.shape), t.dtype) for m, t in sorted(batch.inputs.items())))
+        c = graphs.get(key)
+        if c is None:
+            c = graphs[key] = self._capture(batch, weights, step, training=training)
+        else:
+            _copy_batch(c, batch, weights)
+        c.graph.replay()
+        return c.output
+
+    def _capture(self, batch, weights: torch.Tensor, step, *, training: bool) -> _Captured:
+        """Warm the step up on a side stream, then capture it.  Neither the gradients, the weights nor the
+        random streams see the warm-up or the capture: the accumulated gradients and the RNG states are
+        restored afterwards, so capturing mid-window changes nothing."""
+        dev = self.device
+        c = _Captured(None, {m: t.to(dev) for m, t in batch.inputs.items()},
+                      {m: t.to(dev) for m, t in batch.lengths.items()}, batch.labels.to(dev), weights.to(dev),
+                      torch.empty(0))
+        if training:
+            self.ensure_grads()
+        saved = [p.grad.clone() for p in self.params] if training else []
+        cpu_rng, cuda_rng = torch.get_rng_state(), torch.cuda.get_rng_state(dev)
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                step(c)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            c.output = step(c)
+        c.graph = graph
+        torch.cuda.synchronize(dev)
+        if training:
+            for p, s in zip(self.params, saved):
+                p.grad.copy_(s)
+        torch.set_rng_state(cpu_rng)
+        torch.cuda.set_rng_state(cuda_rng, dev)
+        self.captures += 1
+        return c
+
+
+    def graph_count(self) -> int:
+        """Compiled graphs (Dynamo, whole process) plus captured CUDA graphs so far: constant once every
+        shape of the run has been seen (no recompiles, no recaptures)."""
+        return (dynamo_graph_count() if self.execution.compiled else 0) + self.captures
+
+
+def _copy_batch(c: _Captured, batch, weights: torch.Tensor) -> None:
+    for m, t in batch.inputs.items():
+        c.inputs[m].copy_(t, non_blocking=True)
+    for m, t in batch.lengths.items():
+        c.lengths[m].copy_(t, non_blocking=True)
+    c.labels.copy_(batch.labels, non_blocking=True)
+    c.weights.copy_(weights, non_blocking=True)
+
+
+def _raise_recompile_limit(n: int) -> None:
+    """Dynamo keeps a few compiled graphs per code object; a run needs one per (shape, train/eval)."""
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name) and getattr(cfg, name) < n:
+            setattr(cfg, name, n)
+
+
+def dynamo_graph_count() -> int:
+    """How many graphs Dynamo has compiled so far in this process (recompiles included)."""
+    from torch._dynamo.utils import counters
+    return int(counters["stats"].get("unique_graphs", 0))

@@ -1,0 +1,168 @@
+"""Static-shape execution (gsit.execution) on the CPU: padded last batches and length levels change no
+loss, gradient, parameter or prediction; the resolution of ``train.execution`` refuses what cannot run.
+The compiled and CUDA-graphed steps themselves are checked on a GPU (tests/test_execution_gpu.py)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gsit import cli
+from gsit.build import build_model
+from gsit.config import load_config
+from gsit.data import make_synthetic
+from gsit.distributed import Dist
+from gsit.errors import ConfigError
+from gsit.evaluate import predict_split, split_dataset
+from gsit.execution import (
+    LENGTH_LEVELS,
+    Execution,
+    cut_to_level,
+    level_length,
+    padded_rows,
+    resolve_execution,
+)
+from gsit.train import make_optimizer, make_runner, train_epoch
+
+NO_DROPOUT = ["model.text_dropout=0.0", "model.embed_dropout=0.0", "model.attn_dropout=0.0"]
+TINY = ["model.d_model=8", "model.num_heads=2", "model.num_layers=1", *NO_DROPOUT]
+# the static path without compilation or graphs: the padding and length-level logic alone
+PADDED = Execution("test", "padded", "static shapes, eager (test)")
+EAGER = Execution("eager", "eager", "test")
+
+
+def _data():
+    # 44 training rows in batches of 8: the last batch has 4 rows and is padded to 8
+    return make_synthetic(n_train=44, n_valid=20, n_test=12, text_len=12, audio_len=24, vision_len=20, seed=3)
+
+
+def test_padded_rows_weights_and_errors():
+    idx, w = padded_rows(np.array([5, 2, 9]), 5)
+    assert idx.tolist() == [5, 2, 9, 5, 5] and w.tolist() == [1, 1, 1, 0, 0]
+    with pytest.raises(ValueError, match="does not fit"):
+        padded_rows(np.arange(6), 5)
+    with pytest.raises(ValueError, match="empty"):
+        padded_rows(np.array([], dtype=np.int64), 5)
+
+
+def test_level_length_picks_the_smallest_level_that_holds_the_valid_steps():
+    assert level_length(500, 40) == 63   # ceil(0.125 * 500)
+    assert level_length(500, 63) == 63
+    assert level_length(500, 64) == 125
+    assert level_length(500, 300) == 500
+    assert level_length(50, 50) == 50
+    # one level for all modalities: the most demanding modality decides
+    data = _data()
+    ds = split_dataset(data.splits["train"])
+    batch = ds.__getitems__(np.arange(8))
+    batch.lengths["audio"][:] = 3
+    batch.lengths["vision"][:] = 11   # needs 0.75 of 20 -> level 1.0
+    batch.lengths["text"][:] = 2
+    cut = cut_to_level(batch, modalities=("text", "vision", "audio"), kernel_sizes={"text": 1, "audio": 1,
+                                                                                    "vision": 1})
+    assert {m: t.shape[1] for m, t in cut.inputs.items()} == {"text": 12, "audio": 24, "vision": 20}
+    batch = ds.__getitems__(np.arange(8))
+    for m in batch.lengths:
+        batch.lengths[m][:] = 2
+    cut = cut_to_level(batch, modalities=("text", "vision", "audio"), kernel_sizes={"text": 1, "audio": 1,
+                                                                                    "vision": 1})
+    assert {m: t.shape[1] for m, t in cut.inputs.items()} == {"text": 2, "audio": 3, "vision": 3}
+    assert len(LENGTH_LEVELS) == 4  # the bound on shapes per run stated in the module docstring
+
+
+def _train_two_epochs(run, data, execution, seed=0):
+    torch.manual_seed(seed)
+    model = build_model(run, data)
+    opt = make_optimizer(run, model)
+    runner = make_runner(run, model, execution, task=data.task, ctx=Dist())
+    losses = [train_epoch(model, opt, data.splits["train"], run=run, seed=1, epoch=e, task=data.task,
+                          ctx=Dist(), runner=runner) for e in (1, 2)]
+    preds = predict_split(model, data.splits["valid"], run=run, ctx=Dist(), runner=runner)
+    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}, preds
+
+
+@pytest.mark.parametrize("extra", [
+    [],
+    ["model.padding_aware=true", "train.length_bucketing=true"],
+    ["train.update_epochs=2", "train.grad_clip=0.05", "train.eval_batch_size=7"],
+], ids=["paper", "padding-aware+bucketing", "window2+clip+eval7"])
+def test_static_shapes_change_no_loss_parameter_or_prediction(extra):
+    """The padded last batch (zero-weight copies) and the length levels give the eager path's losses,
+    parameters after two epochs and predictions, to float round-off."""
+    run = load_config("gsit", "synthetic", None, [*TINY, "train.batch_size=8", "train.update_epochs=1",
+                                                  *extra])
+    data = _data()
+    eager = _train_two_epochs(run, data, EAGER)
+    static = _train_two_epochs(run, data, PADDED)
+    np.testing.assert_allclose(static[0], eager[0], rtol=1e-5)
+    for k in eager[1]:
+        torch.testing.assert_close(static[1][k], eager[1][k], rtol=1e-5, atol=1e-6, msg=k)
+    np.testing.assert_allclose(static[2], eager[2], rtol=1e-5, atol=1e-6)
+
+
+def test_static_step_negative_control_a_weighted_padded_row_would_change_the_result():
+    """If padded rows carried weight, the result would differ: the equality above is not vacuous."""
+    import gsit.execution as ex
+    run = load_config("gsit", "synthetic", None, [*TINY, "train.batch_size=8", "train.update_epochs=1"])
+    data = _data()
+    eager = _train_two_epochs(run, data, EAGER)
+    real = ex.padded_rows
+    try:
+        ex.padded_rows = lambda rows, size: (real(rows, size)[0], np.ones(size, dtype=np.float32))
+        bad = _train_two_epochs(run, data, PADDED)
+    finally:
+        ex.padded_rows = real
+    assert abs(bad[0][0] - eager[0][0]) > 1e-4
+
+
+def test_resolve_execution_auto_and_refusals():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_execution("auto", device=cpu).mode == "eager"
+    assert resolve_execution("auto", device=gpu).mode == "compiled_graphed"
+    assert resolve_execution("auto", device=gpu, world=2).mode == "eager"
+    assert resolve_execution("auto", device=cpu, legacy_compile=True).mode == "compiled"
+    assert resolve_execution("compiled", device=cpu).mode == "compiled"
+    for mode in ("graphed", "compiled_graphed"):
+        with pytest.raises(ConfigError, match="needs a CUDA device"):
+            resolve_execution(mode, device=cpu)
+        with pytest.raises(ConfigError, match="single-process"):
+            resolve_execution(mode, device=gpu, world=2)
+    with pytest.raises(ConfigError, match="train.execution='fast'"):
+        resolve_execution("fast", device=cpu)
+
+
+def test_train_records_the_execution_in_config_json(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--seeds", "1", "model.d_model=8",
+                     "model.num_heads=2", "model.num_layers=1", "train.max_epochs=1"]) == 0
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["execution"]["requested"] == "auto" and cfg["execution"]["chosen"] == "eager"
+    assert "cpu" in cfg["execution"]["reason"]
+    # resuming compares the settings, not the recorded resolution
+    assert cli.main(["train", "--quiet", "--resume", str(run_dir), "--seeds", "1", "model.d_model=8",
+                     "model.num_heads=2", "model.num_layers=1", "train.max_epochs=1"]) == 0
+
+
+def test_execution_setting_is_validated(tmp_path, capsys):
+    assert cli.main(["train", "--quiet", "--run-dir", str(tmp_path / "r"), "train.execution=fast"]) == 2
+    assert "train.execution" in capsys.readouterr().err
+    assert cli.main(["train", "--quiet", "--device", "cpu", "--run-dir", str(tmp_path / "r2"),
+                     "train.execution=graphed"]) == 2
+    assert "CUDA" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
+
+
+def test_copy_of_model_unaffected():  # the runner never replaces parameters or their storage
+    run = load_config("gsit", "synthetic", None, [*TINY, "train.batch_size=8"])
+    data = _data()
+    model = build_model(run, data)
+    before = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    ref = copy.deepcopy(model)
+    make_runner(run, model, PADDED, task=data.task, ctx=Dist())
+    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == before
+    for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), k
