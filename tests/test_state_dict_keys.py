@@ -27,11 +27,11 @@ BUILDERS = {
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_state_dict_keys_equal_the_recorded_pre_move_keys(name):
     model = BUILDERS[name]()
-    got = [[k, list(v.shape)] for k, v in model.state_dict().items()]
+    got = [f"{k} {tuple(v.shape)}" for k, v in model.state_dict().items()]
     assert got == RECORDED[name]
-    # and a state_dict with exactly those names loads strictly into a fresh model
-    fresh = BUILDERS[name]()
-    fresh.load_state_dict({k: torch.zeros(shape) for k, shape in RECORDED[name]}, strict=True)
+    # and a state_dict with exactly those names and shapes loads strictly into a fresh model
+    recorded = {k: torch.zeros(v.shape) for k, v in model.state_dict().items()}
+    BUILDERS[name]().load_state_dict(recorded, strict=True)
 
 
 def test_mult_fusion_is_the_models_fusion_and_registers_each_parameter_once():
