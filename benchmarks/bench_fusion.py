@@ -78,19 +78,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from gsit.attention import check_backend
+from gsit.data.spec import DATASETS
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout
+from gsit.models.gsit import GraphFusion
+from gsit.models.mult import MulTConfig, MulTFusion
+from gsit.models.registry import model_class
 
 CSV_COLUMNS = ("gpu", "torch", "triton", "cudnn", "cuda", "model", "backend", "mode", "dataset", "batch",
                "length_mult", "dtype", "padding", "n_tokens", "check_rel_err", "status", "median_ms",
                "p10_ms", "p90_ms", "peak_mem_mb", "compile_s", "note")
 
 GSIT_MODALITIES = ("text", "vision", "audio")  # GsiTConfig's default concatenation order
-# conv-output lengths (raw padded length - kernel 5 + 1), in GSIT_MODALITIES order
-DATASET_LENGTHS = {"mosi": (46, 496, 371), "mosei": (46, 496, 496)}
-# the padding experiment: MOSI raw padded lengths and realistic mean valid lengths per modality
-MOSI_RAW_MAX = (50, 500, 375)
-MOSI_RAW_MEAN = (14, 42, 38)
 CONV_KERNEL = 5
+# conv-output lengths (raw padded length - kernel 5 + 1: mosi (46, 496, 371), mosei (46, 496, 496)), in
+# GSIT_MODALITIES order, from the dataset table
+DATASET_LENGTHS = {name: tuple(DATASETS[name].shapes[m][0] - CONV_KERNEL + 1 for m in GSIT_MODALITIES)
+                   for name in ("mosi", "mosei")}
+# the padding experiment: MOSI raw padded lengths (50, 500, 375) and realistic mean valid lengths per modality
+MOSI_RAW_MAX = tuple(DATASETS["mosi"].shapes[m][0] for m in GSIT_MODALITIES)
+MOSI_RAW_MEAN = (14, 42, 38)
 GAMMA_SHAPE = 2.0
 
 BACKENDS = ("reference", "pairs", "flex", "triton")  # GsiT attention backends, registry names
@@ -147,46 +154,35 @@ class Job:
 
 
 # --------------------------------------------------------------------------- the modules
-class MulTFusion(nn.Module):
-    """MulT's fusion block exactly as ``MulT.forward`` runs it after the conv front end: for every modality
-    q, its cross encoders (queries q, keys/values k) in config order, concatenated, through q's mem encoder;
-    the last step of each mem output, concatenated -> (B, 6d).  Takes the concatenated ``x`` (B, N, d) and
-    the layout so both models share one signature; ``valid`` is ignored (MulT reads padding)."""
+class SegmentedMulTFusion(nn.Module):
+    """:class:`gsit.models.mult.MulTFusion` behind GraphFusion's signature: the concatenated ``x`` (B, N, d)
+    is cut into its modality segments by ``layout``; ``valid`` is ignored (MulT reads padding)."""
 
-    def __init__(self, mult) -> None:
+    def __init__(self, fusion: MulTFusion) -> None:
         super().__init__()
-        self.modalities = mult.modalities
-        self.cross = mult.cross
-        self.mem = mult.mem
+        self.fusion = fusion
 
     def forward(self, x: torch.Tensor, layout: SequenceLayout,
                 valid: torch.Tensor | None = None) -> torch.Tensor:
         seg = {m: x[:, layout.segment(i)] for i, m in enumerate(layout.modalities)}  # m -> (B, T_m, d)
-        last = []
-        for q in self.modalities:
-            # (B, T_q, d) each
-            crossed = [self.cross[f"{q}->{k}"](seg[q], seg[k]) for k in self.modalities if k != q]
-            h = self.mem[q](torch.cat(crossed, dim=-1))  # (B, T_q, 2d)
-            last.append(h[:, -1])  # (B, 2d)
-        return torch.cat(last, dim=-1)  # (B, 6d)
+        return self.fusion(seg)  # (B, 6d)
 
 
 def build_fusion(model: str, backend: str, cfg: BenchConfig) -> nn.Module:
-    """A fusion block in fp32 on CPU with weights that depend only on (model, seed), in eval mode."""
+    """A fusion block in fp32 on CPU with weights that depend only on (model, seed), in eval mode:
+    GsiT's :class:`GraphFusion`, or the fusion of the registry's ``mult`` model (built whole, as before)."""
     torch.manual_seed(cfg.seed)
     if model == "gsit":
-        from gsit.models.gsit import GraphFusion
         module = GraphFusion(modalities=GSIT_MODALITIES, d_model=cfg.d_model, num_heads=cfg.num_heads,
                              num_layers=cfg.num_layers, share_layers=True, structure="original",
                              embed_dropout=0.0, attn_dropout=0.0, relu_dropout=0.0, res_dropout=0.0,
                              attention_semantics="paper", attention_backend=backend)
     elif model == "mult":
-        from gsit.models.mult import MulT, MulTConfig
         mcfg = MulTConfig(d_model=cfg.d_model, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
                           share_layers=True, causal=True, positional=False, attn_dropout=0.0,
                           attn_dropout_a=0.0, attn_dropout_v=0.0, relu_dropout=0.0, res_dropout=0.0,
                           embed_dropout=0.0, text_dropout=0.0, output_dropout=0.0)
-        module = MulTFusion(MulT(mcfg))
+        module = SegmentedMulTFusion(model_class("mult")(mcfg).fusion)
     else:
         raise ValueError(f"unknown model {model!r}; known: gsit, mult")
     return module.eval()
@@ -194,7 +190,10 @@ def build_fusion(model: str, backend: str, cfg: BenchConfig) -> nn.Module:
 
 # --------------------------------------------------------------------------- inputs
 @dataclass
-class Batch:
+class BenchInputs:
+    """One timed batch of the fusion block's inputs (not gsit.data.Batch: no labels; a fixed upstream
+    gradient)."""
+
     layout: SequenceLayout
     x: torch.Tensor                 # (B, N, d) fp32 on the device
     upstream: torch.Tensor          # (B, M * 2d) fp32
@@ -206,7 +205,7 @@ class Batch:
 class Case:
     """The inputs shared by every variant of one (model-independent) configuration."""
     key: tuple
-    batches: list[Batch]
+    batches: list[BenchInputs]
 
 
 def scaled_lengths(lengths: tuple[int, ...], mult: int, scale: int) -> tuple[int, ...]:
@@ -226,7 +225,7 @@ def grid_case(dataset: str, batch: int, mult: int, cfg: BenchConfig) -> Case:
     x = torch.cat([_randn((cb, n, d), seed), _randn((batch - cb, n, d), seed + 1)])
     g = torch.cat([_randn((cb, out_dim), seed + 2), _randn((batch - cb, out_dim), seed + 3)])
     return Case(("grid", dataset, mult, layout.lengths),
-                [Batch(layout, x.to(cfg.device), g.to(cfg.device), None, batch * n)])
+                [BenchInputs(layout, x.to(cfg.device), g.to(cfg.device), None, batch * n)])
 
 
 def sample_valid_lengths(n: int, cfg: BenchConfig) -> np.ndarray:
@@ -264,7 +263,7 @@ def padding_cases(cfg: BenchConfig) -> dict[str, Case]:
                 layout = SequenceLayout(GSIT_MODALITIES, keep)
                 x = torch.cat([x_all[idx][:, full.segment(m)][:, :keep[m]] for m in range(len(keep))], dim=1)
             valid = None if padding == "padded" else vl.to(cfg.device)
-            batches.append(Batch(layout, x.to(cfg.device), g_all[idx].to(cfg.device), valid,
+            batches.append(BenchInputs(layout, x.to(cfg.device), g_all[idx].to(cfg.device), valid,
                                  int(vl.clamp(max=torch.tensor(layout.lengths)).sum())))
         cases[padding] = Case(("padding", padding), batches)
     return cases
@@ -279,7 +278,7 @@ def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return (got - ref).norm().item() / denom if denom > 0 else (got - ref).norm().item()
 
 
-def run_oracle(model: str, batch: Batch, cb: int, cfg: BenchConfig, *, backend: str = "reference"
+def run_oracle(model: str, batch: BenchInputs, cb: int, cfg: BenchConfig, *, backend: str = "reference"
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 eager output and input gradient of the first ``cb`` samples (GsiT: the dense reference backend
     unless told otherwise; MulT: the math SDPA kernel)."""
@@ -327,7 +326,9 @@ def _zero_grads(module: nn.Module, x: torch.Tensor) -> None:
     x.grad = None
 
 
-def make_runner(mode: str, module: nn.Module, batch: Batch, dtype: torch.dtype, cfg: BenchConfig) -> Runner:
+def make_runner(
+    mode: str, module: nn.Module, batch: BenchInputs, dtype: torch.dtype, cfg: BenchConfig
+) -> Runner:
     x = batch.x.to(dtype).detach().requires_grad_(True)  # static input
     g = batch.upstream.to(dtype)
     layout, valid = batch.layout, batch.valid
@@ -491,7 +492,9 @@ def plan(cfg: BenchConfig) -> list[Job]:
                                 tier = 5
                             elif mult == cfg.mults[0]:
                                 tier = 2 if mode == "compile_cudagraph" else 2.5
-                            elif backend == "triton" and mode == "compile_cudagraph" and mult == cfg.mults[-1]:
+                            elif (
+                                backend == "triton" and mode == "compile_cudagraph" and mult == cfg.mults[-1]
+                            ):
                                 tier = 3
                             else:
                                 tier = 5
@@ -518,10 +521,8 @@ def plan(cfg: BenchConfig) -> list[Job]:
 
 
 # --------------------------------------------------------------------------- one row
-def _backend_refusal(job: Job, batch: Batch, dtype: torch.dtype, cfg: BenchConfig) -> str | None:
+def _backend_refusal(job: Job, batch: BenchInputs, dtype: torch.dtype, cfg: BenchConfig) -> str | None:
     """``check`` of the backend on the attention inputs the fusion block will give it (both widths)."""
-    from gsit.attention import _common_checks, get_backend
-    impl = get_backend(job.backend)
     fwd, bwd = ModalGraph.structure("original", GSIT_MODALITIES)
     reasons: list[str] = []
     B, n = batch.x.shape[0], batch.layout.total
@@ -530,7 +531,7 @@ def _backend_refusal(job: Job, batch: Batch, dtype: torch.dtype, cfg: BenchConfi
         hd = width // cfg.num_heads
         q = torch.empty(B, cfg.num_heads, n, hd, device=cfg.device, dtype=dtype, requires_grad=True)
         mask = GraphMask(graph, batch.layout, batch.valid)
-        for r in _common_checks(q, q, q, mask) + impl.check(q, q, q, mask, dropout_p=0.0):
+        for r in check_backend(job.backend, q, q, q, mask, dropout_p=0.0):
             if r not in reasons:
                 reasons.append(r)
     return "; ".join(reasons) if reasons else None
@@ -543,7 +544,7 @@ def _cleanup(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def run_job(job: Job, case: Case, oracle: Callable[[Batch], tuple], cfg: BenchConfig) -> dict:
+def run_job(job: Job, case: Case, oracle: Callable[[BenchInputs], tuple], cfg: BenchConfig) -> dict:
     dtype = DTYPES[job.dtype]
     cuda = str(cfg.device).startswith("cuda")
     first = case.batches[0]
@@ -636,7 +637,7 @@ class Oracles:
         if model == "gsit" and reference_bytes(cb, n, cfg.num_heads) > memory_budget(cfg):
             backend, note = "pairs", "oracle: pairs backend fp32 (the dense reference does not fit)"
 
-        def oracle(batch: Batch):
+        def oracle(batch: BenchInputs):
             key = (model, case.key, cb, backend)
             if key not in self.cache:
                 if len(self.cache) > 8:

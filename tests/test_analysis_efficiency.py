@@ -56,7 +56,11 @@ def test_thop_rules_count_modules_per_call_and_skip_functional_ops():
             return self.fc(h)
 
     c = count_thop_macs(Toy(), {"x": torch.randn(2, 10, 3)})
-    assert c["by_type"] == {"Conv1d": 2 * 6 * 4 * 3 * 5, "LayerNorm": 3 * 4 * 2 * 6 * 4, "Linear": 2 * 6 * 6 * 4}
+    assert c["by_type"] == {
+        "Conv1d": 2 * 6 * 4 * 3 * 5,
+        "LayerNorm": 3 * 4 * 2 * 6 * 4,
+        "Linear": 2 * 6 * 6 * 4,
+    }
     assert c["by_part"] == {"front_end": 2 * 6 * 4 * 3 * 5, "fusion": 3 * 4 * 48, "head": 2 * 6 * 6 * 4}
 
 

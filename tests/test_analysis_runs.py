@@ -23,7 +23,15 @@ from gsit.analysis.ablate import (
 from gsit.data.synthetic import make_synthetic, write_mmsa_pickle
 from gsit.errors import GsitError
 
-TINY = {"n_train": 300, "n_valid": 80, "n_test": 80, "text_len": 12, "audio_len": 16, "vision_len": 16, "seed": 0}
+TINY = {
+    "n_train": 300,
+    "n_valid": 80,
+    "n_test": 80,
+    "text_len": 12,
+    "audio_len": 16,
+    "vision_len": 16,
+    "seed": 0,
+}
 TINY_OVERRIDES = ("model.d_model=16", "train.max_epochs=8")
 
 
@@ -76,7 +84,9 @@ def test_ablate_generated_synthetic_data_defaults_to_the_recall_task(tmp_path):
     assert synthetic_task_overrides("synthetic", None, (), str(cfg)) == []
     cfg.write_text("[train]\nmax_epochs = 1\n")
     assert synthetic_task_overrides("synthetic", None, (), str(cfg)) == recall
-    data = load_run_data(load_config("gsit", "synthetic", overrides=recall + ["data.synthetic_recall_keys=3"]).data)
+    data = load_run_data(
+        load_config("gsit", "synthetic", overrides=recall + ["data.synthetic_recall_keys=3"]).data
+    )
     assert "task=recall, keys=3" in data.source
     assert "task" not in load_run_data(load_config("gsit", "synthetic").data).source  # gsit train: unchanged
     with pytest.raises(GsitError, match="synthetic_task"):
@@ -86,14 +96,29 @@ def test_ablate_generated_synthetic_data_defaults_to_the_recall_task(tmp_path):
 def test_ablate_table_layout(ablation):
     out = Path(ablation["out"])
     metrics = ablation["metrics"]
-    assert metrics == ["Has0_acc_2", "Non0_acc_2", "Has0_F1_score", "Non0_F1_score", "Mult_acc_7", "MAE", "Corr"]
+    assert metrics == [
+        "Has0_acc_2",
+        "Non0_acc_2",
+        "Has0_F1_score",
+        "Non0_F1_score",
+        "Mult_acc_7",
+        "MAE",
+        "Corr",
+    ]
     with open(out / "ablation.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["variant"] for r in rows] == ["original", "text_only"]
     assert all(r["n_seeds"] == "2" for r in rows)
-    assert set(rows[0]) == {"variant", "model", "n_seeds"} | {f"{m}_{s}" for m in metrics for s in ("mean", "std")}
+    assert set(rows[0]) == {"variant", "model", "n_seeds"} | {
+        f"{m}_{s}" for m in metrics for s in ("mean", "std")
+    }
     md = (out / "ablation.md").read_text()
-    assert "| Variant | Has0_acc_2 |" in md and "| Original |" in md and "| Text-only control |" in md and " ± " in md
+    assert (
+        "| Variant | Has0_acc_2 |" in md
+        and "| Original |" in md
+        and "| Text-only control |" in md
+        and " ± " in md
+    )
     for v in ("original", "text_only"):
         assert json.loads((out / v / "variant.json").read_text())["variant"] == v
         assert (out / v / "results.json").is_file()
@@ -184,16 +209,18 @@ def test_dropped_from_graph_restores_and_isolates_modality(seed):
     model = GsiT(cfg).eval()
     x = {"text": torch.randn(2, 9, 6), "vision": torch.randn(2, 10, 5), "audio": torch.randn(2, 11, 4)}
     before = model(x)["prediction"]
-    graphs = (model.fusion.forward_graph, model.fusion.backward_graph, model.fusion.self_graph)
+    graphs = dict(model.graphs)
     with dropped_from_graph(model, ("audio",)):
-        assert all(("audio" not in e) for g in (model.fusion.forward_graph, model.fusion.backward_graph,
-                                                 model.fusion.self_graph) for e in g.edges)
+        assert model.graphs == graphs  # nothing is swapped on the model: the graphs go in as an argument
         a = model(x)["prediction"]
         x2 = dict(x, audio=torch.randn(2, 11, 4) * 10)
         b = model(x2)["prediction"]
         assert torch.allclose(a, b, atol=1e-6)  # nothing of audio reaches the prediction
-    assert (model.fusion.forward_graph, model.fusion.backward_graph, model.fusion.self_graph) == graphs
-    assert not model.head_hidden._forward_pre_hooks
+        # the same result through the argument itself (the head's audio block zeroed by the hook)
+        dropped = {n: g.without(("audio",)) for n, g in graphs.items()}
+        assert all("audio" not in e for g in dropped.values() for e in g.edges)
+    assert model.graphs == graphs
+    assert not model.head_hidden._forward_pre_hooks and not model._forward_pre_hooks
     assert torch.allclose(model(x)["prediction"], before)
 
 
@@ -261,7 +288,7 @@ def test_report_variant_from_config_diff(tmp_path):
     assert variant_of(tmp_path, load_config("gsit", "synthetic").to_dict()) == "default"
 
 
-# ----------------------------------------------------------------------------- slow: the default synthetic task
+# ------------------------------------------------------------------------ slow: the default synthetic task
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""``gsit tune``: search-space parsing, the sealed test split, and an end-to-end study on a tiny synthetic task
-whose test split is instrumented to prove it is read only after the final phase starts."""
+"""``gsit tune``: search-space parsing, the sealed test split, and an end-to-end study on a tiny synthetic
+task whose test split is instrumented to prove it is read only after the final phase starts."""
 
 from __future__ import annotations
 
@@ -11,11 +11,19 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from gsit.analysis.tune import SealedSplit, parse_space, search_view, toml_value, tune
-from gsit.data.synthetic import make_synthetic
-from gsit.errors import ConfigError, GsitError
+from gsit.analysis.tune import SealedSplit, parse_space, search_view, toml_value, tune  # noqa: E402
+from gsit.data.synthetic import make_synthetic  # noqa: E402
+from gsit.errors import ConfigError, GsitError  # noqa: E402
 
-TINY = {"n_train": 120, "n_valid": 40, "n_test": 40, "text_len": 10, "audio_len": 12, "vision_len": 12, "seed": 0}
+TINY = {
+    "n_train": 120,
+    "n_valid": 40,
+    "n_test": 40,
+    "text_len": 10,
+    "audio_len": 12,
+    "vision_len": 12,
+    "seed": 0,
+}
 
 
 class RecordingSplit:
@@ -42,15 +50,23 @@ def test_parse_space_nested_toml_and_errors(tmp_path):
     space = load_space(p)
     assert space == {"model.d_model": {"type": "categorical", "choices": [16, 32]},
                      "train.learning_rate_other": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
-    for bad, msg in (({"model": {"d_model": {"type": "gauss"}}}, "type"),
-                     ({"model": {"d_model": {"type": "int", "low": 5, "high": 2}}}, "low < high"),
-                     ({"model": {"d_model": {"type": "categorical", "choices": []}}}, "non-empty"),
-                     ({"train": {"learning_rate_other": {"type": "float", "low": 0, "high": 1, "log": True}}},
-                      "log scale"),
-                     ({"model": {"d_model": {"type": "int", "low": 1, "high": 2, "bogus": 1}}}, "unknown keys")):
+    for bad, msg in (
+        ({"model": {"d_model": {"type": "gauss"}}}, "type"),
+        ({"model": {"d_model": {"type": "int", "low": 5, "high": 2}}}, "low < high"),
+        ({"model": {"d_model": {"type": "categorical", "choices": []}}}, "non-empty"),
+        (
+            {"train": {"learning_rate_other": {"type": "float", "low": 0, "high": 1, "log": True}}},
+            "log scale",
+        ),
+        ({"model": {"d_model": {"type": "int", "low": 1, "high": 2, "bogus": 1}}}, "unknown keys"),
+    ):
         with pytest.raises(ConfigError, match=msg):
             parse_space(bad)
-    assert toml_value("self_only") == '"self_only"' and toml_value(True) == "true" and toml_value(1e-05) == "1e-05"
+    assert (
+        toml_value("self_only") == '"self_only"'
+        and toml_value(True) == "true"
+        and toml_value(1e-05) == "1e-05"
+    )
 
 
 def test_sealed_split_refuses_every_use():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from gsit.attention import UnsupportedInput, available_backends, graph_attention
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout
-from gsit.models.layers import GraphEncoder
+from gsit.models.gsit import GraphEncoder
 
 T, V, A = "text", "vision", "audio"
 TVA = (T, V, A)
@@ -102,7 +102,7 @@ def test_attention_query_block_without_keys_returns_zeros(backend):
     assert out[:, :, layout.segment(0)].abs().sum() > 0
     for t in (out, dq, dk, dv):
         assert torch.isfinite(t).all()
-    torch.testing.assert_close(out, per_pair_attention(q, k, v, layout, graph, 8 ** -0.5), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, per_pair_attention(q, k, v, layout, graph, 8**-0.5), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -113,17 +113,17 @@ def test_attention_zero_length_segment_is_supported(backend):
     out, *grads = run(backend, q, k, v, GraphMask(graph, layout), torch.randn(1, 2, layout.total, 8))
     assert (out[:, :, :4] == 0).all()
     assert all(torch.isfinite(g).all() for g in grads)
-    torch.testing.assert_close(out, per_pair_attention(q, k, v, layout, graph, 8 ** -0.5), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, per_pair_attention(q, k, v, layout, graph, 8**-0.5), atol=1e-5, rtol=1e-5)
 
 
-# --------------------------------------------------------------------------- the paper's decomposition theorem
+# ----------------------------------------------------------------------- the paper's decomposition theorem
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("graph_name", ["forward", "backward", "self", "bidirectional"])
 def test_masked_attention_equals_per_pair_cross_modal_attention(backend, graph_name, seed):
     graph = ModalGraph.named(graph_name)
     q, k, v = make_qkv(2, 2, RAGGED.total, 8, grad=False)
     out = graph_attention(q, k, v, GraphMask(graph, RAGGED), backend=backend)
-    torch.testing.assert_close(out, per_pair_attention(q, k, v, RAGGED, graph, 8 ** -0.5), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, per_pair_attention(q, k, v, RAGGED, graph, 8**-0.5), atol=1e-5, rtol=1e-5)
 
 
 def hand_written_encoder(enc: GraphEncoder, x: torch.Tensor, layout: SequenceLayout, graph: ModalGraph,
@@ -156,7 +156,8 @@ def test_graph_encoder_equals_hand_written_per_pair_layers(graph_name, seed):
     outs = {}
     for backend in BACKENDS:
         torch.manual_seed(1)  # identical weights for both backends
-        enc = GraphEncoder(d_model=16, num_heads=2, num_layers=3, share_layers=True, backend=backend).eval()
+        enc = GraphEncoder(d_model=16, num_heads=2, num_layers=3, share_layers=True,
+                           attention_backend=backend).eval()
         outs[backend] = enc(x, GraphMask(graph, layout))
     expected = hand_written_encoder(enc, x, layout, graph, num_heads=2)
     torch.testing.assert_close(outs["reference"], expected, atol=1e-5, rtol=1e-5)

@@ -24,8 +24,7 @@ pytest.importorskip("triton")
 from gsit.attention import UnsupportedInput, get_backend, graph_attention  # noqa: E402
 from gsit.attention.reference import attention_weights  # noqa: E402
 from gsit.attention.triton import check  # noqa: E402
-from gsit.attention.triton.function import (  # noqa: E402
-    TileConfig, dropout_keep_mask, fused_graph_attention, small_tiles)
+from gsit.attention.triton.function import TileConfig, dropout_keep_mask, fused_graph_attention, small_tiles  # noqa: E402
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout  # noqa: E402
 
 DEVICE = "cuda" if _ON_GPU else "cpu"
@@ -66,7 +65,9 @@ def _compare(q, k, v, mask, *, fn=None, scale=None, atol=ATOL, rtol=RTOL, seed=1
     torch.testing.assert_close(out.float(), r_out, atol=atol, rtol=rtol)
     for name, g, rg in zip("qkv", grads, r_grads):
         assert torch.isfinite(g).all(), f"d{name} not finite"
-        torch.testing.assert_close(g.float(), rg.float(), atol=atol, rtol=rtol, msg=lambda m: f"d{name}: {m}")
+        torch.testing.assert_close(
+            g.float(), rg.float(), atol=atol, rtol=rtol, msg=lambda m, name=name: f"d{name}: {m}"
+        )
     return out, grads
 
 
@@ -348,3 +349,42 @@ def test_pack_and_key_sets_round_trip():
         adj, lengths, tiles = F._pack(ln)
         assert F._key_sets(adj, 4) == key_sets and tuple(lengths) == (3, 4, 5, 6)
         assert F.TileConfig(*tiles) == F.INTERPRETER_TILES
+
+
+# ------------------------------------------------------------------------------ the two autograd routes
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+def test_eager_and_custom_op_routes_agree(dropout_p):
+    """Eager calls run ``_EagerFunction``, compiled graphs the ``gsit::graph_attention_fwd/bwd`` custom
+    operators: called directly on the same launch (padding, dropout with one seed), their outputs and
+    dq/dk/dv are identical."""
+    from gsit.attention.triton import function as fn
+    mask = _mask("forward", MODS3, (5, 9, 7), valid=[[5, 9, 7], [3, 4, 6]])
+    q, k, v = _qkv(2, 2, 21, 16, seed=5)
+    do = _qkv(2, 2, 21, 16, seed=6)[0].detach()
+    seed = torch.tensor([11], dtype=torch.int64, device=DEVICE) if dropout_p else None
+    lengths = mask.layout.lengths
+    ln = fn._Launch(mask.graph.key_sets, lengths, None, 0.25, dropout_p, seed,
+                    fn.default_config(16, q.dtype, q.device, lengths))
+    vl = fn._valid_lengths(mask, lengths, q.device)
+    eager = fn._graph_attention_op(q, k, v, vl, ln)  # not compiling: the autograd.Function route
+    eager_grads = torch.autograd.grad(eager, (q, k, v), do)
+    adj, lens, tiles = fn._pack(ln)
+    op, _ = fn._fwd_op(q, k, v, vl, adj, lens, 0.25, dropout_p, seed, tiles)
+    op_grads = torch.autograd.grad(op, (q, k, v), do)
+    torch.testing.assert_close(op, eager, rtol=0, atol=0)
+    for a, b in zip(op_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_triton_options_go_through_the_one_public_entry():
+    """``graph_attention(..., backend="triton", seed=, config=)`` is the public entry; the old name is the
+    same call; options a backend does not declare are refused by name."""
+    mask = _mask("forward", MODS3, (3, 4, 5))
+    q, k, v = [t.detach() for t in _qkv(1, 2, 12, 16, seed=21)]
+    a = graph_attention(q, k, v, mask, backend="triton", dropout_p=0.5, seed=7, config=small_tiles())
+    b = fused_graph_attention(q, k, v, mask, dropout_p=0.5, seed=7, config=small_tiles())
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"'pairs' takes no options \['seed'\]"):
+        graph_attention(q, k, v, mask, backend="pairs", seed=7)
+    with pytest.raises(UnsupportedInput, match="sequence length 11 != layout total 12"):
+        fused_graph_attention(q[:, :, :11], k[:, :, :11], v[:, :, :11], mask)

@@ -179,11 +179,11 @@ def _benchmark():  # pragma: no cover - manual
         q, k, v = (t.requires_grad_() for t in (q, k, v))
         for backend in ("triton", "pairs", "flex", "reference"):
             try:
-                def fwd():
+                def fwd(q=q, k=k, v=v, mask=mask, backend=backend):
                     with torch.no_grad():
                         graph_attention(q, k, v, mask, backend=backend)
 
-                def fb():
+                def fb(q=q, k=k, v=v, mask=mask, backend=backend, do=do):
                     torch.autograd.grad(graph_attention(q, k, v, mask, backend=backend), (q, k, v), do)
                 tf, tb = _time_ms(fwd), _time_ms(fb)
             except Exception as exc:  # e.g. flex missing

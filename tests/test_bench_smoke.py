@@ -4,10 +4,9 @@ MulT.  It checks the plumbing (correctness-first rows, CSV columns, statuses), n
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
-
-from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

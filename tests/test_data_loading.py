@@ -18,11 +18,9 @@ from gsit.data import (
     MultimodalData,
     Split,
     SplitDataset,
-    collate,
     load_converted,
     load_dataset,
     load_mmsa,
-    make_loader,
     make_synthetic,
     save_converted,
     validate,
@@ -531,7 +529,8 @@ def test_property_loader_round_trip(layout):
             assert ((0 <= s.text_lengths) & (s.text_lengths <= layout["L"])).all()
         back = load_dataset(save_converted(data, Path(td) / "conv"))
         _assert_same(data, back)
-        batch = next(iter(make_loader(back.splits["test"], batch_size=3, shuffle=True, seed=1)))
+        test = back.splits["test"]
+        batch = SplitDataset(test).__getitems__(np.random.default_rng(1).permutation(len(test))[:3])
         assert batch.inputs["audio"].shape[1:] == (layout["Ta"], layout["Da"])
         assert batch.inputs["text"].dtype == (torch.long if bert else torch.float32)
 
@@ -558,12 +557,10 @@ def synth():
     )
 
 
-def test_loader_shapes_dtypes_and_index(synth):
+def test_getitems_shapes_dtypes_and_index(synth):
     split = synth.splits["train"]
-    batches = list(make_loader(split, batch_size=16, shuffle=False, seed=0))
-    assert [len(b) for b in batches] == [16, 16, 16, 2]
-    b = batches[1]
-    assert isinstance(b, Batch)
+    b = SplitDataset(split).__getitems__(range(16, 32))
+    assert isinstance(b, Batch) and len(b) == 16
     assert b.inputs["text"].shape == (16, 6, 5) and b.inputs["text"].dtype == torch.float32
     assert b.inputs["audio"].shape == (16, 7, 3) and b.inputs["vision"].shape == (16, 8, 4)
     assert all(v.dtype == torch.long and v.shape == (16,) for v in b.lengths.values())
@@ -572,34 +569,21 @@ def test_loader_shapes_dtypes_and_index(synth):
     np.testing.assert_array_equal(b.inputs["audio"].numpy(), split.audio[16:32])
     np.testing.assert_array_equal(b.lengths["vision"].numpy(), split.vision_lengths[16:32])
     assert split.ids[b.index.numpy()].tolist() == split.ids[16:32].tolist()
-    assert len(list(make_loader(split, batch_size=16, shuffle=False, seed=0, drop_last=True))) == 3
+    with pytest.raises(IndexError, match="out of range"):
+        SplitDataset(split).__getitems__([0, len(split)])
 
 
-def test_loader_shuffle_is_reproducible(synth):
-    split = synth.splits["train"]
-
-    def order(seed):
-        loader = make_loader(split, batch_size=8, shuffle=True, seed=seed)
-        return [torch.cat([b.index for b in loader]).tolist() for _ in range(2)]
-
-    a, b, c = order(5), order(5), order(6)
-    assert a == b and a != c
-    assert a[0] != a[1]  # a new permutation every epoch
-    assert sorted(a[0]) == list(range(len(split)))
-
-
-def test_collate_of_items_matches_batched_fetch(synth):
+def test_items_match_batched_fetch(synth):
     split = synth.splits["valid"]
     ds = SplitDataset(split)
     idx = [3, 0, 7, 19]
-    one = collate([ds[i] for i in idx])
+    items = [ds[i] for i in idx]
     many = ds.__getitems__(idx)
-    for a, b in ((one.inputs, many.inputs), (one.lengths, many.lengths)):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k])
-    assert torch.equal(one.labels, many.labels) and torch.equal(one.index, many.index)
-    assert collate(many) is many
+    for m in many.inputs:
+        np.testing.assert_array_equal(np.stack([it["inputs"][m] for it in items]), many.inputs[m].numpy())
+        np.testing.assert_array_equal([it["lengths"][m] for it in items], many.lengths[m].numpy())
+    np.testing.assert_array_equal([it["label"] for it in items], many.labels.numpy())
+    assert many.index.tolist() == [it["index"] for it in items] == idx
     moved = many.to("cpu")
     assert torch.equal(moved.inputs["audio"], many.inputs["audio"])
 
@@ -615,19 +599,11 @@ def test_dataset_items_are_views(synth):
         ds[len(split)]
 
 
-def test_loader_bert_and_classification_dtypes(tmp_path):
+def test_batch_bert_and_classification_dtypes(tmp_path):
     data = validate(_classification([0, 5, 19]))
-    b = next(iter(make_loader(data.splits["train"], batch_size=4, shuffle=False, seed=0)))
+    b = SplitDataset(data.splits["train"]).__getitems__(range(3))
     assert b.inputs["text"].dtype == torch.long and b.inputs["text"].shape == (3, 3, 4)
     assert b.labels.dtype == torch.long and b.labels.tolist() == [0, 5, 19]
-
-
-def test_loader_sampler_and_shuffle_conflict(synth):
-    sampler = torch.utils.data.SequentialSampler(range(len(synth.splits["test"])))
-    with pytest.raises(ValueError, match="sampler"):
-        make_loader(synth.splits["test"], batch_size=4, shuffle=True, seed=0, sampler=sampler)
-    loader = make_loader(synth.splits["test"], batch_size=4, shuffle=False, seed=0, sampler=sampler)
-    assert torch.cat([b.index for b in loader]).tolist() == list(range(20))
 
 
 def test_extra_labels_reach_the_batch(tmp_path):
@@ -635,7 +611,7 @@ def test_extra_labels_reach_the_batch(tmp_path):
     for d in raw.values():
         d["regression_labels_V"] = np.linspace(-1, 1, len(d["regression_labels"])).astype(np.float32)
     data = load_dataset(write(tmp_path, raw), dataset="sims")
-    b = next(iter(make_loader(data.splits["train"], batch_size=5, shuffle=False, seed=0)))
+    b = SplitDataset(data.splits["train"]).__getitems__(range(5))
     assert torch.allclose(b.extra_labels["regression_labels_V"], torch.linspace(-1, 1, 5))
 
 

@@ -20,7 +20,7 @@ CROSS_PAIRS = {(x, y) for x in TVA for y in TVA if x != y}
 
 # --------------------------------------------------------------------------- helpers
 def oracle_mask(graph: ModalGraph, layout: SequenceLayout, valid_lengths: torch.Tensor | None) -> np.ndarray:
-    """(B, N, N) bool built from the edge set and each position's owner name (independent of gsit's tensors)."""
+    """(B, N, N) bool from the edge set and each position's owner name (independent of gsit's tensors)."""
     owner = np.array([m for m, n in zip(layout.modalities, layout.lengths) for _ in range(n)], dtype=object)
     pos = np.array([i for n in layout.lengths for i in range(n)], dtype=np.int64)
     n_total = len(owner)
@@ -256,7 +256,9 @@ def test_representations_agree_with_oracle_for_every_graph(layout, padded):
     batch = 3 if padded else 2
     for graph in all_graphs(layout.modalities):
         mask = GraphMask(graph, layout, valid)
-        expected = torch.from_numpy(oracle_mask(graph, layout, valid)).expand(batch, layout.total, layout.total)
+        expected = torch.from_numpy(oracle_mask(graph, layout, valid)).expand(
+            batch, layout.total, layout.total
+        )
         dense = dense_batched(mask, batch)
         assert dense.dtype == torch.bool
         assert torch.equal(dense, expected), graph.name
@@ -275,7 +277,9 @@ def test_query_groups_skip_empty_query_blocks_and_keyless_queries():
     layout = SequenceLayout(TVA, (3, 0, 5))
     groups = GraphMask(ModalGraph.named("forward"), layout).query_groups()
     assert groups == [(0, (1,)), (2, (0,))]  # vision is empty
-    groups = GraphMask(ModalGraph.named("forward").without((A,)), SequenceLayout(TVA, (2, 2, 2))).query_groups()
+    groups = GraphMask(
+        ModalGraph.named("forward").without((A,)), SequenceLayout(TVA, (2, 2, 2))
+    ).query_groups()
     assert groups == [(0, (1,))]
 
 
@@ -293,7 +297,9 @@ def test_dense_mask_is_cached_per_graph_lengths_and_device():
     assert again is first
     other = GraphMask(g, SequenceLayout(TVA, (46, 113, 204))).dense_mask()
     assert other is not first
-    assert GraphMask(ModalGraph.named("backward"), SequenceLayout(TVA, (46, 113, 203))).dense_mask() is not first
+    assert (
+        GraphMask(ModalGraph.named("backward"), SequenceLayout(TVA, (46, 113, 203))).dense_mask() is not first
+    )
 
 
 def test_position_valid_and_padded_dense_mask_are_cached_on_the_mask():

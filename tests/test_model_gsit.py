@@ -32,7 +32,9 @@ def small_config(**overrides) -> GsiTConfig:
     return GsiTConfig(**base)
 
 
-def small_inputs(batch: int = 3, *, dims=SMALL_DIMS, lens=SMALL_LENS, seed: int = 0) -> dict[str, torch.Tensor]:
+def small_inputs(
+    batch: int = 3, *, dims=SMALL_DIMS, lens=SMALL_LENS, seed: int = 0
+) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {m: torch.randn(batch, lens[m], dims[m], generator=g) for m in dims}
 
@@ -94,7 +96,9 @@ def test_gsit_shared_state_dict_has_no_aliases_and_saves(tmp_path):
 # --------------------------------------------------------------------------- attention semantics (SPEC §6)
 def attention_modules(model: GsiT):
     f = model.fusion
-    return [(enc.d_model, enc.layers[0].attn) for enc in (f.forward_encoder, f.backward_encoder, f.self_encoder)]
+    return [
+        (enc.d_model, enc.layers[0].attn) for enc in (f.forward_encoder, f.backward_encoder, f.self_encoder)
+    ]
 
 
 def test_gsit_official_code_semantics_scale_is_inverse_head_dim_without_dropout():
@@ -114,7 +118,9 @@ def test_gsit_paper_semantics_scale_is_inverse_sqrt_head_dim_with_dropout():
 
 
 def test_gsit_official_code_semantics_is_deterministic_in_training(seed):
-    model = GsiT(small_config(attention_semantics="official_code", text_dropout=0.0, embed_dropout=0.0)).train()
+    model = GsiT(
+        small_config(attention_semantics="official_code", text_dropout=0.0, embed_dropout=0.0)
+    ).train()
     x = small_inputs()
     torch.testing.assert_close(model(x)["prediction"], model(x)["prediction"], atol=0, rtol=0)
 
@@ -435,3 +441,34 @@ def test_nan_policy_auto_checks_cpu_only_and_error_always():
     check_modal_inputs({"a": bad}, nan_policy="ignore", **kw)
     with pytest.raises(ValueError, match="nan_policy"):
         check_modal_inputs({"a": bad}, nan_policy="sometimes", **kw)
+
+
+# ------------------------------------------------------------------- graphs as an argument, text helper
+
+
+def test_gsit_graphs_argument_equals_a_model_built_with_those_graphs(seed):
+    """``forward(graphs=...)`` runs the fusion with the given graphs: the result equals a model whose
+    fusion was built with them (same weights), and leaves the model's own graphs untouched."""
+    cfg = small_config()
+    model = GsiT(cfg).eval()
+    other = GsiT(dataclasses.replace(cfg, structure="self_only")).eval()
+    other.load_state_dict(model.state_dict())
+    x = small_inputs(batch=2)
+    got = model(x, graphs=other.graphs)["prediction"]
+    torch.testing.assert_close(got, other(x)["prediction"], rtol=0, atol=0)
+    assert model.graphs["forward"] != other.graphs["forward"]
+    with pytest.raises(ValueError, match="unknown"):
+        model(x, graphs={"sideways": other.graphs["self"]})
+
+
+def test_models_raise_one_error_type_for_token_ids_without_text_encoder():
+    from gsit.errors import DataError
+    from gsit.models.mult import MulT, MulTConfig
+    from gsit.models.vanilla import Vanilla
+
+    ids = text_bert(2, 9, [9, 6])
+    for model in (GsiT(small_config()), Vanilla(small_config()),
+                  MulT(MulTConfig(input_dims={T: 32, "audio": 5, "vision": 20}, d_model=8, num_heads=2))):
+        x = {**small_inputs(batch=2), T: ids}
+        with pytest.raises(DataError, match=r"modality 'text'.*\(2, 3, 9\).*text encoder"):
+            model(x)

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
+import gsit.evaluate as evaluate_mod
 import gsit.train as train_mod
 from gsit import cli
+from gsit.build import build_model
 from gsit.checkpoint import load_model_weights
 from gsit.config import load_config
 from gsit.data import make_synthetic, write_mmsa_pickle
-import gsit.evaluate as evaluate_mod
-from gsit.build import build_model
 from gsit.distributed import Dist
 from gsit.evaluate import split_loss
 from gsit.train import Progress, epoch_batches, make_optimizer, train_epoch, train_seed
@@ -429,3 +429,36 @@ def test_compiled_training_with_the_triton_backend_matches_eager(tmp_path, seed)
     eager, comp = results[False], results[True]
     assert comp["epochs"] == eager["epochs"] == 2
     assert abs(comp["test"]["MAE"] - eager["test"]["MAE"]) < 0.05, (comp["test"], eager["test"])
+
+
+def test_update_epochs_is_an_alias_of_accumulation_steps(tmp_path):
+    """MMSA's name ``update_epochs`` (batches per optimizer step) maps to ``accumulation_steps`` in
+    overrides and TOML files; both at once is an error."""
+    from gsit.config import ConfigError
+    from gsit.config import load_config as load
+    assert load("gsit", "synthetic", None, ["train.update_epochs=3"]).train.accumulation_steps == 3
+    assert load("gsit", "synthetic", None, ["train.accumulation_steps=5"]).train.accumulation_steps == 5
+    toml = tmp_path / "u.toml"
+    toml.write_text("[train]\nupdate_epochs = 4\n")
+    assert load("mult", "synthetic", toml).train.accumulation_steps == 4
+    assert load("gsit", "synthetic", toml, ["train.accumulation_steps=2"]).train.accumulation_steps == 2
+    toml.write_text("[train]\nupdate_epochs = 4\naccumulation_steps = 4\n")
+    with pytest.raises(ConfigError, match="u.toml.*both accumulation_steps and its alias update_epochs"):
+        load("gsit", "synthetic", toml)
+
+
+def test_resume_accepts_a_run_saved_with_update_epochs(tmp_path):
+    """A run directory written before the rename stores ``update_epochs``; resuming it with the same
+    settings is allowed, with other settings it is refused."""
+    import json
+
+    from gsit.errors import GsitError
+    from gsit.runs import check_resume_dir
+    run = load_config("gsit", "synthetic", None, ["train.accumulation_steps=3"])
+    saved = json.loads(json.dumps(run.to_dict()))
+    saved["train"]["update_epochs"] = saved["train"].pop("accumulation_steps")
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_resume_dir(tmp_path, run)
+    other = load_config("gsit", "synthetic", None, ["train.accumulation_steps=2"])
+    with pytest.raises(GsitError, match="different configuration"):
+        check_resume_dir(tmp_path, other)

@@ -3,12 +3,13 @@ model can be built on its data before anything is written."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from gsit.config import RunConfig, build_model_config
+from gsit.data.dataset import check_token_ids
 from gsit.errors import ConfigError
 from gsit.models.registry import model_class
+from gsit.models.text import BertTextEncoder
 
 
 def data_input_dims(data, text_encoder) -> dict[str, int]:
@@ -28,7 +29,6 @@ def load_text_encoder(run: RunConfig, data):
         return None
     if not run.data.text_encoder:
         data_input_dims(data, None)  # raises the clear error
-    from gsit.models.text import BertTextEncoder
     try:  # transformers >= 5 draws a "Loading weights" progress bar on stderr: keep logs to gsit's own lines
         from transformers.utils import logging as hf_logging
         bar_was_on = hf_logging.is_progress_bar_enabled()
@@ -40,26 +40,9 @@ def load_text_encoder(run: RunConfig, data):
     finally:
         if hf_logging is not None and bar_was_on:
             hf_logging.enable_progress_bar()
-    check_token_ids(data, getattr(encoder.bert.config, "vocab_size", None), run.data.text_encoder)
+    check_token_ids(data, getattr(encoder.bert.config, "vocab_size", None),
+                    vocabulary=f" of the text encoder {run.data.text_encoder!r}")
     return encoder
-
-
-def check_token_ids(data, vocab_size: int | None, encoder_path: str = "") -> None:
-    """text_bert ids must index the text encoder's vocabulary (an MMSA pickle carries no vocabulary, so
-    this is known only once the encoder is loaded); otherwise the embedding lookup fails mid-training."""
-    if not vocab_size:
-        return
-    for name, split in data.splits.items():
-        tb = getattr(split, "text_bert", None)
-        if tb is None:
-            continue
-        ids = tb[:, 0, :]
-        bad = (ids < 0) | (ids >= vocab_size)
-        if bad.any():
-            i, j = (int(x) for x in np.argwhere(bad)[0])
-            raise ConfigError(f"{data.source}: split '{name}' key 'text_bert' holds token id "
-                              f"{int(ids[i, j])} at (sample, position) ({i}, {j}), outside the vocabulary "
-                              f"of size {vocab_size} of the text encoder {encoder_path!r}")
 
 
 def preflight(run: RunConfig, data) -> None:

@@ -18,10 +18,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from gsit.attention import available_backends
+from gsit.data.spec import DATASETS as DATASET_SPECS
 from gsit.errors import ConfigError
 from gsit.models.registry import MODELS, model_config_class
 
-DATASETS = ("mosi", "mosei", "sims", "simsv2", "mintrec", "synthetic")
+DATASETS = tuple(DATASET_SPECS)  # names a run may name (gsit.data.spec holds their facts)
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -35,7 +37,8 @@ class TrainConfig:
     weight_decay_other: float = 1e-3
     learning_rate: float = 2e-3        # mmsa_mult protocol only
     weight_decay: float = 0.0          # mmsa_mult protocol only
-    update_epochs: int = 8             # summed-gradient accumulation window; the partial window is dropped
+    accumulation_steps: int = 8        # batches per optimizer step (summed gradients; the partial window is
+                                       # dropped); MMSA calls it update_epochs, accepted as an alias
     early_stop: int = 8                # epochs without a 4-decimal validation-loss improvement
     max_epochs: int = 0                # 0 = no cap (the paper); a cap for quick runs
     grad_clip: float = 0.0             # clip_grad_value_; 0 = off (mmsa_mult: 0.6)
@@ -50,6 +53,22 @@ class TrainConfig:
     eval_batch_size: int = 0           # 0 = batch_size
     length_bucketing: bool = False     # batches of similar total length (pays with model.padding_aware)
     modality_dropout: float = 0.0      # training-time probability of zeroing each non-text modality per sample
+
+
+# [train] keys accepted under another name (MMSA's), mapped to ours in TOML files, overrides and run dirs
+TRAIN_ALIASES = {"update_epochs": "accumulation_steps"}
+
+
+def canonical_train_keys(values: dict[str, Any], where: str = "[train]") -> dict[str, Any]:
+    """``values`` of a [train] table with alias keys renamed (``update_epochs`` -> ``accumulation_steps``);
+    giving both names is an error."""
+    out = dict(values)
+    for alias, name in TRAIN_ALIASES.items():
+        if alias in out:
+            if name in out:
+                raise ConfigError(f"{where} sets both {name} and its alias {alias} (MMSA's name); keep one")
+            out[name] = out.pop(alias)
+    return out
 
 
 @dataclass(frozen=True)
@@ -125,6 +144,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from e
 
 
+read_toml = _read_toml  # the public name (analysis reads search spaces and configs with it)
+
+
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
@@ -146,6 +168,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
+def _canonical(raw: dict[str, Any], source) -> dict[str, Any]:
+    """One TOML file's tables with [train] alias keys renamed (each file on its own, before merging)."""
+    if isinstance(raw.get("train"), dict):
+        raw = {**raw, "train": canonical_train_keys(raw["train"], where=f"[train] of {str(source)!r}")}
+    return raw
+
+
 def preset_path(model: str, dataset: str) -> Path:
     return PRESET_DIR / f"{model}_{dataset}.toml"
 
@@ -159,11 +188,13 @@ def load_config(model: str = "gsit", dataset: str = "synthetic", path: str | Pat
     raw: dict[str, Any] = {}
     preset = preset_path(model, dataset)
     if preset.is_file():
-        raw = _read_toml(preset)
+        raw = _canonical(_read_toml(preset), preset)
     if path is not None:
-        raw = _merge(raw, _read_toml(Path(path)))
+        raw = _merge(raw, _canonical(_read_toml(Path(path)), path))
     for o in overrides:
         keys, value = parse_override(o)
+        if len(keys) == 2 and keys[0] == "train":
+            keys[1] = TRAIN_ALIASES.get(keys[1], keys[1])
         node = raw
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -179,7 +210,6 @@ def load_config(model: str = "gsit", dataset: str = "synthetic", path: str | Pat
     model_cfg = _build(cls, "model", model_values)
     backend = getattr(model_cfg, "attention_backend", None)
     if backend is not None:
-        from gsit.attention import available_backends
         if backend not in available_backends():
             raise ConfigError(f"model.attention_backend={backend!r} is not a known attention backend; "
                               f"known backends: {available_backends()}")
@@ -192,9 +222,9 @@ def load_config(model: str = "gsit", dataset: str = "synthetic", path: str | Pat
                           ("execution", ("auto", "eager", "compiled", "graphed", "compiled_graphed"))):
         if getattr(train, name) not in allowed:
             raise ConfigError(f"train.{name}={getattr(train, name)!r}; allowed: {list(allowed)}")
-    if train.batch_size < 1 or train.update_epochs < 1 or train.early_stop < 1:
-        raise ConfigError(f"train.batch_size, update_epochs and early_stop must be >= 1, got "
-                          f"{train.batch_size}, {train.update_epochs}, {train.early_stop}")
+    if train.batch_size < 1 or train.accumulation_steps < 1 or train.early_stop < 1:
+        raise ConfigError(f"train.batch_size, accumulation_steps and early_stop must be >= 1, got "
+                          f"{train.batch_size}, {train.accumulation_steps}, {train.early_stop}")
     if not train.seeds:
         raise ConfigError("train.seeds is empty")
     return RunConfig(model_name=model, model=model_values, train=train, data=data)

@@ -16,3 +16,7 @@ class ConfigError(GsitError):
 
 class UnsafePickleError(DataError):
     """A pickle names a global that gsit refuses to load (no code from data files is ever run)."""
+
+
+class UnsupportedInput(GsitError):
+    """An attention backend cannot run the given inputs; the message lists every reason (no fallback)."""

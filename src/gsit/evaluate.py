@@ -17,6 +17,7 @@ from gsit.checkpoint import atomic_write_bytes
 from gsit.config import RunConfig
 from gsit.data import load_run_data
 from gsit.data.batch import SplitDataset
+from gsit.data.spec import dataset_spec
 from gsit.distributed import Dist, all_gather
 from gsit.errors import GsitError
 from gsit.metrics import compute_metrics
@@ -100,8 +101,8 @@ def evaluate_split(model, split, *, run: RunConfig, dataset: str, task: str, ctx
     bs = run.train.eval_batch_size or run.train.batch_size
     metrics = {"Loss": split_loss(preds, split.labels, task=task, batch_size=bs)}
     metric_preds = preds if task == "classification" else preds.reshape(-1)
-    # the synthetic task is MOSI-like (regression in [-3, 3]) and is scored with MOSI's metrics
-    metrics.update(compute_metrics("mosi" if dataset == "synthetic" else dataset, metric_preds, split.labels))
+    # scored by the dataset's metric family (gsit.data.spec): the synthetic task is MOSI-like, so like MOSI
+    metrics.update(compute_metrics(dataset_spec(dataset).metric_family, metric_preds, split.labels))
     return metrics
 
 

@@ -70,7 +70,7 @@ class ModalGraph:
 
     # ----------------------------------------------------------------- named graphs
     @classmethod
-    def named(cls, name: str, modalities: tuple[str, ...] = DEFAULT_MODALITIES) -> "ModalGraph":
+    def named(cls, name: str, modalities: tuple[str, ...] = DEFAULT_MODALITIES) -> ModalGraph:
         """``forward``: each modality reads the next one in sequence order (text->vision, vision->audio,
         audio->text for the default order); ``backward``: the previous one; ``self``: itself;
         ``bidirectional``: all others jointly; ``full``: everything (the Vanilla transformer)."""
@@ -93,7 +93,7 @@ class ModalGraph:
 
     @classmethod
     def structure(cls, name: str, modalities: tuple[str, ...] = DEFAULT_MODALITIES
-                  ) -> tuple["ModalGraph", "ModalGraph"]:
+                  ) -> tuple[ModalGraph, ModalGraph]:
         """The (forward, backward) encoder graphs of a paper mask structure (Table 4)."""
         mods = tuple(modalities)
         if name == "original" and set(mods) == {_T, _V, _A}:
@@ -115,8 +115,8 @@ class ModalGraph:
         fwd, bwd = PAPER_STRUCTURES[name]
         return (cls(mods, frozenset(fwd), f"{name}.forward"), cls(mods, frozenset(bwd), f"{name}.backward"))
 
-    def without(self, absent: tuple[str, ...]) -> "ModalGraph":
-        """The same graph with the edges into and out of ``absent`` modalities removed (missing modalities)."""
+    def without(self, absent: tuple[str, ...]) -> ModalGraph:
+        """The same graph without the edges into and out of ``absent`` modalities (missing modalities)."""
         edges = frozenset(e for e in self.edges if e[0] not in absent and e[1] not in absent)
         return ModalGraph(self.modalities, edges, f"{self.name}-without-{'-'.join(absent)}")
 
@@ -196,7 +196,11 @@ def _modality_ids(lengths: tuple[int, ...], device: str) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=256)
 def _positions(lengths: tuple[int, ...], device: str) -> torch.Tensor:
-    return torch.cat([torch.arange(n) for n in lengths]).to(device) if lengths else torch.zeros(0, dtype=torch.long)
+    return (
+        torch.cat([torch.arange(n) for n in lengths]).to(device)
+        if lengths
+        else torch.zeros(0, dtype=torch.long)
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -238,8 +242,10 @@ class GraphMask:
         if vl is not None:
             m = len(self.layout.modalities)
             if vl.dim() != 2 or vl.shape[1] != m:
-                raise ValueError(f"valid_lengths must be (B, {m}) for modalities {list(self.layout.modalities)}, "
-                                 f"got shape {tuple(vl.shape)}")
+                raise ValueError(
+                    f"valid_lengths must be (B, {m}) for modalities {list(self.layout.modalities)}, "
+                    f"got shape {tuple(vl.shape)}"
+                )
             if vl.dtype.is_floating_point or vl.dtype == torch.bool:
                 raise ValueError(f"valid_lengths must be an integer tensor, got {vl.dtype}")
 
@@ -310,9 +316,5 @@ class GraphMask:
                 return adj[ids[q_idx], ids[kv_idx]] & valid[b, q_idx] & valid[b, kv_idx]
         return mask_mod
 
-    def with_graph(self, graph: ModalGraph) -> "GraphMask":
+    def with_graph(self, graph: ModalGraph) -> GraphMask:
         return GraphMask(graph, self.layout, self.valid_lengths)
-
-
-def layout_from_lengths(modalities: tuple[str, ...], lengths: tuple[int, ...]) -> SequenceLayout:
-    return SequenceLayout(tuple(modalities), tuple(int(n) for n in lengths))

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from gsit.data.spec import DATASETS
 from gsit.errors import DataError
 
 __all__ = [
@@ -35,13 +36,9 @@ __all__ = [
     "regression_metrics",
 ]
 
-DATASET_TASK: dict[str, str] = {
-    "mosi": "regression",
-    "mosei": "regression",
-    "sims": "regression",
-    "simsv2": "regression",
-    "mintrec": "classification",
-}
+# the real datasets this module scores, and their task (gsit.data.spec); the generated synthetic task has
+# no metrics of its own: callers score it with its spec's metric_family
+DATASET_TASK: dict[str, str] = {n: spec.task for n, spec in DATASETS.items() if not spec.generated}
 
 _MOSI_KEYS = (
     "Has0_acc_2",
@@ -64,6 +61,7 @@ _CLS_KEYS = (
     "recall_weighted",
 )
 
+# the reported columns of each metric family (gsit.data.spec.DatasetSpec.metric_family)
 _PRIMARY: dict[str, list[str]] = {
     "mosi": ["Has0_acc_2", "Non0_acc_2", "Has0_F1_score", "Non0_F1_score", "Mult_acc_7", "MAE", "Corr"],
     "sims": ["Mult_acc_2", "F1_score", "Mult_acc_3", "Mult_acc_5", "MAE", "Corr"],
@@ -77,8 +75,6 @@ _PRIMARY: dict[str, list[str]] = {
         "recall_weighted",
     ],
 }
-_PRIMARY["mosei"] = _PRIMARY["mosi"]
-_PRIMARY["simsv2"] = _PRIMARY["sims"]
 
 # SIMS bin edges: half-open (lo, hi] intervals, compared in float32 against float32 values.
 _SIMS_EDGES_2 = (-1.01, 0.0, 1.01)
@@ -292,7 +288,7 @@ def regression_metrics(dataset: str, pred: Any, true: Any) -> dict[str, float]:
             f"{', '.join(k for k, v in DATASET_TASK.items() if v == 'regression')}"
         )
     p, t = _regression_inputs(pred, true)
-    if name in ("mosi", "mosei"):
+    if DATASETS[name].metric_family == "mosi":
         return _mosi_metrics(p, t)
     return _sims_metrics(p, t)
 
@@ -363,4 +359,4 @@ def compute_metrics(dataset: str, pred: Any, true: Any) -> dict[str, float]:
 
 def primary_metric_names(dataset: str) -> list[str]:
     """The metric columns papers report for ``dataset``, in the usual table order."""
-    return list(_PRIMARY[_norm_dataset(dataset)])
+    return list(_PRIMARY[DATASETS[_norm_dataset(dataset)].metric_family])

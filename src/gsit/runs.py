@@ -20,7 +20,7 @@ import torch
 from gsit import __version__
 from gsit.build import build_model, load_text_encoder
 from gsit.checkpoint import atomic_write_bytes, atomic_write_json, load_model_weights
-from gsit.config import RunConfig, load_config
+from gsit.config import RunConfig, canonical_train_keys, load_config
 from gsit.distributed import Dist, all_gather
 from gsit.errors import ConfigError, GsitError
 
@@ -125,7 +125,7 @@ def load_run_config(run_dir: Path, data_path: str | None = None) -> RunConfig:
     data = merged(base.data, raw["data"])
     if data_path:
         data = dataclasses.replace(data, path=str(data_path))
-    return RunConfig(model_name=raw["model_name"], model=raw["model"], train=merged(base.train, raw["train"]),
+    return RunConfig(model_name=raw["model_name"], model=raw["model"], train=merged(base.train, canonical_train_keys(raw["train"])),
                      data=data)
 
 
@@ -164,6 +164,8 @@ def check_resume_dir(run_dir: Path, run: RunConfig) -> None:
         raise GsitError(f"--resume {str(run_dir)!r}: not a run directory (no config.json)")
     saved = json.loads((run_dir / "config.json").read_text())
     saved.pop("execution", None)  # what train.execution resolved to (recorded, not a setting)
+    if isinstance(saved.get("train"), dict):  # a run saved before the rename holds MMSA's update_epochs
+        saved["train"] = canonical_train_keys(saved["train"])
     if saved != json.loads(json.dumps(run.to_dict())):  # compare as stored (tuples become lists)
         raise GsitError(f"--resume {str(run_dir)!r}: the run was started with a different configuration; "
                         f"resume with the same arguments")

@@ -2,12 +2,12 @@
 
 Paper protocol (``train.protocol = "gsit"``):
   Adam with three parameter groups (BERT weights with decay, BERT biases/LayerNorm without, the rest);
-  summed-gradient accumulation over ``update_epochs`` batches -- the gradient is zeroed at the start of
-  each window, every batch calls ``backward`` on its mean loss (not divided), ``step`` runs after the
-  window's last batch, and the partial window at the end of an epoch is never stepped; no scheduler, no
-  clipping; after each epoch the validation loss (mean over batches of the batch L1, rounded to 4
-  decimals) selects the best model (improvement > 1e-6); stop after ``early_stop`` epochs without one;
-  reload the best weights and evaluate the test split once.
+  summed-gradient accumulation over ``accumulation_steps`` batches (MMSA: ``update_epochs``) -- the
+  gradient is zeroed at the start of each window, every batch calls ``backward`` on its mean loss (not
+  divided), ``step`` runs after the window's last batch, and the partial window at the end of an epoch is
+  never stepped; no scheduler, no clipping; after each epoch the validation loss (mean over batches of
+  the batch L1, rounded to 4 decimals) selects the best model (improvement > 1e-6); stop after
+  ``early_stop`` epochs without one; reload the best weights and evaluate the test split once.
 MMSA MulT protocol (``"mmsa_mult"``): one Adam group (``learning_rate``), value clipping, ReduceLROnPlateau.
 
 Model selection reads only the validation split; the test split is read once, after training.
@@ -25,16 +25,23 @@ import random
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gsit.build import build_model, load_text_encoder
-from gsit.checkpoint import (atomic_write_bytes, atomic_write_json, load_model_weights, load_training_state,
-                             save_model, save_training_state)
+from gsit.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_json,
+    load_model_weights,
+    load_training_state,
+    save_model,
+    save_training_state,
+)
 from gsit.config import RunConfig
 from gsit.distributed import Dist, all_gather, barrier, init_distributed, rank_slice
 from gsit.evaluate import autocast_for, batch_from, batch_loss, evaluate_split, split_dataset
@@ -113,7 +120,8 @@ def make_scheduler(run: RunConfig, optimizer):
     return None
 
 
-def _modality_dropout(batch, p: float, generator: torch.Generator | None = None):
+def _modality_dropout(batch, p: float):
+    """Zero each sample's audio and vision with probability ``p`` each (``train.modality_dropout``)."""
     if p <= 0:
         return batch
     for m in ("audio", "vision"):
@@ -142,7 +150,7 @@ def train_epoch(model, optimizer, split, *, run: RunConfig, seed: int, epoch: in
     every = max(1, len(batches) // 50)
     autocast = autocast_for(run, ctx)
     for i, batch_idx in enumerate(batches):
-        if i % t.update_epochs == 0:
+        if i % t.accumulation_steps == 0:
             optimizer.zero_grad(set_to_none=False)
         mine = rank_slice(batch_idx, ctx)
         weight = len(mine) / len(batch_idx)  # this rank's share of the global mean
@@ -156,7 +164,7 @@ def train_epoch(model, optimizer, split, *, run: RunConfig, seed: int, epoch: in
         (loss * weight * ctx.world).backward()
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_value_([p for p in model.parameters() if p.requires_grad], t.grad_clip)
-        if (i + 1) % t.update_epochs == 0:
+        if (i + 1) % t.accumulation_steps == 0:
             optimizer.step()
         total_t += loss.detach().to(acc_dtype) * weight
         count += 1
@@ -177,7 +185,7 @@ def _train_epoch_static(runner: StepRunner, optimizer, split, *, run: RunConfig,
     total_t, count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
     every = max(1, len(batches) // 50)
     for i, batch_idx in enumerate(batches):
-        if i % t.update_epochs == 0:
+        if i % t.accumulation_steps == 0:
             optimizer.zero_grad(set_to_none=False)
         mine = rank_slice(batch_idx, ctx)
         weight = len(mine) / len(batch_idx)  # this rank's share of the global mean
@@ -185,7 +193,7 @@ def _train_epoch_static(runner: StepRunner, optimizer, split, *, run: RunConfig,
             mine, weight = batch_idx[:1], 0.0
         scale = weight * ctx.world
         loss = runner.train_batch(dataset, mine, scale if ctx.enabled else 1.0)
-        if (i + 1) % t.update_epochs == 0:
+        if (i + 1) % t.accumulation_steps == 0:
             optimizer.step()
         total_t += loss.to(torch.float64) * weight
         count += 1

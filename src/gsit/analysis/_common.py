@@ -12,7 +12,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from gsit.data import load_run_data
+from gsit.data.spec import dataset_spec
 from gsit.errors import GsitError
+from gsit.runs import load_run_config
+from gsit.runs import run_seeds as seeds_of
 
 
 class MissingDependency(GsitError):
@@ -35,7 +41,9 @@ def require_optuna():
     try:
         import optuna
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise MissingDependency("gsit tune needs optuna: pip install optuna (or pip install 'gsit[analysis]')") from e
+        raise MissingDependency(
+            "gsit tune needs optuna: pip install optuna (or pip install 'gsit[analysis]')"
+        ) from e
     return optuna
 
 
@@ -44,25 +52,22 @@ def require_optuna():
 
 def read_data(run, *, quiet: bool = True):
     """The data a run config names, exactly as ``gsit train`` reads it (see ``gsit.data.load_run_data``)."""
-    from gsit.data import load_run_data
     return load_run_data(run.data, quiet=quiet)
 
 
 def run_config_from_dir(run_dir: Path, data_path: str | None = None):
     """(RunConfig, data) of a trained run directory; ``data_path`` replaces the run's data path."""
-    from gsit.runs import load_run_config
     run = load_run_config(Path(run_dir), data_path)
     return run, read_data(run)
 
 
 def run_seeds(run_dir: Path) -> list[int]:
-    from gsit.runs import run_seeds as seeds_of
     return seeds_of(Path(run_dir))
 
 
 def metric_dataset(dataset: str) -> str:
-    """The metric family of a dataset (the synthetic task is scored like MOSI)."""
-    return "mosi" if dataset == "synthetic" else dataset
+    """The metric family of a dataset (gsit.data.spec; the synthetic task is scored like MOSI)."""
+    return dataset_spec(dataset).metric_family
 
 
 def lower_is_better(metric: str) -> bool:
@@ -78,8 +83,10 @@ def new_dir(path: str | Path | None, *, default_root: Path, prefix: str) -> Path
     if path is not None:
         p = Path(path)
         if p.exists() and (not p.is_dir() or any(p.iterdir())):
-            raise GsitError(f"output directory {str(p)!r} already exists and is not empty; nothing is overwritten "
-                            f"(choose a new path)")
+            raise GsitError(
+                f"output directory {str(p)!r} already exists and is not empty; nothing is overwritten "
+                f"(choose a new path)"
+            )
         p.mkdir(parents=True, exist_ok=True)
         return p
     default_root.mkdir(parents=True, exist_ok=True)
@@ -114,7 +121,6 @@ def write_json_new(path: Path, obj: Any) -> Path:
 
 
 def _plain(obj):
-    import numpy as np
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -175,7 +181,6 @@ def latex_table(header: list[str], rows: list[list[Any]], caption: str = "") -> 
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    import numpy as np
     vals = np.asarray([v for v in values if v is not None], dtype=np.float64)
     if vals.size == 0:
         return float("nan"), float("nan")

@@ -9,9 +9,9 @@ plus the number of seeds.  Selection is on validation loss as always; the table 
 
 On the generated synthetic dataset (``--dataset synthetic`` without ``--data``) the ablation uses the
 associative-recall task (``data.synthetic_task="recall"``, :func:`gsit.data.synthetic.make_synthetic`) unless
-an override or the ``--config`` file sets ``data.synthetic_task``: its label needs text to attend to audio, so
-Self-Only and the text-only control cannot solve it, whereas the default ``sign`` task of ``gsit train`` can be
-solved by the head multiplying per-modality summaries.
+an override or the ``--config`` file sets ``data.synthetic_task``: its label needs text to attend to audio,
+so Self-Only and the text-only control cannot solve it, whereas the default ``sign`` task of ``gsit train``
+can be solved by the head multiplying per-modality summaries.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ from gsit.analysis._common import (
     write_json_new,
     write_text_new,
 )
+from gsit.config import load_config, model_config_class, read_toml
 from gsit.errors import GsitError
+from gsit.metrics import primary_metric_names
+from gsit.train import run_training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,29 +47,67 @@ class Variant:
     note: str = ""
 
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("original", "Original", "gsit", ('model.structure="original"',),
-            "forward/backward interlaced cycles (SPEC §5)"),
-    Variant("structure1", "Structure-1", "gsit", ('model.structure="structure1"',), "Appendix C"),
-    Variant("structure2", "Structure-2", "gsit", ('model.structure="structure2"',), "Appendix C"),
-    Variant("structure3", "Structure-3", "gsit", ('model.structure="structure3"',), "Appendix C"),
-    Variant("self_only", "Self-Only", "gsit", ('model.structure="self_only"',), "no cross-modal edges"),
-    Variant("bidirectional", "Bidirectional", "gsit", ('model.structure="bidirectional"',),
-            "one joint softmax over both other modalities (SPEC §7)"),
-    Variant("share_layers_false", "share_layers=false", "gsit", ("model.share_layers=false",),
-            "distinct weights per depth"),
-    Variant("official_code", "attention_semantics=official_code", "gsit",
-            ('model.attention_semantics="official_code"',), "scale 1/head_dim, no attention dropout (SPEC §6)"),
-    Variant("padding_aware", "padding_aware=true", "gsit", ("model.padding_aware=true",),
-            "padding never attended nor pooled (a deviation from the paper)"),
-    Variant("mult", "MulT", "mult", (), "baseline, its preset"),
-    Variant("vanilla", "Vanilla", "vanilla", (), "one unmasked transformer (paper Table 8)"),
-    Variant("text_only", "Text-only control", "gsit", ('data.zero_modalities=["audio", "vision"]',),
-            "GsiT with audio and vision features zeroed"),
-    # not in the default set: training-time modality dropout (pair with ``gsit robustness``)
-    Variant("modality_dropout", "modality_dropout=0.3", "gsit", ("train.modality_dropout=0.3",),
-            "each sample's audio and vision zeroed with probability 0.3 during training"),
-)}
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant(
+            "original",
+            "Original",
+            "gsit",
+            ('model.structure="original"',),
+            "forward/backward interlaced cycles (SPEC §5)",
+        ),
+        Variant("structure1", "Structure-1", "gsit", ('model.structure="structure1"',), "Appendix C"),
+        Variant("structure2", "Structure-2", "gsit", ('model.structure="structure2"',), "Appendix C"),
+        Variant("structure3", "Structure-3", "gsit", ('model.structure="structure3"',), "Appendix C"),
+        Variant("self_only", "Self-Only", "gsit", ('model.structure="self_only"',), "no cross-modal edges"),
+        Variant(
+            "bidirectional",
+            "Bidirectional",
+            "gsit",
+            ('model.structure="bidirectional"',),
+            "one joint softmax over both other modalities (SPEC §7)",
+        ),
+        Variant(
+            "share_layers_false",
+            "share_layers=false",
+            "gsit",
+            ("model.share_layers=false",),
+            "distinct weights per depth",
+        ),
+        Variant(
+            "official_code",
+            "attention_semantics=official_code",
+            "gsit",
+            ('model.attention_semantics="official_code"',),
+            "scale 1/head_dim, no attention dropout (SPEC §6)",
+        ),
+        Variant(
+            "padding_aware",
+            "padding_aware=true",
+            "gsit",
+            ("model.padding_aware=true",),
+            "padding never attended nor pooled (a deviation from the paper)",
+        ),
+        Variant("mult", "MulT", "mult", (), "baseline, its preset"),
+        Variant("vanilla", "Vanilla", "vanilla", (), "one unmasked transformer (paper Table 8)"),
+        Variant(
+            "text_only",
+            "Text-only control",
+            "gsit",
+            ('data.zero_modalities=["audio", "vision"]',),
+            "GsiT with audio and vision features zeroed",
+        ),
+        # not in the default set: training-time modality dropout (pair with ``gsit robustness``)
+        Variant(
+            "modality_dropout",
+            "modality_dropout=0.3",
+            "gsit",
+            ("train.modality_dropout=0.3",),
+            "each sample's audio and vision zeroed with probability 0.3 during training",
+        ),
+    )
+}
 DEFAULT_VARIANTS = tuple(n for n in VARIANTS if n != "modality_dropout")
 ABLATION_SYNTHETIC_TASK = "recall"  # the generated synthetic task an ablation uses unless told otherwise
 
@@ -80,14 +121,12 @@ def synthetic_task_overrides(dataset: str, data_path: str | None, overrides=(), 
     if any(o.split("=", 1)[0].strip() in ("data.synthetic_task", "data.path") for o in overrides):
         return []
     if config is not None:
-        from gsit.config import _read_toml
-        if {"synthetic_task", "path"} & set(_read_toml(Path(config)).get("data", {})):
+        if {"synthetic_task", "path"} & set(read_toml(Path(config)).get("data", {})):
             return []
     return [f'data.synthetic_task="{ABLATION_SYNTHETIC_TASK}"']
 
 
 def _model_keys(model: str) -> set[str]:
-    from gsit.config import model_config_class
     return {f.name for f in dataclasses.fields(model_config_class(model))}
 
 
@@ -123,9 +162,6 @@ def run_ablation(dataset: str, *, data_path: str | None = None, out: str | Path 
                  quiet: bool = True, device: str | None = None) -> dict[str, Any]:
     """Train every variant into ``out/<variant>/`` and write ``ablation.csv``, ``ablation.md`` and
     ``ablation.json`` in ``out``.  Returns ``{"out", "metrics", "rows"}``."""
-    from gsit.config import load_config
-    from gsit.metrics import primary_metric_names
-    from gsit.train import run_training
     names = parse_variants(",".join(variants)) if variants else DEFAULT_VARIANTS
     out_dir = new_dir(out, default_root=Path("runs"), prefix=f"ablation-{dataset}")
     common = synthetic_task_overrides(dataset, data_path, overrides, config) + list(overrides)
@@ -153,9 +189,17 @@ def run_ablation(dataset: str, *, data_path: str | None = None, out: str | Path 
         run_dir = out_dir / name
         results = run_training(run, data_cache[key], run_dir=run_dir, quiet=quiet, device=device,
                                command=["gsit", "ablate", "--variant", name, *use])
-        write_json_new(run_dir / "variant.json", {"variant": name, "label": v.label, "model": v.model,
-                                                  "overrides": list(v.overrides), "skipped_overrides": skipped,
-                                                  "note": v.note})
+        write_json_new(
+            run_dir / "variant.json",
+            {
+                "variant": name,
+                "label": v.label,
+                "model": v.model,
+                "overrides": list(v.overrides),
+                "skipped_overrides": skipped,
+                "note": v.note,
+            },
+        )
         rows.append({"variant": name, "label": v.label, "model": v.model, "n_seeds": results["n_seeds"],
                      "mean": {m: results["mean"].get(m, float("nan")) for m in metrics},
                      "std": {m: results["std"].get(m, float("nan")) for m in metrics},

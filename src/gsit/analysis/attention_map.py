@@ -21,12 +21,15 @@ import torch
 import torch.nn.functional as F
 
 from gsit.analysis._common import new_file, require_matplotlib, run_config_from_dir, run_seeds, save_figure
+from gsit.attention.reference import attention_weights
+from gsit.data.batch import SplitDataset
 from gsit.errors import GsitError
+from gsit.models.gsit import GraphSelfAttention, GsiT
+from gsit.models.vanilla import Vanilla
+from gsit.runs import model_from_run_dir
 
 
 def _encoders(model) -> dict[str, torch.nn.Module]:
-    from gsit.models.gsit import GsiT
-    from gsit.models.vanilla import Vanilla
     if isinstance(model, GsiT):
         f = model.fusion
         return {"forward": f.forward_encoder, "backward": f.backward_encoder, "self": f.self_encoder}
@@ -43,8 +46,6 @@ def capture_attention(model, inputs: dict[str, torch.Tensor], lengths: dict[str,
     over heads and depth calls, for sample 0 of the batch:
     ``{"modalities", "lengths", "prediction", "encoders": {name: {"allowed": (N, N) bool,
     "attention": (N, N) float, "calls": int}}}``."""
-    from gsit.attention.reference import attention_weights
-    from gsit.models.layers import GraphSelfAttention
     encoders = _encoders(model)
     records: dict[str, dict[str, Any]] = {name: {"sum": None, "calls": 0, "mask": None} for name in encoders}
     handles = []
@@ -73,7 +74,10 @@ def capture_attention(model, inputs: dict[str, torch.Tensor], lengths: dict[str,
     finally:
         for h in handles:
             h.remove()
-    result: dict[str, Any] = {"encoders": {}, "prediction": out["prediction"][0].float().cpu().numpy().tolist()}
+    result: dict[str, Any] = {
+        "encoders": {},
+        "prediction": out["prediction"][0].float().cpu().numpy().tolist(),
+    }
     for name, rec in records.items():
         if rec["calls"] == 0:
             raise GsitError(f"encoder {name!r} ran no attention layer")
@@ -81,8 +85,12 @@ def capture_attention(model, inputs: dict[str, torch.Tensor], lengths: dict[str,
         allowed = mask.dense_mask("cpu")
         if allowed.dim() == 3:
             allowed = allowed[0]
-        result["encoders"][name] = {"allowed": allowed.numpy().copy(), "attention": (rec["sum"] / rec["calls"]).numpy(),
-                                    "calls": rec["calls"], "graph": mask.graph.edge_names()}
+        result["encoders"][name] = {
+            "allowed": allowed.numpy().copy(),
+            "attention": (rec["sum"] / rec["calls"]).numpy(),
+            "calls": rec["calls"],
+            "graph": mask.graph.edge_names(),
+        }
         result["modalities"] = list(mask.layout.modalities)
         result["lengths"] = list(mask.layout.lengths)
     return result
@@ -91,8 +99,6 @@ def capture_attention(model, inputs: dict[str, torch.Tensor], lengths: dict[str,
 def attention_maps(run_dir: str | Path, *, data_path: str | None = None, sample: int = 0, split: str = "test",
                    seed: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """:func:`capture_attention` for row ``sample`` of ``split`` of a trained run."""
-    from gsit.data.batch import SplitDataset
-    from gsit.runs import model_from_run_dir
     run, data = run_config_from_dir(Path(run_dir), data_path)
     if split not in data.splits:
         raise GsitError(f"split {split!r} not in the data (splits: {sorted(data.splits)})")
@@ -122,7 +128,8 @@ def _boundaries(ax, modalities, lengths) -> None:
 
 
 def plot_attention_maps(maps: dict[str, Any], path: str | Path) -> Path:
-    """Top row: allowed adjacency of each encoder; bottom row: learned attention (mean over heads and depth)."""
+    """Top row: allowed adjacency of each encoder; bottom row: learned attention (mean over heads and
+    depth)."""
     plt = require_matplotlib()
     encs = maps["encoders"]
     n = len(encs)
@@ -138,9 +145,12 @@ def plot_attention_maps(maps: dict[str, Any], path: str | Path) -> Path:
         bx.set_title(f"{name}: attention (mean of {e['calls']} calls x heads)", fontsize=9)
         fig.colorbar(im, ax=bx, fraction=0.046, pad=0.04)
     pred = maps.get("prediction")
-    fig.suptitle(f"{maps.get('model', '')} sample {maps.get('sample', '')} ({maps.get('id', '')}) of "
-                 f"{maps.get('split', '')}: label {np.round(maps.get('label', np.nan), 3).tolist()}, prediction "
-                 f"{np.round(pred, 3).tolist() if pred is not None else ''}", fontsize=10)
+    fig.suptitle(
+        f"{maps.get('model', '')} sample {maps.get('sample', '')} ({maps.get('id', '')}) of "
+        f"{maps.get('split', '')}: label {np.round(maps.get('label', np.nan), 3).tolist()}, prediction "
+        f"{np.round(pred, 3).tolist() if pred is not None else ''}",
+        fontsize=10,
+    )
     fig.tight_layout()
     out = save_figure(fig, Path(path))
     plt.close(fig)

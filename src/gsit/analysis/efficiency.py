@@ -1,4 +1,5 @@
-"""The paper's efficiency numbers: thop-style MACs (SPEC §12) next to true FLOPs and both parameter conventions.
+"""The paper's efficiency numbers: thop-style MACs (SPEC §12) next to true FLOPs and both parameter
+conventions.
 
 The paper's "FLOPS (G)" column is what ``thop.profile`` returns for one MOSI batch of 8 at the full padded
 lengths, BERT excluded.  thop attaches a counting rule to *module types* only, so it sees:
@@ -22,14 +23,23 @@ model (this is the "extra LN calls" SPEC §12 mentions).
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
+import dataclasses
+import time
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
 
-from gsit.presets import DATASET_SHAPES
+from gsit.analysis.profile import (  # noqa: F401  (count_thop_macs: re-exported, it lived here)
+    build_for_profile,
+    count_thop_macs,
+    paper_convention,
+    profile,
+    profiled_spec,
+    total_without_text,
+    zero_inputs,
+)
+from gsit.attention import get_backend
 
 # The GsiT repository's MulT-dagger baseline (SPEC §13): MMSA MulT with d=128, 4 heads, depth sharing,
 # the causal future mask and no positional embedding.
@@ -48,101 +58,27 @@ def resolve_model(model_name: str, overrides=()) -> tuple[str, tuple[str, ...]]:
     return model_name, tuple(overrides)
 
 
-def _thop_rule(module: nn.Module, inputs: tuple, output: Any) -> tuple[str, int] | None:
-    if isinstance(module, nn.Conv1d):
-        kernel = math.prod(module.kernel_size)
-        per_out = module.in_channels // module.groups * kernel + (1 if module.bias is not None else 0)
-        return "Conv1d", int(output.numel() * per_out)
-    if isinstance(module, nn.Linear):
-        return "Linear", int(output.numel() * module.in_features)
-    if isinstance(module, nn.LayerNorm):
-        flops = 2 * inputs[0].numel()
-        if module.elementwise_affine:
-            flops *= 2
-        return "LayerNorm", int(flops)
-    return None
-
-
-def _module_parts(model: nn.Module) -> dict[int, str]:
-    """id(module) -> part name (front_end, fusion, head, text_encoder) via the model's parameter groups."""
-    param_part = {id(p): part for part, params in model.parameter_groups().items() for p in params}
-    out = {}
-    for mod in model.modules():
-        params = list(mod.parameters(recurse=False))
-        if params and id(params[0]) in param_part:
-            out[id(mod)] = param_part[id(params[0])]
-    return out
-
-
-@torch.no_grad()
-def count_thop_macs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Run ``model(inputs)`` once with counting hooks; returns MACs by part and by module type."""
-    from gsit.models.mult import MulTEncoderLayer
-    parts = _module_parts(model)
-    by_part: dict[str, int] = defaultdict(int)
-    by_type: dict[str, int] = defaultdict(int)
-    handles = []
-
-    def hook(mod, args, out):
-        rule = _thop_rule(mod, args, out)
-        if rule is None:
-            return
-        kind, macs = rule
-        by_type[kind] += macs
-        by_part[parts.get(id(mod), "other")] += macs
-
-    def mult_layer_hook(mod, args, out):  # MMSA normalises key and value separately (see module doc)
-        key, value = args[1], args[2]
-        if key is not None and value is key and mod.attn_norm.elementwise_affine:
-            macs = 4 * key.numel()
-            by_type["LayerNorm"] += macs
-            by_part[parts.get(id(mod.attn_norm), "fusion")] += macs
-
-    for mod in model.modules():
-        if isinstance(mod, (nn.Conv1d, nn.Linear, nn.LayerNorm)):
-            handles.append(mod.register_forward_hook(hook))
-        if isinstance(mod, MulTEncoderLayer):
-            handles.append(mod.register_forward_hook(mult_layer_hook))
-    try:
-        model.eval()
-        model(inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return {"by_part": dict(by_part), "by_type": dict(by_type)}
-
-
 def thop_macs(model_name: str, dataset: str, batch: int = 8, overrides=()) -> dict[str, Any]:
     """thop-convention MACs of one batch of ``batch`` at ``dataset``'s full padded lengths, BERT excluded.
 
     ``model_name``: gsit | mult | vanilla | mult_dagger (MulT with the GsiT repository's settings).
     Returns ``{"model", "dataset", "batch", "front_end", "fusion", "head", "fusion_plus_conv", "total",
     "paper_convention", "paper_convention_rule", "by_type"}`` (MACs as integers)."""
-    from gsit.analysis.profile import build_for_profile
-    if dataset not in DATASET_SHAPES:
-        raise ValueError(f"unknown dataset preset {dataset!r}; known: {sorted(DATASET_SHAPES)}")
     base, ovr = resolve_model(model_name, overrides)
     _, model = build_for_profile(base, dataset, ovr)
-    shapes = DATASET_SHAPES[dataset]
-    inputs = {m: torch.zeros(batch, shapes[m][0], shapes[m][1]) for m in ("text", "audio", "vision")}
-    counts = count_thop_macs(model, inputs)
+    counts = count_thop_macs(model, zero_inputs(dataset, batch))
     part = counts["by_part"]
     conv, fusion, head = part.get("front_end", 0), part.get("fusion", 0), part.get("head", 0)
-    total = conv + fusion + head + part.get("other", 0)
-    if base == "mult":
-        paper, rule = total, "everything but BERT (head included), as the paper counts MulT"
-    else:
-        paper, rule = conv + fusion, "fusion encoders + conv front ends (head excluded), as the paper counts GsiT"
+    paper, rule = paper_convention(base, part)
     return {"model": model_name, "dataset": dataset, "batch": batch, "front_end": conv, "fusion": fusion,
-            "head": head, "fusion_plus_conv": conv + fusion, "total": total, "paper_convention": paper,
-            "paper_convention_rule": rule, "by_type": counts["by_type"]}
+            "head": head, "fusion_plus_conv": conv + fusion, "total": total_without_text(part),
+            "paper_convention": paper, "paper_convention_rule": rule, "by_type": counts["by_type"]}
 
 
 def efficiency_row(model_name: str, dataset: str, batch: int = 8, overrides=(),
                    step: dict[str, Any] | None = None) -> dict[str, Any]:
     """Params (both conventions), true forward FLOPs per sample and thop MACs per batch for one model;
     with ``step`` (keyword arguments of :func:`step_cost`), also the measured step time and memory."""
-    from gsit.analysis.profile import profile
     base, ovr = resolve_model(model_name, overrides)
     prof = profile(base, dataset, ovr)
     thop = thop_macs(model_name, dataset, batch=batch, overrides=overrides)
@@ -163,25 +99,18 @@ def step_cost(model_name: str, dataset: str, *, batch: int = 32, device: str = "
     step time in ms over ``reps`` steps after ``warmup`` (CUDA events on a GPU, wall clock on CPU) and, on
     a GPU, the peak allocated memory of the step (``peak_mem_mb``; None on CPU, where it is not tracked).
     """
-    import dataclasses
-    import time
-
-    import numpy as np
-
-    from gsit.analysis.profile import build_for_profile
     if dtype not in ("fp32", "bf16"):
         raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")
     base, ovr = resolve_model(model_name, overrides)
     _, model = build_for_profile(base, dataset, ovr)
     if backend is not None and base != "mult":
-        from gsit.attention import get_backend
         get_backend(backend)  # a clear error for an unknown name
         cfg = dataclasses.replace(model.config, attention_backend=backend)
         model = type(model)(cfg)
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     model = model.to(dev).train()
-    shapes = DATASET_SHAPES[dataset]
+    shapes = profiled_spec(dataset).shapes
     gen = torch.Generator().manual_seed(0)
     inputs = {m: torch.randn(batch, shapes[m][0], shapes[m][1], generator=gen).to(dev)
               for m in ("text", "audio", "vision")}
@@ -223,8 +152,10 @@ def step_cost(model_name: str, dataset: str, *, batch: int = 32, device: str = "
 
 
 def format_efficiency(rows: list[dict[str, Any]]) -> str:
-    header = (f"{'model':12s} {'dataset':8s} {'params total':>13s} {'params paper':>13s} {'GFLOP/sample':>14s} "
-              f"{'attn GFLOPs':>12s} {'thop G (B)':>11s} {'thop paper G':>13s} {'paper says':>11s}")
+    header = (
+        f"{'model':12s} {'dataset':8s} {'params total':>13s} {'params paper':>13s} {'GFLOP/sample':>14s} "
+        f"{'attn GFLOPs':>12s} {'thop G (B)':>11s} {'thop paper G':>13s} {'paper says':>11s}"
+    )
     if any(r.get("step") is not None for r in rows):
         st = next(r["step"] for r in rows if r.get("step") is not None)
         header += f" {'step ms (B)':>14s} {'peak MB':>9s}"
@@ -240,14 +171,18 @@ def format_efficiency(rows: list[dict[str, Any]]) -> str:
             mem = f"{st['peak_mem_mb']:9.0f}" if st["peak_mem_mb"] is not None else f"{'-':>9s}"
             line += f" {st['median_ms']:9.2f} ({st['batch']}) {mem}"
         lines.append(line)
-    lines.append("params total: all but the text encoder; params paper: GsiT/Vanilla = fusion + conv (head "
-                 "excluded), MulT = all but BERT.  GFLOP/sample: true forward FLOPs (2 x MACs) per sample incl. "
-                 "attention over allowed pairs.  thop: MACs of one batch counted like thop (Conv1d, Linear, "
-                 "LayerNorm modules only; no in_proj, no attention matmuls); paper convention as for params.")
+    lines.append(
+        "params total: all but the text encoder; params paper: GsiT/Vanilla = fusion + conv (head "
+        "excluded), MulT = all but BERT.  GFLOP/sample: true forward FLOPs (2 x MACs) per sample incl. "
+        "attention over allowed pairs.  thop: MACs of one batch counted like thop (Conv1d, Linear, "
+        "LayerNorm modules only; no in_proj, no attention matmuls); paper convention as for params."
+    )
     steps = [r["step"] for r in rows if r.get("step") is not None]
     if steps:
         st = steps[0]
-        lines.append(f"step ms: median of {st['reps']} training steps (forward, L1 loss, backward, Adam; BERT "
-                     f"excluded) at the full padded lengths on {st['device']}, {st['dtype']}, GsiT/Vanilla "
-                     f"attention backend {st['backend'] or 'pairs'}; peak MB: max allocated GPU memory (- on CPU).")
+        lines.append(
+            f"step ms: median of {st['reps']} training steps (forward, L1 loss, backward, Adam; BERT "
+            f"excluded) at the full padded lengths on {st['device']}, {st['dtype']}, GsiT/Vanilla "
+            f"attention backend {st['backend'] or 'pairs'}; peak MB: max allocated GPU memory (- on CPU)."
+        )
     return "\n".join(lines)

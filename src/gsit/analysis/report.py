@@ -36,7 +36,9 @@ from gsit.analysis._common import (
     save_figure,
     write_text_new,
 )
+from gsit.config import canonical_train_keys, load_config
 from gsit.errors import GsitError
+from gsit.metrics import primary_metric_names
 
 _IGNORED = {"train.seeds", "data.path", "data.text_encoder", "data.dataset"}
 
@@ -49,7 +51,6 @@ def variant_of(run_dir: Path, config: dict[str, Any]) -> str:
     vfile = run_dir / "variant.json"
     if vfile.is_file():
         return str(json.loads(vfile.read_text())["variant"])
-    from gsit.config import load_config
     try:
         preset = load_config(config["model_name"], config["data"]["dataset"])
     except GsitError:
@@ -59,9 +60,14 @@ def variant_of(run_dir: Path, config: dict[str, Any]) -> str:
     for k, v in sorted(config.get("model", {}).items()):
         if model_preset.get(k, object()) != v:
             diffs.append(f"model.{k}={json.dumps(v)}")
-    for section, ref in (("train", dataclasses.asdict(preset.train)), ("data", dataclasses.asdict(preset.data))):
+    for section, ref in (
+        ("train", dataclasses.asdict(preset.train)),
+        ("data", dataclasses.asdict(preset.data)),
+    ):
         ref = _flat(section, ref)
-        for k, v in sorted(_flat(section, config.get(section, {})).items()):
+        values = config.get(section, {})
+        values = canonical_train_keys(values) if section == "train" else values
+        for k, v in sorted(_flat(section, values).items()):
             if k not in _IGNORED and ref.get(k) != v:
                 diffs.append(f"{k}={json.dumps(v)}")
     return "; ".join(diffs) or "default"
@@ -102,7 +108,6 @@ def group_runs(runs: list[dict[str, Any]]) -> OrderedDict[tuple[str, str, str], 
 
 
 def summarize_groups(groups) -> list[dict[str, Any]]:
-    from gsit.metrics import primary_metric_names
     rows = []
     for (model, dataset, variant), g in groups.items():
         try:

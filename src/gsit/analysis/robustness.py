@@ -50,7 +50,13 @@ from gsit.analysis._common import (
     write_json_new,
     write_text_new,
 )
+from gsit.distributed import Dist
 from gsit.errors import GsitError
+from gsit.evaluate import evaluate_split
+from gsit.metrics import primary_metric_names
+from gsit.models.gsit import GsiT
+from gsit.models.vanilla import Vanilla
+from gsit.runs import model_from_run_dir
 
 MODALITIES = ("text", "audio", "vision")
 REMOVAL_SETS: tuple[tuple[str, ...], ...] = tuple((m,) for m in MODALITIES) + tuple(
@@ -105,10 +111,11 @@ def _mask_text_ids(text_bert: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 
 def masked_split(split, mods: tuple[str, ...], *, rate: float, seed: int = 0):
-    """A copy of ``split`` with MMSA's random per-step missing at ``rate`` on ``mods`` (rate 1 = all steps)."""
+    """A copy of ``split`` with MMSA's random per-step missing at ``rate`` on ``mods`` (rate 1: all
+    steps)."""
     split.fill_lengths()
     changes = {}
-    for i, m in enumerate(MODALITIES):
+    for m in MODALITIES:
         if m not in mods:
             continue
         field = _text_field(split) if m == "text" else m
@@ -145,8 +152,6 @@ def mean_split(split, mods: tuple[str, ...], means: dict[str, np.ndarray]):
 
 
 def supports_graph_drop(model) -> bool:
-    from gsit.models.gsit import GsiT
-    from gsit.models.vanilla import Vanilla
     return isinstance(model, (GsiT, Vanilla))
 
 
@@ -154,24 +159,22 @@ def supports_graph_drop(model) -> bool:
 def dropped_from_graph(model, absent: tuple[str, ...]):
     """Temporarily drop ``absent`` modalities from a GsiT or Vanilla model's graphs (see module doc).
 
-    Swaps ``model.fusion.{forward,backward,self}_graph`` (GsiT) or ``model.graph`` (Vanilla) for
-    ``graph.without(absent)`` and zeroes the absent modalities' blocks of the head's input with a forward
-    pre-hook on ``head_hidden``; everything is restored on exit, also after an error."""
-    from gsit.models.gsit import GsiT
-    from gsit.models.vanilla import Vanilla
+    Every call of the model inside the context passes ``graphs={name: graph.without(absent)}`` (the
+    models' documented ``graphs`` argument, injected by a forward pre-hook, so callers such as
+    ``predict_split`` need not know), and a forward pre-hook on ``head_hidden`` zeroes the absent
+    modalities' blocks of the head's input; both hooks are removed on exit, also after an error."""
     mods = tuple(model.config.modalities)
     unknown = [m for m in absent if m not in mods]
     if unknown:
         raise GsitError(f"cannot drop {unknown}: the model's modalities are {list(mods)}")
-    if isinstance(model, GsiT):
-        holder, names = model.fusion, ("forward_graph", "backward_graph", "self_graph")
-    elif isinstance(model, Vanilla):
-        holder, names = model, ("graph",)
-    else:
+    if not supports_graph_drop(model):
         raise GsitError(f"the graph policy needs a graph model (gsit, vanilla), not {type(model).__name__}")
-    saved = {n: getattr(holder, n) for n in names}
+    dropped = {name: g.without(tuple(absent)) for name, g in model.graphs.items()}
     width = model.head_hidden.in_features // len(mods)
     blocks = [mods.index(m) for m in absent]
+
+    def with_graphs(module, args, kwargs):
+        return args, {**kwargs, "graphs": dropped}
 
     def zero_blocks(module, args):
         (z,) = args
@@ -180,15 +183,13 @@ def dropped_from_graph(model, absent: tuple[str, ...]):
             z[:, b * width:(b + 1) * width] = 0
         return (z,)
 
-    handle = model.head_hidden.register_forward_pre_hook(zero_blocks)
+    handles = [model.register_forward_pre_hook(with_graphs, with_kwargs=True),
+               model.head_hidden.register_forward_pre_hook(zero_blocks)]
     try:
-        for n, g in saved.items():
-            setattr(holder, n, g.without(tuple(absent)))
         yield model
     finally:
-        handle.remove()
-        for n, g in saved.items():
-            setattr(holder, n, g)
+        for h in handles:
+            h.remove()
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -217,11 +218,8 @@ def _sweep(model, part, means, score, rates, mask_seed: int) -> list[dict[str, A
 def robustness(run_dir: str | Path, *, data_path: str | None = None, split: str = "test",
                seeds: list[int] | None = None, rates=DEFAULT_RATES, mask_seed: int = 0,
                device: str = "cpu", metric: str | None = None) -> dict[str, Any]:
-    """Score every condition for every seed of ``run_dir``; returns ``{"rows", "per_seed", "metric", ...}``."""
-    from gsit.metrics import primary_metric_names
-    from gsit.distributed import Dist
-    from gsit.evaluate import evaluate_split
-    from gsit.runs import model_from_run_dir
+    """Score every condition for every seed of ``run_dir``; returns ``{"rows", "per_seed", "metric",
+    ...}``."""
     run_dir = Path(run_dir)
     run, data = run_config_from_dir(run_dir, data_path)
     if split not in data.splits:
@@ -240,7 +238,9 @@ def robustness(run_dir: str | Path, *, data_path: str | None = None, split: str 
             return evaluate_split(model, sp, run=run, dataset=dataset, task=data.task, ctx=ctx)
 
         per_seed += [{"seed": s, **r} for r in _sweep(model, part, means, score, rates, mask_seed)]
-    metric_names = ["Loss"] + [k for k in per_seed[0] if k not in ("seed", "condition", "policy", "rate", "Loss")]
+    metric_names = ["Loss"] + [
+        k for k in per_seed[0] if k not in ("seed", "condition", "policy", "rate", "Loss")
+    ]
     rows = []
     keys = list(dict.fromkeys((r["condition"], r["policy"], r["rate"]) for r in per_seed))
     for cond, pol, rate in keys:
@@ -250,16 +250,29 @@ def robustness(run_dir: str | Path, *, data_path: str | None = None, split: str 
             row[f"{k}_mean"], row[f"{k}_std"] = mean_std([g[k] for g in group])
         rows.append(row)
     default_metric = primary_metric_names(metric_dataset(dataset))[0]
-    return {"run_dir": str(run_dir), "split": split, "dataset": dataset, "model": run.model_name,
-            "seeds": seeds, "mask_seed": mask_seed, "metrics": metric_names, "metric": metric or default_metric,
-            "rows": rows, "per_seed": per_seed}
+    return {
+        "run_dir": str(run_dir),
+        "split": split,
+        "dataset": dataset,
+        "model": run.model_name,
+        "seeds": seeds,
+        "mask_seed": mask_seed,
+        "metrics": metric_names,
+        "metric": metric or default_metric,
+        "rows": rows,
+        "per_seed": per_seed,
+    }
 
 
 def lookup(result: dict[str, Any], condition: str, policy: str, rate: float | None = None,
            metric: str | None = None) -> float:
     metric = metric or result["metric"]
     for r in result["rows"]:
-        if r["condition"] == condition and r["policy"] == policy and (rate is None or abs(r["rate"] - rate) < 1e-9):
+        if (
+            r["condition"] == condition
+            and r["policy"] == policy
+            and (rate is None or abs(r["rate"] - rate) < 1e-9)
+        ):
             return r[f"{metric}_mean"]
     raise KeyError((condition, policy, rate))
 

@@ -3,8 +3,8 @@
 Phases:
 
 1. **search** -- every trial samples a configuration from the search space, trains one seed with gsit's own
-   epoch loop (:func:`gsit.train.train_epoch` + :func:`gsit.evaluate.evaluate_split` on ``valid``), reports the
-   validation loss after every epoch to Optuna (median pruning) and returns its best validation loss.
+   epoch loop (:func:`gsit.train.train_epoch` + :func:`gsit.evaluate.evaluate_split` on ``valid``), reports
+   the validation loss after every epoch to Optuna (median pruning) and returns its best validation loss.
    The test split is *sealed* during the search: the trials get a data view whose ``splits["test"]``
    raises on any access, so no search decision can depend on it.
 2. **final** -- the best trial's configuration is trained over ``final_seeds`` (default 5) with
@@ -46,7 +46,12 @@ from typing import Any
 import torch
 
 from gsit.analysis._common import csv_text, new_dir, read_data, require_optuna, write_json_new, write_text_new
+from gsit.build import build_model, load_text_encoder
+from gsit.config import load_config, read_toml
+from gsit.distributed import Dist
 from gsit.errors import ConfigError, GsitError
+from gsit.evaluate import evaluate_split
+from gsit.train import make_optimizer, make_scheduler, run_training, set_seed, train_epoch
 
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "model.d_model": {"type": "categorical", "choices": [16, 32]},
@@ -92,11 +97,15 @@ def parse_space(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if kind == "categorical":
             choices = spec.get("choices")
             if not isinstance(choices, list) or not choices:
-                raise ConfigError(f"search space {name!r}: 'choices' must be a non-empty list, got {choices!r}")
+                raise ConfigError(
+                    f"search space {name!r}: 'choices' must be a non-empty list, got {choices!r}"
+                )
         else:
             low, high = spec.get("low"), spec.get("high")
             if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or not low < high:
-                raise ConfigError(f"search space {name!r}: need numbers low < high, got low={low!r} high={high!r}")
+                raise ConfigError(
+                    f"search space {name!r}: need numbers low < high, got low={low!r} high={high!r}"
+                )
             if spec.get("log") and low <= 0:
                 raise ConfigError(f"search space {name!r}: log scale needs low > 0, got {low!r}")
     return space
@@ -105,8 +114,7 @@ def parse_space(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def load_space(path: str | Path | None) -> dict[str, dict[str, Any]]:
     if path is None:
         return parse_space(DEFAULT_SPACE)
-    from gsit.config import _read_toml
-    return parse_space(_read_toml(Path(path)))
+    return parse_space(read_toml(Path(path)))
 
 
 def toml_value(v: Any) -> str:
@@ -177,10 +185,6 @@ def train_for_validation(run, data, *, seed: int, dataset: str, device: torch.de
                          ) -> dict[str, Any]:
     """Train one seed with the paper's loop and early stopping, scoring ``valid`` after each epoch; never
     touches ``test``.  ``on_epoch(epoch, valid_metrics, train_loss)`` may raise to stop (pruning)."""
-    from gsit.build import build_model, load_text_encoder
-    from gsit.distributed import Dist
-    from gsit.evaluate import evaluate_split
-    from gsit.train import make_optimizer, make_scheduler, set_seed, train_epoch
     ctx = Dist(device=device)
     set_seed(seed, deterministic=run.train.deterministic)
     model = build_model(run, data, load_text_encoder(run, data)).to(device)
@@ -207,13 +211,29 @@ def train_for_validation(run, data, *, seed: int, dataset: str, device: torch.de
 # ----------------------------------------------------------------------------- the study
 
 
-def tune(dataset: str, *, model: str = "gsit", trials: int = 20, data_path: str | None = None,
-         space: dict[str, dict[str, Any]] | str | Path | None = None, storage: str | None = None,
-         study_name: str | None = None, out: str | Path | None = None, overrides=(), config: str | None = None,
-         text_encoder: str | None = None, search_seed: int = 1111,
-         final_seeds: tuple[int, ...] = (1111, 1112, 1113, 1114, 1115), trial_max_epochs: int = 0,
-         sampler_seed: int = 0, timeout: float | None = None, device: str | None = None, quiet: bool = True,
-         data=None, on_phase: Callable[[str], None] | None = None) -> dict[str, Any]:
+def tune(
+    dataset: str,
+    *,
+    model: str = "gsit",
+    trials: int = 20,
+    data_path: str | None = None,
+    space: dict[str, dict[str, Any]] | str | Path | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    out: str | Path | None = None,
+    overrides=(),
+    config: str | None = None,
+    text_encoder: str | None = None,
+    search_seed: int = 1111,
+    final_seeds: tuple[int, ...] = (1111, 1112, 1113, 1114, 1115),
+    trial_max_epochs: int = 0,
+    sampler_seed: int = 0,
+    timeout: float | None = None,
+    device: str | None = None,
+    quiet: bool = True,
+    data=None,
+    on_phase: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run the search and the final multi-seed run; write ``trials.csv``, ``tune.json`` and ``final/``
     into a new directory.  ``data`` (optional) replaces loading; ``on_phase("search"|"final")`` is called
     when a phase starts (the tests use it to check that the test split is read only in the final phase)."""
@@ -222,8 +242,6 @@ def tune(dataset: str, *, model: str = "gsit", trials: int = 20, data_path: str 
         raise GsitError(f"--trials must be at least 1, got {trials}")
     if not final_seeds:
         raise GsitError("final_seeds is empty")
-    from gsit.config import load_config
-    from gsit.train import run_training
     if not isinstance(space, dict):
         space = load_space(space)
     else:
@@ -277,7 +295,9 @@ def tune(dataset: str, *, model: str = "gsit", trials: int = 20, data_path: str 
     names = list(space)
     rows = [[t.number, t.state.name, t.value, t.user_attrs.get("best_epoch", "")] +
             [t.params.get(n, "") for n in names] for t in study.trials]
-    write_text_new(out_dir / "trials.csv", csv_text(["trial", "state", "valid_loss", "best_epoch"] + names, rows))
+    write_text_new(
+        out_dir / "trials.csv", csv_text(["trial", "state", "valid_loss", "best_epoch"] + names, rows)
+    )
 
     # ---- final phase: the only place the test split is read
     if on_phase:

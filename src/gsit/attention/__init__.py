@@ -2,7 +2,7 @@
 
 One entry point, :func:`graph_attention`, one signature for every backend::
 
-    out = graph_attention(q, k, v, mask, backend="pairs", scale=None, dropout_p=0.0)
+    out = graph_attention(q, k, v, mask, backend=DEFAULT_BACKEND, scale=None, dropout_p=0.0)
 
 ``q, k, v`` are (B, H, N, D) over the concatenated sequence; ``mask`` is a :class:`gsit.graph.GraphMask`
 that says which query block may read which key block (and, in padding-aware mode, which positions are
@@ -20,19 +20,21 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import torch
 
+from gsit.errors import UnsupportedInput
 from gsit.graph import GraphMask
 
-
-class UnsupportedInput(ValueError):
-    """Raised when a backend cannot run on the given inputs; the message lists every reason."""
+__all__ = ["DEFAULT_BACKEND", "UnsupportedInput", "available_backends", "check_backend", "get_backend",
+           "graph_attention", "register_backend"]
 
 
 @dataclass(frozen=True)
 class Backend:
+    """A registered backend: its name, the module that implements it (imported on first use), a line."""
+
     name: str
     module: str  # imported lazily, so `import gsit` never needs Triton or CUDA
     description: str
@@ -50,7 +52,8 @@ _LOADED: dict[str, object] = {}  # backend name -> imported module (no import ma
 
 def register_backend(name: str, module: str, description: str) -> None:
     """Register a backend module that defines ``check(q, k, v, mask, *, dropout_p) -> list[str]`` and
-    ``attention(q, k, v, mask, *, scale, dropout_p) -> Tensor``."""
+    ``attention(q, k, v, mask, *, scale, dropout_p, **options) -> Tensor``; a backend with options lists
+    their names in a module-level ``OPTIONS`` tuple (triton: ``seed``, ``config``)."""
     _REGISTRY[name] = Backend(name, module, description)
     _LOADED.pop(name, None)
 
@@ -59,6 +62,12 @@ register_backend("reference", "gsit.attention.reference", "dense masked softmax 
 register_backend("pairs", "gsit.attention.pairs", "one scaled_dot_product_attention call per query block")
 register_backend("flex", "gsit.attention.flex", "FlexAttention with a BlockMask from the graph")
 register_backend("triton", "gsit.attention.triton", "fused Triton kernel over all allowed block pairs")
+
+
+# The one default, used by graph_attention and by the models' configs: ``pairs`` is exact (one SDPA call per
+# query block, no approximation), runs on CPU and on every GPU without a compile step, and never builds the
+# dense (N, N) mask.  ``reference`` is the oracle (dense, fp32, slow on purpose): tests name it explicitly.
+DEFAULT_BACKEND = "pairs"
 
 
 def available_backends() -> list[str]:
@@ -72,9 +81,12 @@ def get_backend(name: str):
 
 
 def _common_checks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask) -> list[str]:
+    """The shape, dtype and layout checks every backend shares (each backend's ``check`` adds its own)."""
     reasons = []
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        reasons.append(f"q, k, v must be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        reasons.append(
+            f"q, k, v must be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
         return reasons
     if q.shape != k.shape or q.shape[:3] != v.shape[:3]:
         reasons.append(f"q, k, v shapes must agree on (B, H, N) and q/k on D; got {tuple(q.shape)}, "
@@ -91,17 +103,34 @@ def _common_checks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Grap
     return reasons
 
 
+def check_backend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *,
+                  dropout_p: float = 0.0) -> list[str]:
+    """Every reason backend ``name`` cannot run these inputs (empty: it can): the common checks, then the
+    backend's own.  :func:`graph_attention` raises :class:`UnsupportedInput` with exactly these."""
+    return _reasons(get_backend(name), q, k, v, mask, dropout_p)
+
+
+def _reasons(impl, q, k, v, mask: GraphMask, dropout_p: float) -> list[str]:
+    return _common_checks(q, k, v, mask) + impl.check(q, k, v, mask, dropout_p=dropout_p)
+
+
 def graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *,
-                    backend: str = "reference", scale: float | None = None,
-                    dropout_p: float = 0.0) -> torch.Tensor:
-    """Attention of (B, H, N, D) ``q`` over ``k, v`` restricted by ``mask``; returns (B, H, N, Dv)."""
+                    backend: str = DEFAULT_BACKEND, scale: float | None = None,
+                    dropout_p: float = 0.0, **options: Any) -> torch.Tensor:
+    """Attention of (B, H, N, D) ``q`` over ``k, v`` restricted by ``mask``; returns (B, H, N, Dv).
+
+    ``options`` go to the backend (triton: ``seed`` of the dropout mask, ``config`` tile sizes); a backend
+    that declares none refuses them by name."""
     impl = get_backend(backend)
-    reasons = _common_checks(q, k, v, mask) + impl.check(q, k, v, mask, dropout_p=dropout_p)
+    unknown = sorted(set(options) - set(getattr(impl, "OPTIONS", ())))
+    if unknown:
+        raise ValueError(f"attention backend {backend!r} takes no options {unknown}; its options: "
+                         f"{list(getattr(impl, 'OPTIONS', ()))}")
+    reasons = _reasons(impl, q, k, v, mask, dropout_p)
     if reasons:
-        raise UnsupportedInput(f"attention backend {backend!r} cannot run this input:\n  - " + "\n  - ".join(reasons))
+        raise UnsupportedInput(
+            f"attention backend {backend!r} cannot run this input:\n  - " + "\n  - ".join(reasons)
+        )
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    return impl.attention(q, k, v, mask, scale=scale, dropout_p=dropout_p)
-
-
-AttentionFn = Callable[..., torch.Tensor]
+    return impl.attention(q, k, v, mask, scale=scale, dropout_p=dropout_p, **options)

@@ -11,14 +11,24 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-from gsit.data.batch import Batch, SplitDataset, collate, make_loader
+from gsit.data._text import load_local_tokenizer
+from gsit.data.batch import Batch, SplitDataset
 from gsit.data.convert import load_converted, save_converted
 from gsit.data.dataset import SPLIT_NAMES, MultimodalData, Split, validate
+from gsit.data.mintrec import load_mintrec
 from gsit.data.mmsa import load_mmsa
+from gsit.data.mosi_real import build_mosi_from_csv
 from gsit.data.safe_pickle import load_pickle
-from gsit.data.synthetic import PRESET_SHAPES, make_synthetic, write_mmsa_pickle
+from gsit.data.synthetic import (
+    MAX_RECALL_KEYS,
+    PRESET_SHAPES,
+    SYNTHETIC_TASKS,
+    make_synthetic,
+    write_mmsa_pickle,
+)
 from gsit.errors import DataError
 
 __all__ = [
@@ -29,7 +39,6 @@ __all__ = [
     "SPLIT_NAMES",
     "Split",
     "SplitDataset",
-    "collate",
     "drop_unused_text",
     "load_converted",
     "load_dataset",
@@ -37,24 +46,11 @@ __all__ = [
     "load_mmsa",
     "load_pickle",
     "build_mosi_from_csv",
-    "make_loader",
     "make_synthetic",
     "save_converted",
     "validate",
     "write_mmsa_pickle",
 ]
-
-
-def load_mintrec(*args, **kwargs) -> MultimodalData:  # lazy: keeps csv/transformers paths out of import time
-    from gsit.data.mintrec import load_mintrec as _load
-
-    return _load(*args, **kwargs)
-
-
-def build_mosi_from_csv(*args, **kwargs) -> MultimodalData:
-    from gsit.data.mosi_real import build_mosi_from_csv as _build
-
-    return _build(*args, **kwargs)
 
 
 def load_dataset(
@@ -84,9 +80,7 @@ def load_dataset(
     elif p.is_file() and p.suffix.lower() in (".pkl", ".pickle"):
         data = load_mmsa(p, dataset=dataset, feature_overrides=feature_overrides)
     elif p.is_dir() and (p / "train.tsv").is_file():
-        from gsit.data.mintrec import load_mintrec as _load_mintrec
-
-        data = _load_mintrec(
+        data = load_mintrec(
             p,
             tokenizer_dir=text_tokenizer_dir,
             max_text_len=max_text_len or 30,
@@ -95,9 +89,7 @@ def load_dataset(
         )
         vocab_size = vocab_size if vocab_size is not None else _tokenizer_vocab(text_tokenizer_dir)
     elif p.is_file() and p.suffix.lower() == ".csv":
-        from gsit.data.mosi_real import build_mosi_from_csv as _build
-
-        data = _build(
+        data = build_mosi_from_csv(
             p, tokenizer_dir=text_tokenizer_dir, features_npz=features_npz, max_text_len=max_text_len or 50
         )
         vocab_size = vocab_size if vocab_size is not None else _tokenizer_vocab(text_tokenizer_dir)
@@ -111,8 +103,6 @@ def load_dataset(
 
 
 def _tokenizer_vocab(tokenizer_dir) -> int | None:
-    from gsit.data._text import load_local_tokenizer
-
     try:
         return len(load_local_tokenizer(tokenizer_dir))
     except DataError:
@@ -137,15 +127,11 @@ def apply_zero_modalities(data: MultimodalData, modalities) -> MultimodalData:
 def load_run_data(data_cfg, *, quiet: bool = True) -> MultimodalData:
     """The data a run's ``[data]`` config names, exactly as ``gsit train`` reads it: the synthetic task when
     no path is given, ``data.zero_modalities`` applied.  A fresh object every call (zeroing is in place)."""
-    import sys
-
     if not data_cfg.path:
         if data_cfg.dataset != "synthetic":
             raise DataError(f"--data is required for dataset {data_cfg.dataset!r} (only 'synthetic' is generated)")
         if not quiet:
             print("no --data given: using a freshly generated synthetic dataset (gsit synth)", file=sys.stderr)
-        from gsit.data.synthetic import MAX_RECALL_KEYS, SYNTHETIC_TASKS
-
         task = data_cfg.synthetic_task
         if task not in SYNTHETIC_TASKS:
             raise DataError(f"data.synthetic_task={task!r}; known: {list(SYNTHETIC_TASKS)}")

@@ -1,22 +1,23 @@
-"""Torch side of the data layer: :class:`SplitDataset`, :func:`collate`, :class:`Batch`, :func:`make_loader`.
+"""Torch side of the data layer: :class:`SplitDataset` and the :class:`Batch` it gathers.
 
 The dataset never copies the split: ``ds[i]`` returns numpy views into the split's arrays and a batch is
 gathered with one fancy-index per array (``ds.__getitems__``, which ``torch.utils.data.DataLoader`` uses
-for map-style datasets), so only the batch itself is materialised.
+for map-style datasets, and training calls directly), so only the batch itself is materialised.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import Dataset
 
 from gsit.data.dataset import Split
 
-__all__ = ["Batch", "SplitDataset", "collate", "make_loader"]
+__all__ = ["Batch", "SplitDataset"]
 
 MODALITIES = ("text", "audio", "vision")
 
@@ -40,7 +41,7 @@ class Batch:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def _map(self, fn) -> "Batch":
+    def _map(self, fn) -> Batch:
         return Batch(
             inputs={k: fn(v) for k, v in self.inputs.items()},
             lengths={k: fn(v) for k, v in self.lengths.items()},
@@ -49,10 +50,10 @@ class Batch:
             extra_labels={k: fn(v) for k, v in self.extra_labels.items()},
         )
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         return self._map(lambda t: t.pin_memory())
 
 
@@ -119,68 +120,3 @@ def _label_tensor(a: np.ndarray) -> torch.Tensor:
     if a.dtype.kind in "iu":
         return torch.from_numpy(a.astype(np.int64))
     return torch.from_numpy(a.astype(np.float32))
-
-
-def collate(samples: Batch | Sequence[dict[str, Any]]) -> Batch:
-    """Stack per-sample dicts from :meth:`SplitDataset.__getitem__` into a :class:`Batch`.
-
-    A :class:`Batch` (what ``SplitDataset.__getitems__`` returns) passes through unchanged."""
-    if isinstance(samples, Batch):
-        return samples
-    samples = list(samples)
-    if not samples:
-        raise ValueError("cannot collate an empty list of samples")
-    first = samples[0]
-    return Batch(
-        inputs={m: torch.from_numpy(np.stack([s["inputs"][m] for s in samples])) for m in first["inputs"]},
-        lengths={
-            m: torch.from_numpy(np.asarray([s["lengths"][m] for s in samples], dtype=np.int64))
-            for m in first["lengths"]
-        },
-        labels=_label_tensor(np.asarray([s["label"] for s in samples])),
-        index=torch.tensor([s["index"] for s in samples], dtype=torch.long),
-        extra_labels={
-            k: _label_tensor(np.asarray([s["extra_labels"][k] for s in samples]))
-            for k in first["extra_labels"]
-        },
-    )
-
-
-def make_loader(
-    split: Split,
-    *,
-    batch_size: int,
-    shuffle: bool,
-    seed: int,
-    sampler: Sampler | None = None,
-    drop_last: bool = False,
-    text_kind: str | None = None,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """A single-process DataLoader of :class:`Batch` es over ``split``.
-
-    Shuffling uses a ``torch.Generator`` seeded with ``seed``, so two loaders built with the same seed
-    yield the same sequence of epochs.  ``sampler`` (e.g. a DistributedSampler) replaces the default
-    sampler and cannot be combined with ``shuffle=True``.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    ds = SplitDataset(split, text_kind=text_kind)
-    if sampler is not None and shuffle:
-        raise ValueError("pass shuffle=False with a custom sampler (the sampler decides the order)")
-    if sampler is None:
-        if shuffle:
-            gen = torch.Generator()
-            gen.manual_seed(int(seed))
-            sampler = RandomSampler(ds, generator=gen)
-        else:
-            sampler = SequentialSampler(ds)
-    return DataLoader(
-        ds,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=drop_last,
-        collate_fn=collate,
-        num_workers=0,
-        pin_memory=pin_memory,
-    )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gsit.data.spec import DATASETS, canonical_name
 from gsit.errors import DataError
 
 __all__ = [
@@ -24,38 +25,28 @@ __all__ = [
     "SPLIT_NAMES",
     "DATASET_LABEL_RANGES",
     "normalize_dataset_name",
+    "check_token_ids",
 ]
 
 SPLIT_NAMES = ("train", "valid", "test")
 
-# Regression label ranges per dataset; classification datasets are checked against num_classes.
+# Dataset facts (label ranges, classes, aliases) live in gsit.data.spec; these two views keep their names.
 DATASET_LABEL_RANGES: dict[str, tuple[float, float]] = {
-    "mosi": (-3.0, 3.0),
-    "mosei": (-3.0, 3.0),
-    "sims": (-1.0, 1.0),
-    "simsv2": (-1.0, 1.0),
-    "synthetic": (-3.0, 3.0),
+    n: s.label_range for n, s in DATASETS.items() if s.task == "regression"
 }
-CLASSIFICATION_DATASETS: dict[str, int] = {"mintrec": 20}
-_ALIASES = {
-    "cmu-mosi": "mosi",
-    "cmu-mosei": "mosei",
-    "ch-sims": "sims",
-    "ch-simsv2": "simsv2",
-    "sims2": "simsv2",
+CLASSIFICATION_DATASETS: dict[str, int] = {
+    n: s.num_classes for n, s in DATASETS.items() if s.task == "classification"
 }
-KNOWN_DATASETS = tuple(DATASET_LABEL_RANGES) + tuple(CLASSIFICATION_DATASETS)
 
 
 def normalize_dataset_name(dataset: str | None) -> str | None:
     """Lower-case a dataset name and map aliases; unknown names raise DataError."""
     if dataset is None:
         return None
-    key = str(dataset).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in KNOWN_DATASETS:
+    key = canonical_name(dataset)
+    if key is None:
         raise DataError(
-            f"unknown dataset name {dataset!r}; expected one of {', '.join(KNOWN_DATASETS)} (or none)."
+            f"unknown dataset name {dataset!r}; expected one of {', '.join(DATASETS)} (or none)."
         )
     return key
 
@@ -115,10 +106,6 @@ class MultimodalData:
 
     def __getitem__(self, name: str) -> Split:
         return self.splits[name]
-
-    @property
-    def train(self) -> Split:
-        return self.splits["train"]
 
     @property
     def _first(self) -> Split:
@@ -286,15 +273,7 @@ def _check_split(source: str, s: Split, *, task: str, vocab_size: int | None) ->
             raise _fail(
                 source, name, "text_bert", f"holds a negative token id {ids[idx]} at (sample, position) {idx}"
             )
-        if vocab_size is not None and (ids >= vocab_size).any():
-            idx = _first_bad(ids >= vocab_size)
-            raise _fail(
-                source,
-                name,
-                "text_bert",
-                f"holds token id {ids[idx]} at (sample, position) {idx}, "
-                f"outside the vocabulary of size {vocab_size}",
-            )
+        _check_vocabulary(source, s, vocab_size)
         mask = tb[:, 1, :]
         bad = (mask != 0) & (mask != 1)
         if bad.any():
@@ -338,6 +317,26 @@ def _check_split(source: str, s: Split, *, task: str, vocab_size: int | None) ->
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             i = int(np.argmax(~np.isfinite(arr)))
             raise _fail(source, name, key, f"holds a non-finite label {arr[i]} at row {i}")
+
+
+def _check_vocabulary(source: str, s: Split, vocab_size: int | None, vocabulary: str = "") -> None:
+    if not vocab_size or s.text_bert is None:
+        return
+    ids = s.text_bert[:, 0, :]
+    bad = (ids < 0) | (ids >= vocab_size)
+    if bad.any():
+        idx = _first_bad(bad)
+        raise _fail(source, s.name, "text_bert", f"holds token id {ids[idx]} at (sample, position) {idx}, "
+                                                 f"outside the vocabulary of size {vocab_size}{vocabulary}")
+
+
+def check_token_ids(data: MultimodalData, vocab_size: int | None, *, vocabulary: str = "") -> None:
+    """Every split's ``text_bert`` ids lie in [0, vocab_size); else one DataError naming the split, the
+    position and the id (``vocabulary`` is appended to it, e.g. " of the text encoder 'dir'").  The one
+    vocabulary check: :func:`validate` runs it with a tokenizer's size, model building with the loaded
+    encoder's (an MMSA pickle carries no vocabulary)."""
+    for s in data.splits.values():
+        _check_vocabulary(data.source, s, vocab_size, vocabulary)
 
 
 def validate(

@@ -18,6 +18,7 @@ each element goes through this same ``find_class``.
 
 from __future__ import annotations
 
+import _codecs
 import builtins
 import collections
 import io
@@ -91,8 +92,6 @@ def _build_allowed() -> dict[tuple[str, str], Any]:
         allowed[("builtins", name)] = getattr(builtins, name)
         allowed[("__builtin__", name)] = getattr(builtins, name)  # Python 2 pickles
     allowed[("collections", "OrderedDict")] = collections.OrderedDict
-    import _codecs
-
     allowed[("_codecs", "encode")] = _codecs.encode
     for core in ("numpy.core", "numpy._core"):
         allowed[(f"{core}.multiarray", "_reconstruct")] = _safe_reconstruct

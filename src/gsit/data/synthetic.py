@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from gsit.data.dataset import SPLIT_NAMES, MultimodalData, Split
+from gsit.data.spec import DATASETS
 
 __all__ = [
     "make_synthetic",
@@ -48,40 +49,19 @@ __all__ = [
     "CUE_TOKEN_NEG",
 ]
 
+
+
+def _preset_shapes(spec) -> dict[str, int]:
+    """make_synthetic's keyword view of a dataset's MMSA shapes and split sizes (gsit.data.spec)."""
+    out = {}
+    for m in ("text", "audio", "vision"):
+        out[f"{m}_len"], out[f"{m}_dim"] = spec.shapes[m]
+    out["n_train"], out["n_valid"], out["n_test"] = spec.split_sizes
+    return out
+
+
 PRESET_SHAPES: dict[str, dict[str, int]] = {
-    "mosi": dict(
-        text_len=50,
-        text_dim=768,
-        audio_len=375,
-        audio_dim=5,
-        vision_len=500,
-        vision_dim=20,
-        n_train=1284,
-        n_valid=229,
-        n_test=686,
-    ),
-    "mosei": dict(
-        text_len=50,
-        text_dim=768,
-        audio_len=500,
-        audio_dim=74,
-        vision_len=500,
-        vision_dim=35,
-        n_train=16326,
-        n_valid=1871,
-        n_test=4659,
-    ),
-    "sims": dict(
-        text_len=39,
-        text_dim=768,
-        audio_len=400,
-        audio_dim=33,
-        vision_len=55,
-        vision_dim=709,
-        n_train=1368,
-        n_valid=456,
-        n_test=457,
-    ),
+    name: _preset_shapes(spec) for name, spec in DATASETS.items() if spec.synthetic_preset
 }
 _SMALL_DEFAULTS = dict(
     text_len=20,
@@ -95,7 +75,6 @@ _SMALL_DEFAULTS = dict(
     n_test=150,
 )
 _RECALL_SMALL_DEFAULTS: dict[str, int] = {}
-_LABEL_SCALE = {"sims": 1.0 / 3.0}  # SIMS labels live in [-1, 1]
 SYNTHETIC_TASKS = ("sign", "recall")
 
 SYNTHETIC_VOCAB_SIZE = 2048
@@ -297,7 +276,8 @@ def make_synthetic(
         raise ValueError(
             f"text_len must be at least 3 for text_kind='bert' ([CLS] cue [SEP]), not {cfg['text_len']}"
         )
-    label_scale = _LABEL_SCALE.get(preset or "", 1.0)
+    # the generator's labels live in [-3, 3]; a preset's labels in its dataset's range (SIMS: [-1, 1])
+    label_scale = DATASETS[preset].label_range[1] / 3.0 if preset else 1.0
     if task == "recall":
         splits, cues = _make_recall(cfg, seed=seed, text_kind=text_kind, keys=int(recall_keys),
                                     cue_strength=cue_strength, feature_noise=feature_noise,

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gsit.errors import ConfigError, DataError
-from gsit.models.layers import NAN_POLICIES, ConvFrontEnd, check_modal_inputs, xavier_linear_
+from gsit.models.layers import NAN_POLICIES, ConvFrontEnd, attach_view, check_modal_inputs, xavier_linear_
+from gsit.models.text import encode_text
 
 MULT_MODALITIES = ("text", "audio", "vision")
 FFN_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
@@ -245,6 +246,43 @@ class MulTEncoder(nn.Module):
         return self.final_norm(h)
 
 
+# --------------------------------------------------------------------------- the fusion block
+class MulTFusion(nn.Module):
+    """MulT's fusion (steps 3-5 of the module docstring): for every modality q, its cross encoders (queries
+    q, keys/values k != q, in config order) concatenated to 2d, through q's mem encoder; the last step of
+    each mem output, concatenated -> (B, 6d).  ``forward`` takes the conv outputs m -> (B, T_m, d)."""
+
+    def __init__(self, config: MulTConfig) -> None:
+        super().__init__()
+        c = config
+        self.modalities = tuple(c.modalities)
+        d = c.d_model
+        common = dict(num_heads=c.num_heads, share_layers=c.share_layers, relu_dropout=c.relu_dropout,
+                      res_dropout=c.res_dropout, embed_dropout=c.embed_dropout, causal=c.causal,
+                      positional=c.positional, ffn_activation=c.ffn_activation)
+        # "q->k": queries of q read keys/values of k; attention dropout follows the key modality (MMSA)
+        self.pairs = [(q, k) for q in self.modalities for k in self.modalities if k != q]
+        self.cross = nn.ModuleDict({
+            f"{q}->{k}": MulTEncoder(d_model=d, num_layers=c.num_layers, attn_dropout=c.key_attn_dropout(k),
+                                     **common)
+            for q, k in self.pairs
+        })
+        mem_width = (len(self.modalities) - 1) * d  # 2d
+        self.mem = nn.ModuleDict({
+            m: MulTEncoder(d_model=mem_width, num_layers=c.mem_layers, attn_dropout=c.attn_dropout, **common)
+            for m in self.modalities
+        })
+        self.out_dim = len(self.modalities) * mem_width  # 6d
+
+    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        last = []
+        for q in self.modalities:
+            crossed = [self.cross[f"{q}->{k}"](x[q], x[k]) for k in self.modalities if k != q]  # (B, T_q, d)
+            h = self.mem[q](torch.cat(crossed, dim=-1))  # (B, T_q, 2d)
+            last.append(h[:, -1])  # (B, 2d)
+        return torch.cat(last, dim=-1)  # (B, 6d)
+
+
 # --------------------------------------------------------------------------- the model
 class MulT(nn.Module):
     """MMSA's MULT behind gsit's model interface.
@@ -267,59 +305,36 @@ class MulT(nn.Module):
         self.input_dims = {m: int(c.input_dims[m]) for m in self.modalities}
         self.kernel_sizes = {m: int(c.kernel_sizes[m]) for m in self.modalities}
         d = c.d_model
-        common = dict(num_heads=c.num_heads, share_layers=c.share_layers, relu_dropout=c.relu_dropout,
-                      res_dropout=c.res_dropout, embed_dropout=c.embed_dropout, causal=c.causal,
-                      positional=c.positional, ffn_activation=c.ffn_activation)
-
         self.text_dropout = nn.Dropout(c.text_dropout)
         self.front_end = ConvFrontEnd(modalities=self.modalities, input_dims=self.input_dims, d_model=d,
                                       kernel_sizes=self.kernel_sizes)
-        # "q->k": queries of q read keys/values of k; attention dropout follows the key modality (MMSA)
-        self.pairs = [(q, k) for q in self.modalities for k in self.modalities if k != q]
-        self.cross = nn.ModuleDict({
-            f"{q}->{k}": MulTEncoder(d_model=d, num_layers=c.num_layers, attn_dropout=c.key_attn_dropout(k),
-                                     **common)
-            for q, k in self.pairs
-        })
+        # MulT registers the fusion's two encoder dicts itself, under the names checkpoints hold ("cross.*",
+        # "mem.*"); ``fusion`` is kept outside ``_modules`` so every parameter is registered once.  The fusion
+        # holds no parameters or dropout of its own, so nothing it stores can go stale under .to() / .eval().
+        fusion = MulTFusion(c)
+        self.pairs = fusion.pairs
+        self.cross = fusion.cross
+        self.mem = fusion.mem
+        attach_view(self, "fusion", fusion)
         mem_width = (len(self.modalities) - 1) * d  # 2d
-        self.mem = nn.ModuleDict({
-            m: MulTEncoder(d_model=mem_width, num_layers=c.mem_layers, attn_dropout=c.attn_dropout, **common)
-            for m in self.modalities
-        })
         combined = len(self.modalities) * mem_width  # 6d
         self.proj1 = nn.Linear(combined, combined)
         self.proj2 = nn.Linear(combined, combined)
         self.output_dropout = nn.Dropout(c.output_dropout)
         self.out_layer = nn.Linear(combined, c.output_dim)
 
-    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        if self.text_encoder is None:
-            if not text.is_floating_point():
-                raise DataError(f"modality 'text': input of shape {tuple(text.shape)} and dtype {text.dtype} "
-                                f"holds token ids; MulT needs a text encoder for MMSA text_bert rows")
-            return text
-        if text.dim() != 3 or text.shape[1] != 3:
-            raise DataError(f"modality 'text': with a text encoder the input must be MMSA text_bert rows "
-                            f"(B, 3, L) of ids / mask / segments, got shape {tuple(text.shape)}")
-        return self.text_encoder(text)  # (B, L, D_t)
-
     def forward(self, inputs: dict[str, torch.Tensor],
                 lengths: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         if "text" not in inputs:
             raise DataError(f"model input is missing modality 'text'; got {sorted(inputs)}")
         features = {m: inputs[m] for m in self.modalities if m in inputs}
-        features["text"] = self.encode_text(inputs["text"])
+        features["text"] = encode_text(inputs["text"], self.text_encoder)
         check_modal_inputs(features, input_dims=self.input_dims, kernel_sizes=self.kernel_sizes,
                            nan_policy=self.config.nan_policy)
         features["text"] = self.text_dropout(features["text"])
         x = self.front_end(features)  # m -> (B, T_m - k_m + 1, d)
 
-        last = []
-        for q in self.modalities:
-            crossed = [self.cross[f"{q}->{k}"](x[q], x[k]) for k in self.modalities if k != q]  # (B, T_q, d)
-            h = self.mem[q](torch.cat(crossed, dim=-1))  # (B, T_q, 2d)
-            last.append(h[:, -1])  # (B, 2d)
-        last_hs = torch.cat(last, dim=-1)  # (B, 6d)
+        last_hs = self.fusion(x)  # (B, 6d)
 
         h = self.proj2(self.output_dropout(F.relu(self.proj1(last_hs)))) + last_hs  # (B, 6d)
         return {"prediction": self.out_layer(h), "features": h}

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gsit.errors import ConfigError
+from gsit.errors import ConfigError, DataError
 
 
 class BertTextEncoder(nn.Module):
@@ -29,7 +29,7 @@ class BertTextEncoder(nn.Module):
         self.out_dim = int(bert.config.hidden_size)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "BertTextEncoder":
+    def from_pretrained(cls, path: str | Path) -> BertTextEncoder:
         path = Path(path)
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ConfigError(f"text encoder path {str(path)!r} is not a model directory "
@@ -46,7 +46,7 @@ class BertTextEncoder(nn.Module):
         return cls(bert)
 
     @classmethod
-    def from_config(cls, config) -> "BertTextEncoder":
+    def from_config(cls, config) -> BertTextEncoder:
         """A randomly initialised encoder from a ``transformers`` config (tests, or training from scratch)."""
         from transformers import AutoModel
         return cls(AutoModel.from_config(config))
@@ -60,3 +60,23 @@ class BertTextEncoder(nn.Module):
 def text_lengths_from_bert(text_bert: torch.Tensor) -> torch.Tensor:
     """(B,) number of real tokens (attention-mask sum) of MMSA ``text_bert`` rows."""
     return text_bert[:, 1].round().long().sum(dim=-1)
+
+
+def encode_text(text: torch.Tensor | None, text_encoder: nn.Module | None) -> torch.Tensor:
+    """The text features every model reads: precomputed float (B, L, D_t) pass through without an encoder;
+    MMSA ``text_bert`` rows (B, 3, L) go through ``text_encoder`` -> (B, L, D_t).  Any other pairing is
+    one :class:`DataError` naming the modality and the shape."""
+    if text_encoder is None:
+        if text is not None and not text.is_floating_point():
+            raise DataError(
+                f"modality 'text': input of shape {tuple(text.shape)} and dtype {text.dtype} holds "
+                f"token ids; the model needs a text encoder (--text-encoder DIR) for MMSA text_bert "
+                f"rows"
+            )
+        return text
+    if text is None or text.dim() != 3 or text.shape[1] != 3:
+        raise DataError(
+            f"modality 'text': with a text encoder the input must be MMSA text_bert rows (B, 3, L) "
+            f"of ids / mask / segments, got shape {None if text is None else tuple(text.shape)}"
+        )
+    return text_encoder(text)  # (B, L, D_t)

@@ -8,31 +8,40 @@ import torch
 from torch import nn
 
 from gsit.graph import GraphMask, ModalGraph
-from gsit.models.gsit import GsiTConfig, last_steps, multimodal_sequence
-from gsit.models.layers import ConvFrontEnd, GraphEncoder
+from gsit.models.gsit import GraphEncoder, GsiTConfig, MultimodalEmbedding, last_steps, override_graphs
+from gsit.models.layers import attach_view
 
 
 class Vanilla(nn.Module):
+    """GsiT's embedding, one encoder over the ``full`` graph (every block reads every block), GsiT's head."""
+
     def __init__(self, config: GsiTConfig, text_encoder: nn.Module | None = None) -> None:
         super().__init__()
         c = self.config = config
-        self.text_encoder = text_encoder
-        self.text_dropout = nn.Dropout(c.text_dropout)
-        self.front_end = ConvFrontEnd(modalities=c.modalities, input_dims=c.input_dims, d_model=c.d_model,
-                                      kernel_sizes=c.kernel_sizes)
+        embedding = MultimodalEmbedding(c, text_encoder)
+        # registered here under the checkpoint names (text_encoder.*, front_end.*); the embedding is a view
+        self.text_encoder = embedding.text_encoder
+        self.text_dropout = embedding.text_dropout
+        self.front_end = embedding.front_end
+        attach_view(self, "embedding", embedding)
         self.graph = ModalGraph.named("full", c.modalities)
         self.encoder = GraphEncoder(d_model=c.d_model, num_heads=c.num_heads, num_layers=c.num_layers,
                                     share_layers=c.share_layers, embed_dropout=c.embed_dropout,
                                     attn_dropout=c.attn_dropout, relu_dropout=c.relu_dropout,
-                                    res_dropout=c.res_dropout, semantics=c.attention_semantics,
-                                    backend=c.attention_backend)
+                                    res_dropout=c.res_dropout, attention_semantics=c.attention_semantics,
+                                    attention_backend=c.attention_backend)
         self.head_hidden = nn.Linear(len(c.modalities) * c.d_model, c.d_model)
         self.head_out = nn.Linear(c.d_model, c.output_dim)
 
-    def forward(self, inputs, lengths=None):
-        x, layout, valid = multimodal_sequence(self.config, self.front_end, self.text_dropout, self.text_encoder,
-                                               inputs, lengths)  # (B, N, d)
-        h = self.encoder(x, GraphMask(self.graph, layout, valid))
+    @property
+    def graphs(self) -> dict[str, ModalGraph]:
+        """The encoder's graph by name (``full``)."""
+        return {"full": self.graph}
+
+    def forward(self, inputs, lengths=None, *, graphs: dict[str, ModalGraph] | None = None):
+        """As :meth:`GsiT.forward`; ``graphs`` may replace ``full`` for one call."""
+        x, layout, valid = self.embedding(inputs, lengths)  # (B, N, d)
+        h = self.encoder(x, GraphMask(override_graphs(self.graphs, graphs)["full"], layout, valid))
         hidden = torch.relu(self.head_hidden(last_steps(h, layout, valid)))
         return {"prediction": self.head_out(hidden), "features": hidden}
 

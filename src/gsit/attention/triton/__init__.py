@@ -1,8 +1,13 @@
 """The ``triton`` backend: one fused Triton kernel over every allowed (query block, key block) pair.
 
-Usage (through the registry)::
+Usage: through the one public entry, the registry's :func:`gsit.attention.graph_attention`::
 
     out = graph_attention(q, k, v, mask, backend="triton", scale=None, dropout_p=0.0)
+    out = graph_attention(q, k, v, mask, backend="triton", dropout_p=0.1, seed=7, config=small_tiles())
+
+The two options: ``seed``, the Philox seed of the dropout mask (an int or a one-element integer tensor;
+default: drawn on q's device from torch's generator, so ``torch.manual_seed`` makes runs reproducible), and
+``config``, the tile sizes (:class:`.function.TileConfig`; default per head dim, dtype and lengths).
 
 Shapes: ``q, k`` (B, H, N, D), ``v`` (B, H, N, Dv), ``N = mask.total`` (segments in
 ``mask.layout.modalities`` order); returns (B, H, N, Dv) in q's dtype.  Any strides with unit stride on
@@ -29,15 +34,18 @@ interpreter, for tests: it must be set before the first launch); head dims 1..12
 are padded to the next power of two inside the kernel, masked); B * H <= 65535; with dropout,
 N <= 46340; ``scale`` > 0 (refused otherwise, at launch: the forward kernel scales the row maximum of
 the raw logits).  Backward is deterministic (no atomics).  Kernel design: :mod:`.kernel`; launch tables
-and tile sizes: :mod:`.function` (``fused_graph_attention`` exposes the tile sizes and the dropout seed).
+and tile sizes: :mod:`.function`.  Layers: :mod:`.kernel` (jit kernels only) -> :mod:`.function`
+(tables, launches, the autograd routes) -> this module's ``check`` / ``attention``, called by the registry.
 """
 
 from __future__ import annotations
 
 import torch
 
-from gsit.attention.triton.function import apply_unchecked, check_inputs, fused_graph_attention
+from gsit.attention.triton.function import TileConfig, apply_unchecked, check_inputs, fused_graph_attention
 from gsit.graph import GraphMask
+
+OPTIONS = ("seed", "config")  # keyword options graph_attention passes through to attention()
 
 
 def check(q, k, v, mask: GraphMask, *, dropout_p: float) -> list[str]:
@@ -46,12 +54,14 @@ def check(q, k, v, mask: GraphMask, *, dropout_p: float) -> list[str]:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *, scale: float,
-              dropout_p: float) -> torch.Tensor:
+              dropout_p: float, seed: int | torch.Tensor | None = None,
+              config: TileConfig | None = None) -> torch.Tensor:
     """Graph-masked attention of (B, H, N, D) ``q`` over ``k``, (B, H, N, Dv) ``v``: returns (B, H, N, Dv).
 
-    Differentiable in q, k, v.  See the module docstring for the exact semantics and limits.
+    Differentiable in q, k, v.  Called by the registry after ``check``; see the module docstring for the
+    exact semantics, limits and the two options.
     """
-    return apply_unchecked(q, k, v, mask, scale=scale, dropout_p=dropout_p)
+    return apply_unchecked(q, k, v, mask, scale=scale, dropout_p=dropout_p, seed=seed, config=config)
 
 
-__all__ = ["check", "attention", "fused_graph_attention"]
+__all__ = ["OPTIONS", "check", "attention", "fused_graph_attention"]

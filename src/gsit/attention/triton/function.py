@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gsit.attention import graph_attention
+from gsit.errors import UnsupportedInput
 from gsit.graph import GraphMask
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -118,7 +120,7 @@ def small_tiles(m: int = 16, n: int = 16) -> TileConfig:
 INTERPRETER_TILES = small_tiles(16, 16)
 
 
-LONG_SEGMENT = 1024  # segments at least this long get the taller tiles (measured on H200, see below)
+LONG_SEGMENT = 1024  # segments at least this long get the taller tiles (see default_config)
 
 
 def default_config(head_dim: int, dtype: torch.dtype, device: torch.device,
@@ -127,11 +129,9 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device,
 
     16-bit inputs use tensor cores with 64-row tiles for MOSI/MOSEI-sized segments (tens to hundreds of
     steps: taller tiles would mostly hold padding and leave SMs idle).  When the longest segment has
-    ``LONG_SEGMENT`` or more steps, taller query tiles (and 128-key tiles in dK/dV) win: chosen by
-    ``benchmarks/bench_kernel.py --sweep`` on an H200 (forward graph, MOSEI lengths x4/x8, B=32, 4 heads:
-    at x8 fwd+bwd 5.84 -> 4.90 ms at head dim 32 and 7.46 -> 6.86 ms at 64 with the previous kernel
-    version; per-pair cuDNN 5.94 / 7.19; ``benchmarks/results/NVIDIA-H200-kernel-sweep.csv``).  fp32 inputs
-    use IEEE fp32 products (no tensor cores), which need small tiles to stay in registers.
+    ``LONG_SEGMENT`` or more steps, taller query tiles (and 128-key tiles in dK/dV) win, as chosen by
+    ``benchmarks/bench_kernel.py --sweep`` (measurements: benchmarks/results/experiments/README.md).  fp32
+    inputs use IEEE fp32 products (no tensor cores), which need small tiles to stay in registers.
     """
     if device.type != "cuda" or interpret_mode():
         return INTERPRETER_TILES
@@ -292,7 +292,7 @@ def triton_cdiv(a: int, b: int) -> int:
 # as a flat 0/1 adjacency (M*M), the segment lengths and the 12 tile parameters.
 
 
-def _pack(ln: "_Launch") -> tuple[list[int], list[int], list[int]]:
+def _pack(ln: _Launch) -> tuple[list[int], list[int], list[int]]:
     m = len(ln.lengths)
     adj = [0] * (m * m)
     for i, keys in enumerate(ln.key_sets):
@@ -309,7 +309,7 @@ def _key_sets(adj: list[int], m: int) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(j for j in range(m) if adj[i * m + j]) for i in range(m))
 
 
-def _unpack(q, vl, adj, lengths, scale, dropout_p, seed, tiles) -> "_Launch":  # noqa: PLR0913
+def _unpack(q, vl, adj, lengths, scale, dropout_p, seed, tiles) -> _Launch:  # noqa: PLR0913
     lengths = tuple(int(n) for n in lengths)
     if vl is None:
         vl = _full_lengths(lengths, q.shape[0], str(q.device))
@@ -354,9 +354,21 @@ def _(q, k, v, vl, adj, lengths, scale, dropout_p, seed, tiles):
 
 
 @torch.library.custom_op("gsit::graph_attention_bwd", mutates_args=())
-def _bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
-            do: torch.Tensor, vl: torch.Tensor | None, adj: list[int], lengths: list[int], scale: float,
-            dropout_p: float, seed: torch.Tensor | None, tiles: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    do: torch.Tensor,
+    vl: torch.Tensor | None,
+    adj: list[int],
+    lengths: list[int],
+    scale: float,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+    tiles: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward(_unit_last(q), _unit_last(k), _unit_last(v), o.contiguous(), lse.contiguous(), do,
                      _unpack(q, vl, adj, lengths, scale, dropout_p, seed, tiles))
 
@@ -387,9 +399,14 @@ _fwd_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
 class _EagerFunction(torch.autograd.Function):
-    """The same launches without the custom-operator layer, for eager calls: the operator's Python
-    dispatch (schema checks, argument packing) costs tens of microseconds per call, which an eager,
-    host-bound training step pays 24 times (forward and backward of 12 attention calls)."""
+    """The same launches without the custom-operator layer, for eager calls.
+
+    Why two autograd routes: the custom operators above are what torch.compile needs (one graph, no
+    break); eagerly, the operator's Python dispatch (schema checks, argument packing) costs tens of
+    microseconds per call, which a host-bound eager training step pays 24 times (forward and backward of
+    12 attention calls).  Both routes run the same kernels on the same tables; tests/test_attention_triton.py
+    checks that they agree (``test_compiled_fusion_is_one_graph_and_matches_eager``,
+    ``test_eager_and_custom_op_routes_agree``)."""
 
     @staticmethod
     def forward(ctx, q, k, v, ln):
@@ -404,7 +421,7 @@ class _EagerFunction(torch.autograd.Function):
         return (*_backward(q, k, v, o, lse, do, ctx.ln), None)
 
 
-def _graph_attention_op(q, k, v, vl, ln: "_Launch") -> torch.Tensor:
+def _graph_attention_op(q, k, v, vl, ln: _Launch) -> torch.Tensor:
     """Under torch.compile: the custom operators (one graph).  Eagerly: the autograd.Function (same
     kernels, same tables, same numbers; tested equal)."""
     if torch.compiler.is_compiling():
@@ -417,23 +434,12 @@ def _graph_attention_op(q, k, v, vl, ln: "_Launch") -> torch.Tensor:
     return _EagerFunction.apply(_unit_last(q), _unit_last(k), _unit_last(v), ln)
 
 
-def _shape_reasons(q, k, v, mask: GraphMask) -> list[str]:
-    reasons = []
-    if q.shape[2] != mask.total:
-        reasons.append(f"sequence length {q.shape[2]} != layout total {mask.total}")
-    if q.shape[:3] != k.shape[:3] or q.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
-        reasons.append(f"shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if not (q.dtype == k.dtype == v.dtype):
-        reasons.append(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-    if mask.valid_lengths is not None and mask.valid_lengths.shape[0] != q.shape[0]:
-        reasons.append(f"valid_lengths batch {mask.valid_lengths.shape[0]} != q batch {q.shape[0]}")
-    return reasons
-
-
 def _seed_tensor(seed, device) -> torch.Tensor:
     if isinstance(seed, torch.Tensor):
         if seed.numel() != 1 or seed.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"seed tensor must hold one int32/int64 value, got {seed.dtype} {tuple(seed.shape)}")
+            raise ValueError(
+                f"seed tensor must hold one int32/int64 value, got {seed.dtype} {tuple(seed.shape)}"
+            )
         return seed.reshape(1).to(device=device, dtype=torch.int64)
     return torch.tensor([int(seed) & 0x7FFFFFFF], dtype=torch.int64, device=device)
 
@@ -452,7 +458,6 @@ def apply_unchecked(q, k, v, mask: GraphMask, *, scale: float, dropout_p: float,
                     seed: int | torch.Tensor | None = None, config: TileConfig | None = None) -> torch.Tensor:
     """Launch without re-checking (the registry's ``graph_attention`` has already run ``check``)."""
     if not scale > 0.0:  # the forward kernel takes the row max of the raw logits, then scales it
-        from gsit.attention import UnsupportedInput
         raise UnsupportedInput(f"triton attention needs a positive scale, got {scale}")
     seed_t = None
     if dropout_p > 0.0:
@@ -467,21 +472,21 @@ def apply_unchecked(q, k, v, mask: GraphMask, *, scale: float, dropout_p: float,
     return _graph_attention_op(q, k, v, _valid_lengths(mask, ln.lengths, q.device), ln)
 
 
-def fused_graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *,
-                          scale: float | None = None, dropout_p: float = 0.0, seed: int | torch.Tensor | None = None,
-                          config: TileConfig | None = None) -> torch.Tensor:
-    """The fused kernel with its knobs exposed (tile sizes, dropout seed); see the package docstring.
-
-    ``seed``: Philox seed of the dropout mask, an int or a one-element integer tensor (default: drawn on
-    q's device from torch's generator, so ``torch.manual_seed`` makes runs reproducible).  ``config``: tile sizes (default per head dim/dtype).
-    """
-    reasons = check_inputs(q, k, v, mask, dropout_p=dropout_p) + _shape_reasons(q, k, v, mask)
-    if reasons:
-        from gsit.attention import UnsupportedInput
-        raise UnsupportedInput("triton attention cannot run this input:\n  - " + "\n  - ".join(reasons))
-    if scale is None:
-        scale = q.shape[-1] ** -0.5
-    return apply_unchecked(q, k, v, mask, scale=scale, dropout_p=dropout_p, seed=seed, config=config)
+def fused_graph_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: GraphMask,
+    *,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    seed: int | torch.Tensor | None = None,
+    config: TileConfig | None = None,
+) -> torch.Tensor:
+    """Kept for callers of the earlier name: exactly ``graph_attention(..., backend="triton", seed=seed,
+    config=config)`` (the registry's checks, then the launch); see the package docstring."""
+    return graph_attention(q, k, v, mask, backend="triton", scale=scale, dropout_p=dropout_p, seed=seed,
+                           config=config)
 
 
 def dropout_keep_mask(batch_heads: int, n: int, dropout_p: float, seed: int, device) -> torch.Tensor:
