@@ -196,7 +196,7 @@ def load_mintrec(
             label = r["label"].strip()
             if label not in INTENT_LABELS:
                 raise DataError(
-                    f"{path}: line {r['_line']} has the unknown intent label {label!r} "
+                    f"{path}: row {r['_line']} has the unknown intent label {label!r} "
                     f"(expected one of the 20 MIntRec intents)."
                 )
 
