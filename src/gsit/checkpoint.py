@@ -15,20 +15,57 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from gsit.errors import DataError
+from gsit.errors import DataError, GsitError
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (else set and restored at once)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _temp_sibling(path: Path) -> str:
+    """A temp file next to ``path`` with the mode a plain ``open(path, "w")`` would give (0o666 minus the
+    umask; mkstemp's 0o600 would hide results from colleagues on a shared server)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
+    return tmp
+
+
+def _write_error(path: Path, exc: OSError) -> GsitError:
+    """One line naming the file and the reason, never the temp file's name or a raw errno."""
+    return GsitError(f"{path}: cannot be written ({exc.strerror or type(exc).__name__})")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp sibling + fsync + rename: a reader sees the old file or the
+    new one, never half of one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as fh:
+        tmp = _temp_sibling(path)
+        with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise _write_error(path, exc) from None
     except BaseException:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
@@ -51,16 +88,21 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Save ``tensors`` as safetensors at ``path`` atomically (temp sibling + fsync + rename)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        tmp = _temp_sibling(path)
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise _write_error(path, exc) from None
     except BaseException:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
@@ -83,12 +125,25 @@ def save_model(path: Path, model: torch.nn.Module) -> None:
     atomic_save_tensors(path, model_tensors(model))
 
 
-def load_model_weights(path: Path, model: torch.nn.Module) -> None:
-    tensors = load_tensors(path)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+def _check_fit(path: Path, tensors: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """Every model tensor present with its shape, nothing unexpected (one DataError naming the tensor)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in tensors]
+    unexpected = [k for k in tensors if k not in own]
     if missing or unexpected:
         raise DataError(f"checkpoint {str(path)!r} does not fit the model: missing {missing[:5]}, "
                         f"unexpected {unexpected[:5]}")
+    for k, v in own.items():
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise DataError(f"checkpoint {str(path)!r} does not fit the model: tensor {k!r} has shape "
+                            f"{tuple(tensors[k].shape)} but the model's has {tuple(v.shape)} (was the run "
+                            f"trained with other settings or data?)")
+
+
+def load_model_weights(path: Path, model: torch.nn.Module) -> None:
+    tensors = load_tensors(path)
+    _check_fit(path, tensors, model)
+    model.load_state_dict(tensors, strict=True)
 
 
 # ----------------------------------------------------------------------------- training state

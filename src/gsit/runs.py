@@ -20,7 +20,9 @@ import torch
 from gsit import __version__
 from gsit.build import build_model, load_text_encoder
 from gsit.checkpoint import atomic_write_bytes, atomic_write_json, load_model_weights
-from gsit.config import RunConfig, load_config
+from gsit.config import RunConfig, _build, _build_model_section, check_ranges, load_config
+from gsit.data._util import read_json
+from gsit.models.registry import model_config_class
 from gsit.distributed import Dist, all_gather
 from gsit.errors import ConfigError, GsitError
 
@@ -112,21 +114,41 @@ def data_facts(data) -> dict[str, Any]:
 
 
 def load_run_config(run_dir: Path, data_path: str | None = None) -> RunConfig:
-    """The resolved configuration a run directory was trained with (``data_path`` replaces its data path)."""
+    """The resolved configuration a run directory was trained with (``data_path`` replaces its data path).
+
+    ``config.json`` is checked like a TOML config: sections and keys must be known and of the right type,
+    and values in range; any problem is one ConfigError naming the file and ``section.key``."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
-    raw = json.loads(cfg_path.read_text())
-    base = load_config(raw["model_name"], raw["data"]["dataset"])
-
-    def merged(section, values):
-        return dataclasses.replace(section, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-    data = merged(base.data, raw["data"])
+    raw = read_json(cfg_path, error=ConfigError)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{cfg_path}: holds a {type(raw).__name__}, but a JSON object is expected")
+    unknown = sorted(set(raw) - {"model_name", "model", "train", "data"})
+    if unknown:
+        raise ConfigError(f"{cfg_path}: unknown key {unknown[0]!r} (known: data, model, model_name, train)")
+    for key, kind in (("model_name", str), ("model", dict), ("train", dict), ("data", dict)):
+        if not isinstance(raw.get(key), kind):
+            raise ConfigError(f"{cfg_path}: key {key!r} is missing or not a "
+                              f"{'string' if kind is str else 'JSON object'}")
+    dataset = raw["data"].get("dataset")
+    try:
+        base = load_config(raw["model_name"], dataset if isinstance(dataset, str) else "<missing>")
+        model_cfg = _build_model_section(model_config_class(raw["model_name"]), raw["model"])
+        del model_cfg
+        train = _build(type(base.train), "train", raw["train"])
+        data = _build(type(base.data), "data", raw["data"])
+        check_ranges("train", train)
+        check_ranges("data", data)
+    except ConfigError as e:
+        raise ConfigError(f"{cfg_path}: {e}") from None
+    # keys a run directory predates take the preset's value (a run records every key of its time)
+    train = dataclasses.replace(base.train, **{k: getattr(train, k) for k in raw["train"]})
+    data = dataclasses.replace(base.data, **{k: getattr(data, k) for k in raw["data"]})
     if data_path:
         data = dataclasses.replace(data, path=str(data_path))
-    return RunConfig(model_name=raw["model_name"], model=raw["model"], train=merged(base.train, raw["train"]),
-                     data=data)
+    return RunConfig(model_name=raw["model_name"], model=raw["model"], train=train, data=data)
 
 
 def run_seeds(run_dir: Path, seed: int | None = None) -> list[int]:
@@ -162,7 +184,7 @@ def check_resume_dir(run_dir: Path, run: RunConfig) -> None:
     """``--resume RUN_DIR``: it must be a run directory started with the same configuration."""
     if not (run_dir / "config.json").is_file():
         raise GsitError(f"--resume {str(run_dir)!r}: not a run directory (no config.json)")
-    saved = json.loads((run_dir / "config.json").read_text())
+    saved = read_json(run_dir / "config.json", error=ConfigError)
     if saved != json.loads(json.dumps(run.to_dict())):  # compare as stored (tuples become lists)
         raise GsitError(f"--resume {str(run_dir)!r}: the run was started with a different configuration; "
                         f"resume with the same arguments")

@@ -101,7 +101,9 @@ def save_converted(data: MultimodalData, out_dir: str | os.PathLike) -> Path:
         with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
             json.dump(meta, fh, indent=2, sort_keys=True)
             fh.write("\n")
-        os.chmod(tmp, 0o755)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp's 0o700 -> what a plain mkdir gives
         if out.exists():
             out.rmdir()  # empty (checked above); os.replace onto it would also work on POSIX
         os.replace(tmp, out)
