@@ -34,7 +34,7 @@ def _add_common_train(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from gsit.build import preflight
     from gsit.distributed import init_distributed
-    from gsit.runs import check_new_run_dir, check_resume_dir, shared_new_run_dir
+    from gsit.runs import check_new_run_dir, check_resume_data, check_resume_dir, shared_new_run_dir
     from gsit.train import run_training
     dataset = args.dataset or ("synthetic" if args.data is None else None)
     if dataset is None:
@@ -52,6 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         check_resume_dir(run_dir, run)
+        check_resume_data(run_dir, data)
     elif args.run_dir:
         run_dir = Path(args.run_dir)
         check_new_run_dir(run_dir, ctx)
@@ -61,11 +62,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     # encoder or token id fails here with one clear line
     _doing("building the model")
     preflight(run, data)
+    created = run_dir is None or not run_dir.exists()
     if run_dir is None:
         run_dir = shared_new_run_dir(Path(args.out), run.model_name, dataset, ctx)
     _doing(f"training (run directory {run_dir})")
-    results = run_training(run, data, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet,
-                           device=args.device, command=["gsit", *args.argv], ctx=ctx)
+    try:
+        results = run_training(run, data, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet,
+                               device=args.device, command=["gsit", *args.argv], ctx=ctx)
+    except BaseException:
+        if ctx.main and not args.resume:
+            from gsit.runs import discard_unstarted_run
+            discard_unstarted_run(run_dir, created=created)
+        raise
     if ctx.main:
         _print_results(results, run_dir)
     return 0

@@ -6,6 +6,7 @@ results.json)."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import dataclasses
 import io
 import json
@@ -110,7 +111,66 @@ def data_facts(data) -> dict[str, Any]:
             "label_names": data.label_names, "text_kind": data.text_kind,
             "dims": {"text": data.text_dim, "audio": data.audio_dim, "vision": data.vision_dim},
             "seq_lengths": data.seq_lengths,
-            "splits": {k: len(v) for k, v in data.splits.items()}}
+            "splits": {k: len(v) for k, v in data.splits.items()},
+            "fingerprint": data_fingerprint(data)}
+
+
+_FINGERPRINT_ROWS = 16
+
+
+def data_fingerprint(data) -> dict[str, dict[str, str]]:
+    """A cheap fingerprint of the data a run trains on: per split and key, the shape and dtype, and a
+    SHA-256 of the whole array for ids, labels and lengths, of 16 evenly spaced rows for the feature
+    arrays (text, text_bert, audio, vision).  File sizes or times are not used, so a copy of the same
+    data elsewhere matches; an edit confined to unsampled feature rows is not detected."""
+    out: dict[str, dict[str, str]] = {}
+    for name, split in sorted(data.splits.items()):
+        keys = ["ids", "labels", "text", "text_bert", "audio", "vision", "text_lengths", "audio_lengths",
+                "vision_lengths"]
+        entry = {}
+        for key in keys:
+            arr = getattr(split, key, None)
+            if arr is None:
+                continue
+            arr = np.asarray(arr)
+            if key in ("text", "text_bert", "audio", "vision") and arr.shape[0] > _FINGERPRINT_ROWS:
+                rows = np.linspace(0, arr.shape[0] - 1, _FINGERPRINT_ROWS).round().astype(np.int64)
+                sample = arr[rows]
+            else:
+                sample = arr
+            h = hashlib.sha256(str(sample.dtype).encode())
+            h.update(np.ascontiguousarray(sample).tobytes() if sample.dtype.kind != "O"
+                     else "\x00".join(map(str, sample.tolist())).encode())
+            entry[key] = f"{tuple(int(d) for d in arr.shape)} {arr.dtype} {h.hexdigest()[:16]}"
+        for key, arr in sorted(split.extra_labels.items()):
+            arr = np.asarray(arr)
+            entry[f"extra/{key}"] = f"{tuple(arr.shape)} {arr.dtype} " \
+                                    f"{hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16]}"
+        out[name] = entry
+    return out
+
+
+def check_resume_data(run_dir: Path, data) -> None:
+    """``--resume``: the data must be what the run started on (its fingerprint in ``data.json``);
+    otherwise one error says which split and key changed, and how."""
+    path = Path(run_dir) / "data.json"
+    if not path.is_file():
+        raise GsitError(f"--resume {str(run_dir)!r}: data.json is missing, so the data cannot be checked")
+    saved = read_json(path, error=ConfigError)
+    old = saved.get("fingerprint") if isinstance(saved, dict) else None
+    if old is None:
+        return  # a run from before fingerprints: nothing to compare
+    new = data_fingerprint(data)
+    for split in sorted(set(old) | set(new)):
+        a, b = old.get(split, {}), new.get(split, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                what = ("is new" if key not in a else "is gone" if key not in b else
+                        f"changed from {a[key].rsplit(' ', 1)[0]} to {b[key].rsplit(' ', 1)[0]}"
+                        if a[key].rsplit(" ", 1)[0] != b[key].rsplit(" ", 1)[0] else "has different content")
+                raise GsitError(f"--resume {str(run_dir)!r}: the data at {data.source!r} is not the data the run "
+                                f"started on: split '{split}' key '{key}' {what}; resume with the same data "
+                                f"(or start a new run)")
 
 
 def load_run_config(run_dir: Path, data_path: str | None = None) -> RunConfig:
@@ -197,3 +257,32 @@ def check_new_run_dir(run_dir: Path, ctx: Dist) -> None:
     if all_gather(taken, ctx)[0]:
         raise GsitError(f"run directory {str(run_dir)!r} already exists and is not empty; runs are never "
                         f"overwritten (use --resume to continue it)")
+
+
+_RUN_FILES = ("config.json", "command.txt", "versions.json", "data.json")
+
+
+def discard_unstarted_run(run_dir: Path, *, created: bool) -> bool:
+    """After a failure in a new run: when no seed committed an epoch, remove what gsit wrote (the run
+    files, uncommitted seed files, temp files) and the directory itself if this command created it, so a
+    failed start leaves nothing behind.  Returns whether it did; a run with any committed epoch is kept
+    for ``--resume``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return False
+    seeds = [p for p in run_dir.glob("seed-*") if p.is_dir()]
+    if any((p / "last.json").exists() or (p / "results.json").exists() for p in seeds):
+        return False
+    ours = set(_RUN_FILES) | {"results.json", "results.csv"}
+    for p in seeds:
+        for f in p.iterdir():
+            if f.is_file() and (f.name.startswith(".") or f.suffix in (".safetensors", ".csv")):
+                f.unlink()
+        if not any(p.iterdir()):
+            p.rmdir()
+    for f in run_dir.iterdir():
+        if f.is_file() and (f.name in ours or (f.name.startswith(".") and f.name.endswith(".tmp"))):
+            f.unlink()
+    if created and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+    return True

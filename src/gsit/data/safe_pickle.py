@@ -330,18 +330,25 @@ class SafeUnpickler(pickle._Unpickler):
         )
 
     def where(self) -> str:
-        """``"at key 'train' -> 'id': "`` -- the dict keys whose values were being read (best effort: a
-        frame opened by MARK right after an empty dict holds alternating keys and values)."""
+        """``"at key 'train' -> 'id': "`` -- the dict keys whose values were being read, best effort: a
+        frame opened by MARK right after an empty dict holds alternating keys and values (SETITEMS), and
+        a dict followed by a key in one frame is a SETITEM under way."""
         try:
             frames = [*self.metastack, self.stack]
         except AttributeError:  # load() not started
             return ""
         keys = []
-        for below, frame in zip(frames, frames[1:]):
-            if below and isinstance(below[-1], dict) and frame:
-                key = frame[(len(frame) - 1) // 2 * 2]
-                if isinstance(key, (str, int)) and not isinstance(key, bool):
-                    keys.append(repr(key))
+
+        def add(key) -> None:
+            if isinstance(key, (str, int)) and not isinstance(key, bool):
+                keys.append(repr(key))
+
+        for i, frame in enumerate(frames):
+            if i > 0 and frames[i - 1] and isinstance(frames[i - 1][-1], dict) and frame:
+                add(frame[(len(frame) - 1) // 2 * 2])
+            for j in range(len(frame) - 2):
+                if isinstance(frame[j], dict) and isinstance(frame[j + 1], str):
+                    add(frame[j + 1])
         return f"at key {' -> '.join(keys)}: " if keys else ""
 
     def load_build(self) -> None:
