@@ -88,7 +88,8 @@ def dtype_ops(code: str, state: tuple) -> bytes:
 def array_ops(dtype: bytes, shape: tuple, raw, *, version: int = 1) -> bytes:
     p = P()
     p.out = bytearray()
-    p.glob(f"{CORE}.multiarray", "_reconstruct").op(b"(").glob("numpy", "ndarray").val((0,)).val(b"b").op(b"tR")
+    p.glob(f"{CORE}.multiarray", "_reconstruct").op(b"(").glob("numpy", "ndarray")
+    p.val((0,)).val(b"b").op(b"tR")
     p.op(b"(").val(version).val(shape).op(dtype).val(False)
     p.val(raw) if not isinstance(raw, Raw) else p.op(raw.code)
     return bytes(p.out + b"tb")
@@ -113,7 +114,8 @@ HOSTILE_PICKLES = {
         dtype_ops("f8", (3, "<", None, ("a",), {"a": (Raw(dtype_ops("O8", PLAIN_F8)), 0)}, -1, -1, 0)),
         (2,), b"\x00" * 16),
     "itemsize_lie": array_ops(dtype_ops("f8", (3, "<", None, None, None, 4096, 8, 0)), (2,), b"\x00" * 16),
-    "unicode_odd_itemsize": array_ops(dtype_ops("U2", (3, "<", None, None, None, 7, 4, 8)), (1,), b"\x00" * 7),
+    "unicode_odd_itemsize": array_ops(dtype_ops("U2", (3, "<", None, None, None, 7, 4, 8)), (1,),
+                                      b"\x00" * 7),
     "subarray": array_ops(dtype_ops("f8", (3, "<", ("x",), None, None, -1, -1, 0)), (1,), b"\x00" * 8),
     "short_raw_bytes": array_ops(dtype_ops("f8", PLAIN_F8), (1000,), b"\x00" * 16),
     "huge_shape": array_ops(dtype_ops("f8", PLAIN_F8), (1 << 40, 1 << 20), b"\x00" * 64),
@@ -272,7 +274,8 @@ def _mintrec_dir(root: Path, rows: list[str], *, bom: bool = False) -> Path:
     root.mkdir()
     head = "season\tepisode\tclip\ttext\tlabel\n"
     for name in ("train", "dev", "test"):
-        body = "".join(f"S01\tE01\t{name}{i}\t{text}\t{INTENT_LABELS[i % 20]}\n" for i, text in enumerate(rows))
+        body = "".join(f"S01\tE01\t{name}{i}\t{text}\t{INTENT_LABELS[i % 20]}\n"
+                       for i, text in enumerate(rows))
         (root / f"{name}.tsv").write_text(("\ufeff" if bom else "") + head + body, encoding="utf-8")
     return root
 
@@ -359,7 +362,8 @@ def test_bad_setting_is_one_line_naming_the_key_and_nothing_is_created(tmp_path,
 
 def test_update_epochs_error_names_both_numbers(tmp_path, capsys):
     rc = cli.main(["train", "--quiet", "--out", str(tmp_path / "r"), "--seeds", "1", "model.d_model=8",
-                   "model.num_heads=2", "model.num_layers=1", "train.batch_size=300", "train.update_epochs=5"])
+                   "model.num_heads=2", "model.num_layers=1", "train.batch_size=300",
+                   "train.update_epochs=5"])
     err = capsys.readouterr().err
     assert rc == 2 and "train.update_epochs=5" in err and "2 training batch" in err, err
 
@@ -368,8 +372,8 @@ def test_partial_table_override_merges_onto_defaults():
     from gsit.config import build_model_config, load_config
     run = load_config("gsit", "mosi", overrides=["model.kernel_sizes={audio=1}"])
     cfg = build_model_config(run, input_dims={"text": 768, "audio": 5, "vision": 20}, output_dim=1)
-    preset = build_model_config(load_config("gsit", "mosi"), input_dims={"text": 768, "audio": 5, "vision": 20},
-                                output_dim=1)
+    dims = {"text": 768, "audio": 5, "vision": 20}
+    preset = build_model_config(load_config("gsit", "mosi"), input_dims=dims, output_dim=1)
     assert cfg.kernel_sizes == {**preset.kernel_sizes, "audio": 1}
 
 
@@ -401,7 +405,8 @@ def test_unexpected_exception_is_one_line_exit_1(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert rc == 1
     assert err.strip().splitlines() == [
-        "gsit: error: running gsit convert: RuntimeError: kaput second line (run with --debug for the traceback)"]
+        "gsit: error: running gsit convert: RuntimeError: kaput second line "
+        "(run with --debug for the traceback)"]
     rc = cli.main(["--debug", "convert", "x", "--out", "y"])
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" in err and err.strip().endswith("kaput second line")

@@ -239,8 +239,10 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-@pytest.mark.parametrize("point,epoch", [("between_tensor_files", 1), ("before_commit", 3), ("after_commit", 2)])
-def test_kill_between_writes_then_resume_equals_uninterrupted(data_pkl, reference_run, tmp_path, point, epoch):
+@pytest.mark.parametrize("point,epoch", [("between_tensor_files", 1), ("before_commit", 3),
+                                         ("after_commit", 2)])
+def test_kill_between_writes_then_resume_equals_uninterrupted(data_pkl, reference_run, tmp_path, point,
+                                                              epoch):
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "-c", KILL_DRIVER, point, str(epoch)] + train_cmd(data_pkl, "--quiet", "--run-dir",
                                                                              str(run_dir))[3:]
@@ -249,8 +251,8 @@ def test_kill_between_writes_then_resume_equals_uninterrupted(data_pkl, referenc
     seed_dir = run_dir / "seed-3"
     if point == "after_commit":
         assert (seed_dir / "last.next.safetensors").is_file()  # the state the resume must roll forward
-    r = subprocess.run(train_cmd(data_pkl, "--quiet", "--resume", str(run_dir)), env=env(), capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(train_cmd(data_pkl, "--quiet", "--resume", str(run_dir)), env=env(),
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert_same_outcome(run_dir, reference_run)
     assert sorted(p.name for p in seed_dir.iterdir()) == ["best.safetensors", "epochs.csv", "last.json",
@@ -289,8 +291,8 @@ def test_missing_last_json_with_committed_files_is_refused(reference_run, tmp_pa
     (run_dir / "seed-3" / "results.json").unlink()
     (run_dir / "seed-3" / "last.json").unlink()
     before = snapshot(run_dir)
-    rc = cli.main(["train", "--quiet", "--data", str(data_pkl), "--dataset", "synthetic", "--resume", str(run_dir),
-                   *ARGS])
+    rc = cli.main(["train", "--quiet", "--data", str(data_pkl), "--dataset", "synthetic", "--resume",
+                   str(run_dir), *ARGS])
     err = capsys.readouterr().err
     assert rc == 2 and "last.json" in err and "is missing" in err, err
     assert snapshot(run_dir) == before
@@ -299,7 +301,8 @@ def test_missing_last_json_with_committed_files_is_refused(reference_run, tmp_pa
 @pytest.mark.parametrize("mutate,key", [(lambda m: m["state"].pop("epoch"), "state.epoch"),
                                         (lambda m: m["state"].update(epoch="2"), "state.epoch"),
                                         (lambda m: m["rng"].pop("numpy"), "rng.numpy"),
-                                        (lambda m: m["commit"].update(state_id="x" * 32), "last.safetensors")])
+                                        (lambda m: m["commit"].update(state_id="x" * 32),
+                                         "last.safetensors")])
 def test_bad_last_json_is_refused(reference_run, tmp_path, data_pkl, capsys, mutate, key):
     import shutil
     run_dir = tmp_path / "copy"
@@ -308,8 +311,8 @@ def test_bad_last_json_is_refused(reference_run, tmp_path, data_pkl, capsys, mut
     meta = json.loads((run_dir / "seed-3" / "last.json").read_text())
     mutate(meta)
     (run_dir / "seed-3" / "last.json").write_text(json.dumps(meta))
-    rc = cli.main(["train", "--quiet", "--data", str(data_pkl), "--dataset", "synthetic", "--resume", str(run_dir),
-                   *ARGS])
+    rc = cli.main(["train", "--quiet", "--data", str(data_pkl), "--dataset", "synthetic", "--resume",
+                   str(run_dir), *ARGS])
     err = capsys.readouterr().err
     assert rc == 2 and key in err and len(err.strip().splitlines()) == 1, err
 
@@ -320,7 +323,8 @@ def test_resume_refuses_changed_data(reference_run, tmp_path, capsys):
     run_dir = tmp_path / "copy"
     shutil.copytree(reference_run, run_dir)
     (run_dir / "seed-3" / "results.json").unlink()
-    data = make_synthetic(n_train=256, n_valid=32, n_test=32, text_len=12, audio_len=14, vision_len=14, seed=0)
+    data = make_synthetic(n_train=256, n_valid=32, n_test=32, text_len=12, audio_len=14, vision_len=14,
+                          seed=0)
     data.splits["train"].labels[5] += 0.5
     other = write_mmsa_pickle(data, tmp_path / "tiny.pkl")
     cfg = json.loads((run_dir / "config.json").read_text())

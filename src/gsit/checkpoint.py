@@ -249,8 +249,8 @@ def recover_seed_dir(seed_dir: Path) -> dict[str, Any] | None:
                 continue
             got = _stamp(seed_dir / name).get("state_id")
             if got != commit[key]:
-                raise _bad_state(seed_dir / name, f"is not the state that {LAST_JSON} committed "
-                                                  f"(epoch {commit['epoch'] if name == LAST else commit['best_epoch']})")
+                epoch = commit["epoch"] if name == LAST else commit["best_epoch"]
+                raise _bad_state(seed_dir / name, f"is not the state that {LAST_JSON} committed (epoch {epoch})")
     return meta
 
 

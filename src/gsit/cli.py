@@ -40,8 +40,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if dataset is None:
         raise GsitError("--dataset is required with --data (mosi, mosei, sims, simsv2, mintrec, synthetic)")
     if args.resume and args.run_dir:
-        raise GsitError(f"--resume {args.resume!r} and --run-dir {args.run_dir!r} cannot be combined: --resume "
-                        f"continues the run in its own directory")
+        raise GsitError(f"--resume {args.resume!r} and --run-dir {args.run_dir!r} cannot be combined: "
+                        f"--resume continues the run in its own directory")
     _doing("reading the configuration")
     run = _load_run(args, dataset)
     _doing("starting the device")

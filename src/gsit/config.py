@@ -186,7 +186,8 @@ def check_ranges(section: str, cfg: Any) -> None:
     if section == "train":
         for seed in cfg.seeds:
             if not 0 <= seed <= _SEED_MAX:
-                raise ConfigError(f"train.seeds: the seed {seed} is outside numpy's seed range [0, {_SEED_MAX}]")
+                raise ConfigError(f"train.seeds: the seed {seed} is outside numpy's seed range "
+                                  f"[0, {_SEED_MAX}]")
         dup = [s for i, s in enumerate(cfg.seeds) if s in cfg.seeds[:i]]
         if dup:
             raise ConfigError(f"train.seeds names the seed {dup[0]} twice (each seed has one directory)")

@@ -168,8 +168,8 @@ def check_resume_data(run_dir: Path, data) -> None:
                 what = ("is new" if key not in a else "is gone" if key not in b else
                         f"changed from {a[key].rsplit(' ', 1)[0]} to {b[key].rsplit(' ', 1)[0]}"
                         if a[key].rsplit(" ", 1)[0] != b[key].rsplit(" ", 1)[0] else "has different content")
-                raise GsitError(f"--resume {str(run_dir)!r}: the data at {data.source!r} is not the data the run "
-                                f"started on: split '{split}' key '{key}' {what}; resume with the same data "
+                raise GsitError(f"--resume {str(run_dir)!r}: the data at {data.source!r} is not the data "
+                                f"the run started on: split '{split}' key '{key}' {what}; resume with the same data "
                                 f"(or start a new run)")
 
 

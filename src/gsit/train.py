@@ -218,8 +218,8 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
                 raise problem
             raise GsitError(f"seed {seed}: rank 0 could not recover {str(seed_dir)!r}")
         if (seed_dir / "last.json").is_file():
-            state = load_training_state(seed_dir / LAST, model=model, optimizer=optimizer, scheduler=scheduler,
-                                        meta=meta)
+            state = load_training_state(seed_dir / LAST, model=model, optimizer=optimizer,
+                                        scheduler=scheduler, meta=meta)
             state.setdefault("best_state_id", None)
             progress.line(f"  seed {seed}: resumed after epoch {state['epoch']}")
     if ctx.main:

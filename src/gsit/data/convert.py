@@ -234,7 +234,8 @@ def _check_npz_members(npz_path: Path) -> None:
                 declared = count * dtype.itemsize
                 if declared != info.file_size - header_len:
                     raise DataError(
-                        f"{npz_path}: member '{key}' declares shape {tuple(int(x) for x in shape)} of {dtype} "
+                        f"{npz_path}: member '{key}' declares shape {tuple(int(x) for x in shape)} "
+                        f"of {dtype} "
                         f"({declared} bytes), but holds {info.file_size - header_len} bytes of data."
                     )
     except DataError:

@@ -131,7 +131,9 @@ def _new_dtype(code: Any, align: Any = False, copy: Any = False) -> _DtypeSpec:
     if isinstance(code, bytes):
         code = code.decode("latin1")
     if not isinstance(code, str) or not isinstance(align, bool) or not isinstance(copy, bool):
-        raise UnsafePickleError(f"numpy dtype reconstruction was given {code!r}, which is not a plain type code")
+        raise UnsafePickleError(
+            f"numpy dtype reconstruction was given {code!r}, which is not a plain type code"
+        )
     kind, size = code[:1], code[1:]
     ok = False
     if kind in _SIZED_KINDS:
@@ -199,7 +201,9 @@ def _safe_frombuffer(buf, dtype, shape, order):
     if isinstance(buf, pickle.PickleBuffer):
         buf = buf.raw()
     if not isinstance(buf, (bytes, bytearray, memoryview)) or order not in ("C", "F"):
-        raise UnsafePickleError("numpy _frombuffer was given something other than a byte buffer and C/F order")
+        raise UnsafePickleError(
+            "numpy _frombuffer was given something other than a byte buffer and C/F order"
+        )
     size = memoryview(buf).nbytes
     if size != _count(shape) * dt.itemsize:
         raise UnsafePickleError(
