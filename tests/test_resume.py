@@ -204,3 +204,151 @@ def test_resume_refuses_a_different_configuration(reference_run, data_pkl, capsy
     err = capsys.readouterr().err
     assert rc == 2 and "different configuration" in err
     assert snapshot(reference_run) == before
+
+
+# ----------------------------------------------------------------------------------------------------------
+# crash consistency: a kill between any two writes of an epoch, then --resume, equals the uninterrupted run
+
+KILL_DRIVER = """
+import os, sys
+import gsit.checkpoint as c
+point, epoch = sys.argv[1], int(sys.argv[2])
+if point == "between_tensor_files":      # last.next written, best.next not yet
+    orig_t = c.atomic_save_tensors
+    def t(path, tensors, metadata=None):
+        if path.name == "best.next.safetensors" and metadata["epoch"] == str(epoch):
+            os._exit(9)
+        return orig_t(path, tensors, metadata)
+    c.atomic_save_tensors = t
+elif point == "before_commit":           # tensors staged and epochs.csv row written, last.json not
+    orig_j = c.atomic_write_json
+    def j(path, obj):
+        if path.name == "last.json" and obj["state"]["epoch"] == epoch:
+            os._exit(9)
+        return orig_j(path, obj)
+    c.atomic_write_json = j
+elif point == "after_commit":            # last.json committed, staged files not renamed into place
+    orig_s = c.settle_seed_dir
+    def s(seed_dir, meta):
+        if meta is not None and meta["state"]["epoch"] == epoch:
+            os._exit(9)
+        return orig_s(seed_dir, meta)
+    c.settle_seed_dir = s
+from gsit.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("point,epoch", [("between_tensor_files", 1), ("before_commit", 3),
+                                         ("after_commit", 2)])
+def test_kill_between_writes_then_resume_equals_uninterrupted(data_pkl, reference_run, tmp_path, point,
+                                                              epoch):
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-c", KILL_DRIVER, point, str(epoch)] + train_cmd(data_pkl, "--quiet", "--run-dir",
+                                                                             str(run_dir))[3:]
+    r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 9, r.stderr
+    seed_dir = run_dir / "seed-3"
+    if point == "after_commit":
+        assert (seed_dir / "last.next.safetensors").is_file()  # the state the resume must roll forward
+    r = subprocess.run(train_cmd(data_pkl, "--quiet", "--resume", str(run_dir)), env=env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert_same_outcome(run_dir, reference_run)
+    assert sorted(p.name for p in seed_dir.iterdir()) == ["best.safetensors", "epochs.csv", "last.json",
+                                                          "last.safetensors", "results.json"]
+
+
+@pytest.mark.slow
+def test_randomized_kills_then_resume_equal_uninterrupted(data_pkl, reference_run, tmp_path):
+    """SIGKILL at random moments (many of them mid-write), resume, repeat until the run finishes."""
+    import random
+    rng = random.Random(13)
+    run_dir = tmp_path / "killed"
+    first = True
+    for _ in range(40):
+        args = ("--quiet", "--run-dir", str(run_dir)) if first else ("--quiet", "--resume", str(run_dir))
+        proc = subprocess.Popen(train_cmd(data_pkl, *args), env=env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        try:
+            proc.wait(timeout=rng.uniform(3.0, 9.0))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=60)
+        err = proc.stderr.read().decode()
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, err
+        first = first and not (run_dir / "config.json").exists()
+    assert proc.returncode == 0
+    assert_same_outcome(run_dir, reference_run)
+
+
+def test_missing_last_json_with_committed_files_is_refused(reference_run, tmp_path, data_pkl, capsys):
+    import shutil
+    run_dir = tmp_path / "copy"
+    shutil.copytree(reference_run, run_dir)
+    (run_dir / "seed-3" / "results.json").unlink()
+    (run_dir / "seed-3" / "last.json").unlink()
+    before = snapshot(run_dir)
+    rc = cli.main(["train", "--quiet", "--data", str(data_pkl), "--dataset", "synthetic", "--resume",
+                   str(run_dir), *ARGS])
+    err = capsys.readouterr().err
+    assert rc == 2 and "last.json" in err and "is missing" in err, err
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("mutate,key", [(lambda m: m["state"].pop("epoch"), "state.epoch"),
+                                        (lambda m: m["state"].update(epoch="2"), "state.epoch"),
+                                        (lambda m: m["rng"].pop("numpy"), "rng.numpy"),
+                                        (lambda m: m["commit"].update(state_id="x" * 32),
+                                         "last.safetensors")])
+def test_bad_last_json_is_refused(reference_run, tmp_path, data_pkl, capsys, mutate, key):
+    import shutil
+    run_dir = tmp_path / "copy"
+    shutil.copytree(reference_run, run_dir)
+    (run_dir / "seed-3" / "results.json").unlink()
+    meta = json.loads((run_dir / "seed-3" / "last.json").read_text())
+    mutate(meta)
+    (run_dir / "seed-3" / "last.json").write_text(json.dumps(meta))
+    rc = cli.main(["train", "--quiet", "--data", str(data_pkl), "--dataset", "synthetic", "--resume",
+                   str(run_dir), *ARGS])
+    err = capsys.readouterr().err
+    assert rc == 2 and key in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_resume_refuses_changed_data(reference_run, tmp_path, capsys):
+    """The data file replaced at the same path (here: the copied run's config names the new file)."""
+    import shutil
+    run_dir = tmp_path / "copy"
+    shutil.copytree(reference_run, run_dir)
+    (run_dir / "seed-3" / "results.json").unlink()
+    data = make_synthetic(n_train=256, n_valid=32, n_test=32, text_len=12, audio_len=14, vision_len=14,
+                          seed=0)
+    data.splits["train"].labels[5] += 0.5
+    other = write_mmsa_pickle(data, tmp_path / "tiny.pkl")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["data"]["path"] = str(other)
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    before = snapshot(run_dir)
+    rc = cli.main(["train", "--quiet", "--data", str(other), "--dataset", "synthetic", "--resume",
+                   str(run_dir), *ARGS])
+    err = capsys.readouterr().err
+    assert rc == 2 and "split 'train' key 'labels' has different content" in err, err
+    assert snapshot(run_dir) == before
+
+
+def test_eval_with_a_checkpoint_of_other_shapes(reference_run, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import save_file
+    run_dir = tmp_path / "copy"
+    shutil.copytree(reference_run, run_dir)
+    best = run_dir / "seed-3" / "best.safetensors"
+    tensors = load_file(str(best))
+    k = next(iter(tensors))
+    tensors[k] = torch.zeros(*(d + 1 for d in tensors[k].shape))
+    save_file(tensors, str(best))
+    rc = cli.main(["eval", str(run_dir)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "best.safetensors" in err and k in err and "shape" in err, err

@@ -7,7 +7,7 @@ import torch
 
 from gsit.config import RunConfig, build_model_config
 from gsit.data.dataset import check_token_ids
-from gsit.errors import ConfigError
+from gsit.errors import ConfigError, GsitError
 from gsit.models.registry import model_class
 from gsit.models.text import BertTextEncoder
 
@@ -47,8 +47,21 @@ def load_text_encoder(run: RunConfig, data):
 
 def preflight(run: RunConfig, data) -> None:
     """Build the model once (and load the text encoder) so that a bad model setting, text encoder, token
-    id or too-short sequence fails before a run directory is created or written."""
-    model = build_model(run, data, load_text_encoder(run, data))
+    id, too-short sequence or accumulation window fails before a run directory is created or written."""
+    t = run.train
+    n_train = len(data.splits["train"])
+    n_batches = -(-n_train // t.batch_size)
+    if t.accumulation_steps > n_batches:
+        raise ConfigError(f"train.accumulation_steps={t.accumulation_steps} is longer than the {n_batches} training "
+                          f"batch(es) of an epoch ({n_train} train rows / train.batch_size={t.batch_size}): "
+                          f"the optimizer would never step (the partial window is dropped); lower "
+                          f"train.accumulation_steps or train.batch_size")
+    try:
+        model = build_model(run, data, load_text_encoder(run, data))
+    except (ValueError, TypeError) as e:
+        if isinstance(e, GsitError):
+            raise
+        raise ConfigError(f"the {run.model_name} model cannot be built from [model]: {e}") from None
     kernels = getattr(getattr(model, "config", None), "kernel_sizes", None) or {}
     lengths = data.seq_lengths
     for m, k in kernels.items():

@@ -1,6 +1,8 @@
 """The ``gsit`` command line.  Thin: each subcommand parses arguments and calls one library function.
 
 User errors (bad files, bad configs, bad names) print one line ``gsit: error: ...`` and exit with code 2.
+Anything unexpected prints one line ``gsit: error: <what was being done>: <Type>: <message>`` and exits
+with code 1 (the traceback only with ``--debug``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,12 @@ import sys
 from pathlib import Path
 
 from gsit.errors import GsitError
+
+_DOING = ["starting"]  # what the command is doing now, for the last-resort error line
+
+
+def _doing(what: str) -> None:
+    _DOING[0] = what
 
 
 def _add_common_train(p: argparse.ArgumentParser) -> None:
@@ -26,17 +34,25 @@ def _add_common_train(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from gsit.build import preflight
     from gsit.distributed import init_distributed
-    from gsit.runs import check_new_run_dir, check_resume_dir, shared_new_run_dir
+    from gsit.runs import check_new_run_dir, check_resume_data, check_resume_dir, shared_new_run_dir
     from gsit.train import run_execution, run_training
     dataset = args.dataset or ("synthetic" if args.data is None else None)
     if dataset is None:
         raise GsitError("--dataset is required with --data (mosi, mosei, sims, simsv2, mintrec, synthetic)")
+    if args.resume and args.run_dir:
+        raise GsitError(f"--resume {args.resume!r} and --run-dir {args.run_dir!r} cannot be combined: "
+                        f"--resume continues the run in its own directory")
+    _doing("reading the configuration")
     run = _load_run(args, dataset)
+    _doing("starting the device")
     ctx = init_distributed(args.device)
+    _doing(f"loading the data ({run.data.path or 'synthetic'})")
     data = _load_data(run, quiet=args.quiet or not ctx.main)
+    _doing("checking the run directory")
     if args.resume:
         run_dir = Path(args.resume)
         check_resume_dir(run_dir, run)
+        check_resume_data(run_dir, data)
     elif args.run_dir:
         run_dir = Path(args.run_dir)
         check_new_run_dir(run_dir, ctx)
@@ -44,24 +60,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = None
     # build the model once before any run directory is created or written: a bad model setting, text
     # encoder or token id fails here with one clear line
+    _doing("building the model")
     preflight(run, data)
     run_execution(run, ctx)  # an execution this device cannot run fails before any directory exists
+    created = run_dir is None or not run_dir.exists()
     if run_dir is None:
         run_dir = shared_new_run_dir(Path(args.out), run.model_name, dataset, ctx)
-    results = run_training(run, data, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet,
-                           device=args.device, command=["gsit", *args.argv], ctx=ctx)
+    _doing(f"training (run directory {run_dir})")
+    try:
+        results = run_training(run, data, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet,
+                               device=args.device, command=["gsit", *args.argv], ctx=ctx)
+    except BaseException:
+        if ctx.main and not args.resume:
+            from gsit.runs import discard_unstarted_run
+            discard_unstarted_run(run_dir, created=created)
+        raise
     if ctx.main:
         _print_results(results, run_dir)
     return 0
 
 
 def _load_run(args, dataset: str):
+    import dataclasses
+
     from gsit.config import load_config
     overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f'data.path="{Path(args.data)}"')
-    if args.text_encoder:
-        overrides.append(f'data.text_encoder="{Path(args.text_encoder)}"')
     if getattr(args, "seeds", None):
         try:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -74,7 +97,14 @@ def _load_run(args, dataset: str):
         overrides.append(f'train.amp="{args.amp}"')
     if getattr(args, "deterministic", False):
         overrides.append("train.deterministic=true")
-    return load_config(args.model, dataset, args.config, overrides)
+    run = load_config(args.model, dataset, args.config, overrides)
+    # --data and --text-encoder are paths, set as given (never parsed as TOML strings: no escapes)
+    paths = {}
+    if args.data:
+        paths["path"] = str(Path(args.data))
+    if args.text_encoder:
+        paths["text_encoder"] = str(Path(args.text_encoder))
+    return dataclasses.replace(run, data=dataclasses.replace(run.data, **paths)) if paths else run
 
 
 def _load_data(run, *, quiet: bool = True):
@@ -186,6 +216,8 @@ def cmd_build_mosi(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gsit", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an unexpected error (accepted anywhere on the line)")
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("train", help="train and test a model (no --data: GsiT on a synthetic dataset)")
@@ -259,10 +291,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error_text(e: OSError) -> str:
+    """``Permission denied: 'x'`` instead of ``[Errno 13] Permission denied: 'x'``."""
+    if e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename is not None else e.strerror
+    return str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line (also after the subcommand)
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in a run's command.txt
+    args.argv = argv  # recorded in a run's command.txt
     if args.version:
         from gsit import __version__
         print(__version__)
@@ -270,15 +312,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    _doing(f"running gsit {args.command}")
     try:
         return int(args.func(args) or 0)
     except GsitError as e:
         print(f"gsit: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
-            NotADirectoryError) as e:
+    except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        print(f"gsit: error: {_DOING[0]}: {_os_error_text(e)}", file=sys.stderr)
+        return 2
+    except ValueError as e:
         print(f"gsit: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"gsit: interrupted while {_DOING[0]}", file=sys.stderr)
+        return 130
+    except Exception as e:  # the last resort: one line, the traceback only with --debug
+        if debug:
+            import traceback
+            traceback.print_exc()
+        text = _os_error_text(e) if isinstance(e, OSError) else " ".join(str(e).split())
+        if len(text) > 300:
+            text = text[:297] + "..."
+        print(f"gsit: error: {_DOING[0]}: {type(e).__name__}: {text}"
+              f"{'' if debug else ' (run with --debug for the traceback)'}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

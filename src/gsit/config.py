@@ -117,12 +117,108 @@ def _check_type(where: str, key: str, value: Any, expected: Any) -> Any:
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}.{key}: expected a list, got {value!r}")
+        kinds = {type(v) for v in default}
+        if len(kinds) == 1:  # a list of ints or of strings: every item must be of that type
+            want = kinds.pop()
+            for i, v in enumerate(value):
+                if type(v) is not want:
+                    raise ConfigError(f"{where}.{key}[{i}]: expected {_TYPE_WORDS.get(want, want.__name__)}, "
+                                      f"got {v!r}")
         return tuple(value)
     if isinstance(default, dict):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}.{key}: expected a table, got {value!r}")
-        return dict(value)
+        # a partial table is merged onto the defaults: model.kernel_sizes={audio=1} keeps text and vision
+        unknown = sorted(set(value) - set(default))
+        if default and unknown:
+            raise ConfigError(f"{where}.{key}: unknown key {unknown[0]!r}; known keys: {sorted(default)}")
+        merged = dict(default)
+        for k, v in value.items():
+            merged[k] = _check_type(where, f"{key}.{k}", v, default[k]) if k in default else v
+        return merged
     return value
+
+
+_TYPE_WORDS = {int: "an integer", str: "a string", float: "a number", bool: "true/false"}
+_SEED_MAX = 2**32 - 1  # numpy's seed range (torch's is wider)
+
+
+def _finite(x: float) -> bool:
+    return x == x and x not in (float("inf"), float("-inf"))
+
+
+# ONE table of ranges: name -> (lowest, highest or None, lowest allowed, highest allowed).  Every numeric
+# setting of [train] and [data], and of any model config that has the field, is checked by check_ranges;
+# model dropouts are all in [0, 1] and conv kernels >= 1.
+_RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
+    "train.batch_size": (1, None, True, False),
+    "train.eval_batch_size": (0, None, True, False),       # 0 = batch_size
+    "train.learning_rate_bert": (0, None, False, False),
+    "train.learning_rate_other": (0, None, False, False),
+    "train.learning_rate": (0, None, False, False),
+    "train.weight_decay_bert": (0, None, True, False),
+    "train.weight_decay_other": (0, None, True, False),
+    "train.weight_decay": (0, None, True, False),
+    "train.accumulation_steps": (1, None, True, False),
+    "train.early_stop": (1, None, True, False),
+    "train.max_epochs": (0, None, True, False),            # 0 = no cap
+    "train.grad_clip": (0, None, True, False),             # 0 = off
+    "train.plateau_patience": (0, None, True, False),
+    "train.plateau_factor": (0, 1, False, False),
+    "train.modality_dropout": (0, 1, True, True),
+    "data.synthetic_recall_keys": (2, None, True, False),
+    "model.d_model": (1, None, True, False),
+    "model.num_heads": (1, None, True, False),
+    "model.num_layers": (1, None, True, False),
+    "model.output_dim": (1, None, True, False),
+}
+
+
+def _range_text(lo, hi, lo_ok, hi_ok, integer: bool = False) -> str:
+    if hi is None:
+        return f"{'>=' if lo_ok else '>'} {lo:g}" + ("" if integer else " and finite")
+    return f"in {'[' if lo_ok else '('}{lo:g}, {hi:g}{']' if hi_ok else ')'}"
+
+
+def _check_value(name: str, value: Any, rule) -> None:
+    lo, hi, lo_ok, hi_ok = rule
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(float(value))
+    ok = ok and (value >= lo if lo_ok else value > lo)
+    ok = ok and (hi is None or (value <= hi if hi_ok else value < hi))
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is out of range: it must be "
+                          f"{_range_text(lo, hi, lo_ok, hi_ok, isinstance(value, int))}")
+
+
+def check_ranges(section: str, cfg: Any) -> None:
+    """Range-check every numeric setting of one section (``train``, ``data`` or ``model``) in one place;
+    the first bad value raises a ConfigError naming ``section.key`` and the value."""
+    values = dataclasses.asdict(cfg)
+    for key, value in values.items():
+        name = f"{section}.{key}"
+        if name in _RANGES:
+            _check_value(name, value, _RANGES[name])
+        elif section == "model" and key.endswith("dropout"):
+            _check_value(name, value, (0, 1, True, True))
+        elif section == "model" and key == "kernel_sizes":
+            for m, k in value.items():
+                _check_value(f"model.kernel_sizes.{m}", k, (1, None, True, False))
+    if section == "train":
+        for seed in cfg.seeds:
+            if not 0 <= seed <= _SEED_MAX:
+                raise ConfigError(f"train.seeds: the seed {seed} is outside numpy's seed range "
+                                  f"[0, {_SEED_MAX}]")
+        dup = [s for i, s in enumerate(cfg.seeds) if s in cfg.seeds[:i]]
+        if dup:
+            raise ConfigError(f"train.seeds names the seed {dup[0]} twice (each seed has one directory)")
+    if section == "model":
+        if "num_heads" in values and values["d_model"] % values["num_heads"]:
+            raise ConfigError(f"model.d_model={values['d_model']} is not divisible by "
+                              f"model.num_heads={values['num_heads']}")
+        mods = values.get("modalities", ())
+        if len(set(mods)) != len(mods) or any(m not in ("text", "audio", "vision") for m in mods):
+            raise ConfigError(f"model.modalities={list(mods)}: expected distinct names from "
+                              "'text', 'audio', 'vision'")
 
 
 def _build(cls, where: str, values: dict[str, Any]):
@@ -200,14 +296,16 @@ def load_config(model: str = "gsit", dataset: str = "synthetic", path: str | Pat
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {o!r}: {k!r} is not a section")
-        node[keys[-1]] = value
+        old = node.get(keys[-1])
+        # a table override merges onto the table it replaces (the preset's), key by key
+        node[keys[-1]] = _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
     unknown = sorted(set(raw) - {"model", "train", "data"})
     if unknown:
         raise ConfigError(f"unknown config sections {unknown}; known: ['data', 'model', 'train']")
     model_values = dict(raw.get("model", {}))
     cls = model_config_class(model)
     # validate model keys now (input dims are filled from the data later)
-    model_cfg = _build(cls, "model", model_values)
+    model_cfg = _build_model_section(cls, model_values)
     backend = getattr(model_cfg, "attention_backend", None)
     if backend is not None:
         if backend not in available_backends():
@@ -222,18 +320,30 @@ def load_config(model: str = "gsit", dataset: str = "synthetic", path: str | Pat
                           ("execution", ("auto", "eager", "compiled", "graphed", "compiled_graphed"))):
         if getattr(train, name) not in allowed:
             raise ConfigError(f"train.{name}={getattr(train, name)!r}; allowed: {list(allowed)}")
-    if train.batch_size < 1 or train.accumulation_steps < 1 or train.early_stop < 1:
-        raise ConfigError(f"train.batch_size, accumulation_steps and early_stop must be >= 1, got "
-                          f"{train.batch_size}, {train.accumulation_steps}, {train.early_stop}")
     if not train.seeds:
         raise ConfigError("train.seeds is empty")
+    check_ranges("train", train)
+    check_ranges("data", data)
     return RunConfig(model_name=model, model=model_values, train=train, data=data)
+
+
+def _build_model_section(cls, values: dict[str, Any]):
+    """The model dataclass from ``[model]``, its ranges checked; the model classes' own checks (ValueError)
+    become ConfigErrors naming the section."""
+    try:
+        cfg = _build(cls, "model", values)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"[model]: {e}") from None
+    check_ranges("model", cfg)
+    return cfg
 
 
 def build_model_config(run: RunConfig, *, input_dims: dict[str, int], output_dim: int):
     """The model's dataclass from the run config plus facts read from the data."""
     cls = model_config_class(run.model_name)
-    cfg = _build(cls, "model", run.model)
+    cfg = _build_model_section(cls, run.model)
     mods = cfg.modalities
     missing = [m for m in mods if m not in input_dims]
     if missing:

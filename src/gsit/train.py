@@ -35,15 +35,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gsit.build import build_model, load_text_encoder
 from gsit.checkpoint import (
+    LAST,
     atomic_write_bytes,
     atomic_write_json,
-    load_model_weights,
+    commit_epoch,
+    load_best_weights,
     load_training_state,
-    save_model,
-    save_training_state,
+    recover_seed_dir,
+    stage_epoch,
 )
 from gsit.config import RunConfig
 from gsit.distributed import Dist, all_gather, barrier, init_distributed, rank_slice
+from gsit.errors import GsitError
 from gsit.evaluate import autocast_for, batch_from, batch_loss, evaluate_split, split_dataset
 from gsit.execution import Execution, StepRunner, resolve_execution
 from gsit.runs import append_epoch_row, data_facts, versions, write_results
@@ -266,11 +269,24 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
                           find_unused_parameters=True)
     execution = run_execution(run, ctx)
     runner = make_runner(run, model, execution, task=task, ctx=ctx, train_module=train_model)
-    state = {"epoch": 0, "best_valid": math.inf, "best_epoch": 0, "done": False}
-    last = seed_dir / "last.safetensors"
-    if resume and last.is_file() and (seed_dir / "last.json").is_file():
-        state = load_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler)
-        progress.line(f"  seed {seed}: resumed after epoch {state['epoch']}")
+    state = {"epoch": 0, "best_valid": math.inf, "best_epoch": 0, "done": False, "best_state_id": None}
+    if resume:
+        # rank 0 settles the seed directory to its last commit (see gsit.checkpoint); then every rank loads it
+        problem, meta = None, None
+        if ctx.main:
+            try:
+                meta = recover_seed_dir(seed_dir)
+            except Exception as e:  # reported on every rank below, so no rank waits forever
+                problem = e
+        if any(p is not None for p in all_gather(None if problem is None else str(problem), ctx)):
+            if problem is not None:
+                raise problem
+            raise GsitError(f"seed {seed}: rank 0 could not recover {str(seed_dir)!r}")
+        if (seed_dir / "last.json").is_file():
+            state = load_training_state(seed_dir / LAST, model=model, optimizer=optimizer,
+                                        scheduler=scheduler, meta=meta)
+            state.setdefault("best_state_id", None)
+            progress.line(f"  seed {seed}: resumed after epoch {state['epoch']}")
     if ctx.main:
         seed_dir.mkdir(parents=True, exist_ok=True)
     barrier(ctx)
@@ -290,8 +306,6 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
         improved = valid["Loss"] <= state["best_valid"] - 1e-6
         if improved:
             state["best_valid"], state["best_epoch"] = valid["Loss"], epoch
-            if ctx.main:
-                save_model(seed_dir / "best.safetensors", model)
         if scheduler is not None:
             scheduler.step(valid["Loss"])
         state["epoch"] = epoch
@@ -302,14 +316,17 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
                    "best_epoch": state["best_epoch"], "graphs": runner.graph_count()}
             if ctx.device.type == "cuda":
                 row["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(ctx.device) / 2**20, 1)
+            # one commit point per epoch: stage the tensors, write the row, then commit (gsit.checkpoint)
+            meta = stage_epoch(seed_dir, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
+                               improved=improved)
             append_epoch_row(seed_dir / "epochs.csv", row)
-            save_training_state(last, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
+            commit_epoch(seed_dir, meta)
         barrier(ctx)
         progress.line(f"  seed {seed} epoch {epoch:3d}  train {train_loss:.4f}  valid loss {valid['Loss']:.4f}"
                       f"{'  *' if improved else ''}")
         if stop_after_epoch is not None and epoch >= stop_after_epoch and not state["done"]:
             raise KeyboardInterrupt(f"stopped after epoch {epoch} (test hook)")
-    load_model_weights(seed_dir / "best.safetensors", model)
+    load_best_weights(seed_dir, model, best_epoch=state["best_epoch"])
     test = evaluate_split(model, data.splits["test"], run=run, dataset=dataset, task=task, ctx=ctx,
                           runner=runner)
     result = {"seed": seed, "best_epoch": state["best_epoch"], "epochs": state["epoch"],

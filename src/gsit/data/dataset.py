@@ -165,14 +165,19 @@ def _shape(a: np.ndarray) -> str:
 
 def _check_ids(source: str, s: Split) -> None:
     ids = s.ids
-    if ids.dtype.kind == "U":
-        return
     if ids.dtype.kind == "O":
         bad = [i for i, v in enumerate(ids.tolist()) if not isinstance(v, str)]
         if bad:
             raise _fail(source, s.name, "ids", f"holds a non-string value at row {bad[0]}")
-        return
-    raise _fail(source, s.name, "ids", f"has dtype {ids.dtype} but strings are expected")
+    elif ids.dtype.kind != "U":
+        raise _fail(source, s.name, "ids", f"has dtype {ids.dtype} but strings are expected")
+    # ids key the prediction CSVs: a repeated id would make them impossible to join
+    seen: dict[str, int] = {}
+    for i, v in enumerate(ids.tolist()):
+        if v in seen:
+            raise _fail(source, s.name, "ids", f"holds the id {v!r} twice (rows {seen[v]} and {i}); "
+                        "sample ids must be unique")
+        seen[v] = i
 
 
 def _first_bad(mask: np.ndarray) -> tuple[int, ...]:

@@ -84,8 +84,11 @@ def _read_tsv(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found.")
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh, delimiter="\t"))
+        # As MIntRec itself reads its TSVs (csv.reader with quotechar=None): a quote is an ordinary
+        # character, so every line is one row ('"she said' cannot swallow the lines after it).  A UTF-8
+        # byte-order mark (spreadsheet exports) is dropped.
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot be read as a TSV file ({detail(exc)}).") from None
     if not rows:
@@ -101,8 +104,10 @@ def _read_tsv(path: Path) -> list[dict[str, str]]:
     for lineno, row in enumerate(rows[1:], start=2):
         if not row:
             continue
-        if len(row) < len(header):
-            raise DataError(f"{path}: row {lineno} has {len(row)} columns but the header has {len(header)}.")
+        if len(row) != len(header):
+            raise DataError(
+                f"{path}: row {lineno} has {len(row)} tab-separated columns but the header has {len(header)}."
+            )
         out.append({c: row[i] for c, i in col.items()} | {"_line": str(lineno)})
     if not out:
         raise DataError(f"{path}: the file has a header but no data rows.")
