@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -32,6 +33,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if dataset is None:
         raise GsitError("--dataset is required with --data (mosi, mosei, sims, simsv2, mintrec, synthetic)")
     run = _load_run(args, dataset)
+    if args.print_config:
+        from gsit.config_dump import to_json, to_toml
+        sys.stdout.write(to_json(run) if args.print_format == "json" else to_toml(run))
+        return 0
     ctx = init_distributed(args.device)
     data = _load_data(run, quiet=args.quiet or not ctx.main)
     if args.resume:
@@ -199,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", default=None, choices=["none", "bf16"])
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower on GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress output (CI, logs)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration (a valid --config file) and exit; reads no data")
+    p.add_argument("--print-format", default="toml", choices=["toml", "json"], help="format of --print-config")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="re-score a run's best checkpoint")
@@ -259,9 +267,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# a section.key=value override (section.sub.key=... too); anything else left over is an unknown argument
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+=")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args`` that also accepts ``section.key=value`` overrides anywhere on the line (argparse
+    alone takes only one contiguous run of them).  Order is kept: a later override of a key wins."""
+    args, extra = parser.parse_known_args(argv)
+    takes_overrides = isinstance(getattr(args, "overrides", None), list)
+    unknown = [t for t in extra if not (takes_overrides and _OVERRIDE.match(t))]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        # argparse fills the positional with the first contiguous run; the rest come later on the line
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in a run's command.txt
     if args.version:
         from gsit import __version__
