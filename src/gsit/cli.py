@@ -188,8 +188,34 @@ def cmd_build_mosi(args) -> int:
     return 0
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's line breaks and appends ``(default: X)`` to an option's help unless the help already
+    says its default or the default is empty (None, False, no list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default in (None, False, argparse.SUPPRESS) or default == []
+                or not (action.option_strings or action.nargs in ("?", "*"))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+EPILOG = """start here:
+  gsit train --seeds 1111 train.max_epochs=3          GsiT on a generated dataset, a minute on a CPU
+  gsit train --dataset mosi --data MOSI/Processed/unaligned_50.pkl     the paper's protocol on MOSI
+  gsit train ... --print-config                       the resolved configuration, nothing run
+  gsit report runs/ --percent --no-curves             paper-style tables of every run under runs/
+  gsit eval RUN_DIR | gsit predict RUN_DIR --out preds.csv | gsit export RUN_DIR --out DIR
+
+overrides (section.key=value, TOML values) may go anywhere after the subcommand, e.g.
+  gsit train model.d_model=64 --seeds 1111,1112 train.max_epochs=20
+`gsit COMMAND --help` lists each command's options; the README has the metric glossary and data format."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gsit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="gsit", description=__doc__.splitlines()[0], epilog=EPILOG,
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
 
@@ -201,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a killed run")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (static shapes)")
-    p.add_argument("--amp", default=None, choices=["none", "bf16"])
+    p.add_argument("--amp", default=None, choices=["none", "bf16"],
+                   help="mixed precision; overrides train.amp (default: the preset's, none)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower on GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress output (CI, logs)")
     p.add_argument("--print-config", action="store_true",
@@ -210,60 +237,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="re-score a run's best checkpoint")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run directory written by gsit train")
     p.add_argument("--data", default=None, help="data path (default: the run's)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--split", default="test", help="train | valid | test")
+    p.add_argument("--seed", type=int, default=None, help="score only this seed (default: every seed)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="write predictions with sample ids to CSV")
-    p.add_argument("run_dir")
-    p.add_argument("--data", default=None)
-    p.add_argument("--out", required=True)
-    p.add_argument("--split", default="test")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("run_dir", help="a run directory written by gsit train")
+    p.add_argument("--data", default=None, help="data path (default: the run's)")
+    p.add_argument("--out", required=True, help="new CSV file (never overwritten)")
+    p.add_argument("--split", default="test", help="train | valid | test")
+    p.add_argument("--seed", type=int, default=None, help="which seed's checkpoint (default: the first)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("metrics", help="MMSA-exact metrics of saved predictions")
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help="metric family: mosi | mosei | sims | simsv2 | mintrec")
     p.add_argument("--pred", required=True, help=".npy predictions")
     p.add_argument("--true", required=True, help=".npy labels")
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("profile", help="parameters and FLOPs per model and dataset preset")
-    p.add_argument("--model", default=None)
-    p.add_argument("--dataset", default=None)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("--model", default=None, help="gsit | mult | vanilla (default: all three)")
+    p.add_argument("--dataset", default=None, help="dataset preset (default: mosi, mosei, sims)")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. model.d_model=64")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("synth", help="write a synthetic MMSA-format dataset with a planted cross-modal label")
-    p.add_argument("--out", required=True)
-    p.add_argument("--preset", default="small", help="small | mosi | mosei | sims")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", default="pkl", choices=["pkl", "npz"])
+    p.add_argument("--out", required=True, help="output file (pkl) or new directory (npz)")
+    p.add_argument("--preset", default="small", help="small | mosi | mosei | sims (sizes and shapes)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the generator")
+    p.add_argument("--format", default="pkl", choices=["pkl", "npz"],
+                   help="pkl: an MMSA pickle; npz: gsit's converted directory (npz + json)")
     p.add_argument("--task", default="sign", choices=["sign", "recall"],
                    help="sign: y = text cue x audio cue x vision magnitude (default); recall: the text names one "
                         "of K audio segments and y is that segment's value (needs cross-modal attention)")
-    p.add_argument("--recall-keys", type=int, default=4, help="recall: number of audio segments K (default 4)")
+    p.add_argument("--recall-keys", type=int, default=4, help="recall: number of audio segments K")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("convert", help="convert an MMSA pickle to gsit's code-free format (npz + json)")
-    p.add_argument("input")
-    p.add_argument("--out", required=True)
-    p.add_argument("--dataset", default=None)
+    p.add_argument("input", help="MMSA pickle (or MIntRec directory)")
+    p.add_argument("--out", required=True, help="new output directory")
+    p.add_argument("--dataset", default=None, help="dataset name (mosi, mosei, sims, ...) recorded with the data")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("build-mosi", help="build a MOSI dataset from an utterance CSV with a local tokenizer")
-    p.add_argument("--csv", required=True)
+    p.add_argument("--csv", required=True, help="utterance CSV with columns utterance_id, split, text, label")
     p.add_argument("--tokenizer", required=True, help="local BERT-family model/tokenizer directory")
     p.add_argument("--features", default=None, help="npz with utterance_id, audio, video arrays")
-    p.add_argument("--max-text-len", type=int, default=50)
-    p.add_argument("--out", required=True)
+    p.add_argument("--max-text-len", type=int, default=50, help="tokens per utterance (padded/truncated)")
+    p.add_argument("--out", required=True, help="new output directory")
     p.set_defaults(func=cmd_build_mosi)
 
     from gsit.analysis.commands import register as register_analysis
     register_analysis(sub)
+    for p in sub.choices.values():
+        p.formatter_class = HelpFormatter
     return parser
 
 
