@@ -4,7 +4,7 @@ sentiment and intent analysis, with MulT and Vanilla baselines, MMSA-exact metri
 Python API (see the README's "Python API" section)::
 
     import gsit
-    results = gsit.train(model="gsit", dataset="mosi", data="MOSI/Processed/unaligned_50.pkl",
+    results = gsit.run(model="gsit", dataset="mosi", data="MOSI/Processed/unaligned_50.pkl",
                          seeds=[1111, 1112], overrides={"train.max_epochs": 5}, out="runs")
     model, config = gsit.load_run(results["run_dir"])
     preds = gsit.predict(results["run_dir"], data="MOSI/Processed/unaligned_50.pkl")   # (N, 1)
@@ -31,6 +31,11 @@ _LAZY = {
     "GraphMask": "gsit.graph",
     "ModalGraph": "gsit.graph",
     "SequenceLayout": "gsit.graph",
+    "run": "gsit.api",
+    "load_run": "gsit.api",
+    "predict": "gsit.api",
+    "export": "gsit.api",
+    "from_pretrained": "gsit.api",
     "load_config": "gsit.config",
     "compute_metrics": "gsit.metrics",
     "GsitError": "gsit.errors",

@@ -108,6 +108,14 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from gsit.api import export
+    out = export(args.run_dir, args.out, seed=args.seed)
+    print(f"wrote {out} (config.json, model.safetensors, README.md model card); load it with "
+          f"gsit.from_pretrained({str(out)!r})")
+    return 0
+
+
 def cmd_metrics(args) -> int:
     import numpy as np
 
@@ -250,6 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="train | valid | test")
     p.add_argument("--seed", type=int, default=None, help="which seed's checkpoint (default: the first)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="a run's checkpoint as a from_pretrained folder with a model card",
+                       description="Write OUT/ (must not exist): config.json + model.safetensors "
+                                   "(gsit.from_pretrained(OUT) loads it, no training data needed), the run's "
+                                   "configuration and a README.md model card (data, metrics, seeds, command, "
+                                   "versions).")
+    p.add_argument("run_dir", help="a run directory written by gsit train")
+    p.add_argument("--seed", type=int, default=None, help="which seed's best checkpoint (default: the first)")
+    p.add_argument("--out", required=True, help="new folder (never overwritten)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("metrics", help="MMSA-exact metrics of saved predictions")
     p.add_argument("--dataset", required=True, help="metric family: mosi | mosei | sims | simsv2 | mintrec")

@@ -14,6 +14,7 @@ from torch import nn
 
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout
 from gsit.models.layers import ConvFrontEnd, GraphEncoder, check_modal_inputs
+from gsit.models.pretrained import PretrainedMixin
 from gsit.models.text import text_lengths_from_bert
 
 
@@ -138,7 +139,7 @@ def multimodal_sequence(c: GsiTConfig, front_end: ConvFrontEnd, text_dropout: nn
     return torch.cat([conv[m] for m in c.modalities], dim=1), layout, valid  # (B, N, d)
 
 
-class GsiT(nn.Module):
+class GsiT(PretrainedMixin, nn.Module):
     """GsiT for regression (``output_dim=1``) or classification (``output_dim=C``).
 
     ``forward(inputs, lengths)``: ``inputs`` maps modality -> (B, T_m, D_m) float features, except text
@@ -146,6 +147,8 @@ class GsiT(nn.Module):
     modality -> (B,) valid lengths (needed only with ``padding_aware``).  Returns ``{"prediction": (B,
     output_dim), "features": (B, d)}``.
     """
+
+    config_class = GsiTConfig
 
     def __init__(self, config: GsiTConfig, text_encoder: nn.Module | None = None) -> None:
         super().__init__()

@@ -33,6 +33,7 @@ from torch import nn
 
 from gsit.errors import ConfigError, DataError
 from gsit.models.layers import NAN_POLICIES, ConvFrontEnd, check_modal_inputs, xavier_linear_
+from gsit.models.pretrained import PretrainedMixin
 
 MULT_MODALITIES = ("text", "audio", "vision")
 FFN_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
@@ -246,7 +247,7 @@ class MulTEncoder(nn.Module):
 
 
 # --------------------------------------------------------------------------- the model
-class MulT(nn.Module):
+class MulT(PretrainedMixin, nn.Module):
     """MMSA's MULT behind gsit's model interface.
 
     ``inputs``: ``{"text": (B, L, D_t) float features, or (B, 3, L) MMSA text_bert rows when a text encoder is
@@ -255,6 +256,8 @@ class MulT(nn.Module):
     Returns ``{"prediction": (B, output_dim), "features": (B, 6d)}`` where features is the residual block's
     output (the input of ``out_layer``).
     """
+
+    config_class = MulTConfig
 
     def __init__(self, config: MulTConfig, text_encoder: nn.Module | None = None) -> None:
         super().__init__()

@@ -10,9 +10,12 @@ from torch import nn
 from gsit.graph import GraphMask, ModalGraph
 from gsit.models.gsit import GsiTConfig, last_steps, multimodal_sequence
 from gsit.models.layers import ConvFrontEnd, GraphEncoder
+from gsit.models.pretrained import PretrainedMixin
 
 
-class Vanilla(nn.Module):
+class Vanilla(PretrainedMixin, nn.Module):
+    config_class = GsiTConfig
+
     def __init__(self, config: GsiTConfig, text_encoder: nn.Module | None = None) -> None:
         super().__init__()
         c = self.config = config
