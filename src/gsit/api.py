@@ -50,18 +50,23 @@ def _override_list(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[
 def run(model: str = "gsit", dataset: str | None = None, data: str | Path | None = None, *,
           seeds: Sequence[int] | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
           config: str | Path | None = None, text_encoder: str | Path | None = None, out: str | Path = "runs",
-          run_dir: str | Path | None = None, device: str | None = None, quiet: bool = True) -> dict[str, Any]:
+          run_dir: str | Path | None = None, results_csv: str | Path | None = None, device: str | None = None,
+          quiet: bool = True) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` over ``seeds`` exactly as ``gsit train`` does; returns the run's results:
     ``{"model", "dataset", "seeds", "mean": {metric: value}, "std": {...}, "per_seed": [...], "run_dir"}``.
 
     ``data``: an MMSA pickle, a converted directory, a MIntRec directory (None: the synthetic dataset).
     ``overrides``: ``{"model.d_model": 64}`` or ``["model.d_model=64"]``.  ``run_dir``: an exact new
-    directory (else a fresh one under ``out``)."""
+    directory (else a fresh one under ``out``).  ``results_csv``: a folder whose ``<dataset>.csv`` gets one
+    row per run (MMSA's ``results/normal/<dataset>.csv``)."""
     import torch
 
     from gsit.config import load_config
     from gsit.data import load_run_data
-    from gsit.train import Dist, new_run_dir, preflight, run_training
+    from gsit.build import preflight
+    from gsit.distributed import Dist
+    from gsit.runs import new_run_dir
+    from gsit.train import run_training
     dataset = dataset or ("synthetic" if data is None else None)
     if dataset is None:
         raise ConfigError("dataset is required with data (mosi, mosei, sims, simsv2, mintrec, synthetic)")
@@ -94,6 +99,9 @@ def run(model: str = "gsit", dataset: str | None = None, data: str | Path | None
     cli += _override_list(overrides)
     results = run_training(cfg, loaded, run_dir=path, quiet=quiet, device=str(dev), command=cli,
                            ctx=Dist(device=dev))
+    if results_csv is not None:
+        from gsit.formatting import append_dataset_csv
+        append_dataset_csv(results_csv, results, path)
     return {**results, "run_dir": str(path)}
 
 
@@ -113,7 +121,8 @@ def load_run(run_dir: str | Path, seed: int | None = None, *, device: str = "cpu
     """``(model, config)``: the best checkpoint of ``seed`` (default: the run's first seed) of a run directory,
     in eval mode, and the run's resolved configuration.  The data is not read (its facts are in the run)."""
     from gsit.checkpoint import load_model_weights
-    from gsit.train import build_model, load_run_config, load_text_encoder, run_seeds
+    from gsit.build import build_model, load_text_encoder
+    from gsit.runs import load_run_config, run_seeds
     run_dir = Path(run_dir)
     run = load_run_config(run_dir)
     seed = run_seeds(run_dir, seed)[0]
@@ -224,7 +233,7 @@ def export(run_dir: str | Path, out: str | Path, *, seed: int | None = None) -> 
     ``save_pretrained`` folder, the run's configuration, and a model card ``README.md`` with the data facts,
     test metrics (mean ± std over the run's seeds), seeds, command and versions."""
     from gsit.checkpoint import atomic_write_bytes, atomic_write_json
-    from gsit.train import run_seeds
+    from gsit.runs import run_seeds
     run_dir, out = Path(run_dir), Path(out)
     if out.exists():
         raise GsitError(f"--out {str(out)!r} already exists; export never overwrites (choose a new folder)")

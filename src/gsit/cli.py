@@ -56,7 +56,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     results = run_training(run, data, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet,
                            device=args.device, command=["gsit", *args.argv], ctx=ctx)
     if ctx.main:
-        _print_results(results, run_dir)
+        from gsit.formatting import append_dataset_csv, results_lines
+        print("\n".join(results_lines(results, run_dir, percent=args.percent)))
+        if args.results_csv:
+            print(f"appended a row to {append_dataset_csv(args.results_csv, results, run_dir)}")
     return 0
 
 
@@ -87,24 +90,33 @@ def _load_data(run, *, quiet: bool = True):
     return load_run_data(run.data, quiet=quiet)
 
 
-def _print_results(results: dict, run_dir: Path) -> None:
-    mean, std = results["mean"], results["std"]
-    print(f"{results['model']} on {results['dataset']} ({results['n_seeds']} seed(s)); run: {run_dir}")
-    for k in mean:
-        print(f"  {k:16s} {mean[k]:.4f} +- {std[k]:.4f}")
-
-
 def cmd_eval(args) -> int:
     from gsit.evaluate import evaluate_run
     out = evaluate_run(args.run_dir, data_path=args.data, split=args.split, seed=args.seed)
+    if args.percent:
+        from gsit.formatting import percent_values
+        out = {**out, "mean": percent_values(out["mean"]), "std": percent_values(out["std"]),
+               "per_seed": [{**r, "test": percent_values(r["test"])} for r in out["per_seed"]],
+               "units": "Acc/F1 x100 (2 decimals), MAE/Corr/Loss 3 decimals"}
     print(json.dumps(out, indent=2))
     return 0
 
 
+def _seed_choice(text: str | None):
+    if text is None or text == "all":
+        return "all"
+    try:
+        return int(text)
+    except ValueError as e:
+        raise GsitError(f"--seed {text!r} must be 'all' or one integer seed of the run") from e
+
+
 def cmd_predict(args) -> int:
     from gsit.evaluate import predict_run
-    n = predict_run(args.run_dir, data_path=args.data, out=args.out, split=args.split, seed=args.seed)
-    print(f"wrote {n} predictions to {args.out}")
+    res = predict_run(args.run_dir, data_path=args.data, out=args.out, split=args.split,
+                      seed=_seed_choice(args.seed), ensemble=args.ensemble)
+    what = f"seeds {res['seeds']}" + (" and their ensemble mean" if args.ensemble else "")
+    print(f"wrote {res['rows']} predictions to {args.out} ({res['samples']} samples x {what})")
     return 0
 
 
@@ -239,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision; overrides train.amp (default: the preset's, none)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower on GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress output (CI, logs)")
+    p.add_argument("--percent", action="store_true",
+                   help="show Acc/F1 x100 with 2 decimals and MAE/Corr with 3 (the papers' convention)")
+    p.add_argument("--results-csv", default=None, metavar="DIR",
+                   help="append the run's mean/std row to DIR/<dataset>.csv (MMSA's results/normal/<dataset>.csv: "
+                        "one table per dataset across runs)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved configuration (a valid --config file) and exit; reads no data")
     p.add_argument("--print-format", default="toml", choices=["toml", "json"], help="format of --print-config")
@@ -249,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="data path (default: the run's)")
     p.add_argument("--split", default="test", help="train | valid | test")
     p.add_argument("--seed", type=int, default=None, help="score only this seed (default: every seed)")
+    p.add_argument("--percent", action="store_true",
+                   help="Acc/F1 x100 with 2 decimals, MAE/Corr/Loss with 3 (the papers' convention)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="write predictions with sample ids to CSV")
@@ -256,7 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="data path (default: the run's)")
     p.add_argument("--out", required=True, help="new CSV file (never overwritten)")
     p.add_argument("--split", default="test", help="train | valid | test")
-    p.add_argument("--seed", type=int, default=None, help="which seed's checkpoint (default: the first)")
+    p.add_argument("--seed", default="all", help="'all' (one row per seed and sample, with a seed column) or "
+                                                 "one seed of the run")
+    p.add_argument("--ensemble", action="store_true",
+                   help="also write the mean over the chosen seeds (seed column 'ensemble'; classification: "
+                        "mean logits)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="a run's checkpoint as a from_pretrained folder with a model card",

@@ -49,3 +49,66 @@ def format_mean_std(name: str, mean: float | None, std: float | None, n: int, *,
     if n > 1 and text != "n/a" and std is not None:
         text += sep + format_metric(name, std, percent=percent)
     return text
+
+
+def percent_values(metrics: dict[str, float], *, percent: bool = True) -> dict[str, float]:
+    """``{metric: value}`` scaled and rounded as :func:`format_metric` shows them (for JSON output)."""
+    return {k: (round(scale_metric(k, float(v), percent), metric_digits(k, percent))
+                if isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in metrics.items()}
+
+
+def results_lines(results: dict, run_dir, *, percent: bool = False) -> list[str]:
+    """The console summary of a finished run: one line per metric, ``mean ± std`` (no spread for one seed)."""
+    n = int(results.get("n_seeds", 1))
+    unit = "; Acc/F1 in %" if percent else ""
+    lines = [f"{results['model']} on {results['dataset']} ({n} seed(s){unit}); run: {run_dir}"]
+    for k, v in results["mean"].items():
+        lines.append(f"  {k:16s} {format_mean_std(k, v, results['std'][k], n, percent=percent)}")
+    return lines
+
+
+# ----------------------------------------------------------------------------- MMSA-style per-dataset CSV
+
+
+def append_dataset_csv(folder, results: dict, run_dir) -> "Path":
+    """Append one row for a finished run to ``folder/<dataset>.csv`` (like MMSA's
+    ``results/normal/<dataset>.csv``): ``Model``, then one column per test metric holding MMSA's
+    ``"(mean, std)"`` pair in the paper convention (Acc/F1 x100 with 2 decimals, MAE/Corr with 3), then the
+    seeds and the run directory.  Several runs finishing at once append in turn (a lock file serialises
+    them); a file whose header lacks this run's metrics is an error naming it, never rewritten."""
+    import csv
+    import fcntl
+    import io
+    from pathlib import Path
+
+    from gsit.errors import GsitError
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{results['dataset']}.csv"
+    metrics = list(results["mean"])
+    header = ["Model", *metrics, "Seeds", "Run"]
+    n = int(results.get("n_seeds", 1))
+    row = [results["model"]]
+    for k in metrics:
+        mean = format_metric(k, results["mean"][k], percent=True)
+        std = format_metric(k, results["std"][k] if n > 1 else 0.0, percent=True)
+        row.append(f"({mean}, {std})")
+    row += [" ".join(str(s) for s in results.get("seeds", [])), str(run_dir)]
+    with open(folder / f".{path.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        new = not path.is_file() or path.stat().st_size == 0
+        if not new:
+            with open(path, newline="") as fh:
+                existing = next(csv.reader(fh), [])
+            if existing != header:
+                raise GsitError(f"{str(path)!r} has the columns {existing}, not {header}; move it away to start "
+                                f"a new table")
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        if new:
+            w.writerow(header)
+        w.writerow(row)
+        with open(path, "a", newline="") as fh:
+            fh.write(buf.getvalue())
+            fh.flush()
+    return path

@@ -107,7 +107,7 @@ def cmd_report(args) -> int:
     from gsit.analysis.report import report
     if not args.no_curves:
         require_matplotlib()
-    res = report(args.runs_dir, out=args.out, curves=not args.no_curves)
+    res = report(args.runs_dir, out=args.out, curves=not args.no_curves, percent=args.percent)
     print(Path(res["out"], "report.md").read_text())
     print(f"wrote {res['out']}/report.md, report.csv, report.tex and {len(res['pngs'])} curve plot(s)")
     return 0
@@ -215,6 +215,8 @@ def register(sub) -> None:
     p.add_argument("runs_dir", help="folder searched recursively for run directories")
     p.add_argument("--out", default=None, help="new output directory (default RUNS_DIR/report-<time>)")
     p.add_argument("--no-curves", action="store_true", help="tables only (no matplotlib needed)")
+    p.add_argument("--percent", action="store_true",
+                   help="Acc/F1 x100 with 2 decimals, MAE/Corr with 3 (the papers' convention)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("efficiency", help="params (both conventions), true FLOPs and thop-style MACs",
