@@ -124,7 +124,9 @@ def from_pretrained(directory: str | Path, *, device: str = "cpu"):
     meta = read_pretrained_config(directory)
     arch = meta["architecture"]
     import importlib
-    modules = {"GsiT": "gsit.models.gsit", "Vanilla": "gsit.models.vanilla", "MulT": "gsit.models.mult"}
+
+    from gsit.models.registry import MODELS
+    modules = {model_cls: module for module, _, model_cls in MODELS.values()}
     if arch not in modules:
         raise ConfigError(f"{str(directory)!r}: unknown architecture {arch!r}; known: {sorted(modules)}")
     cls = getattr(importlib.import_module(modules[arch]), arch)
