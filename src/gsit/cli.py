@@ -37,6 +37,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         from gsit.config_dump import to_json, to_toml
         sys.stdout.write(to_json(run) if args.print_format == "json" else to_toml(run))
         return 0
+    if args.tensorboard:
+        from gsit.progress import require_tensorboard
+        require_tensorboard()  # before any data is read or directory created
     ctx = init_distributed(args.device)
     data = _load_data(run, quiet=args.quiet or not ctx.main)
     if args.resume:
@@ -54,10 +57,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if run_dir is None:
         run_dir = shared_new_run_dir(Path(args.out), run.model_name, dataset, ctx)
     results = run_training(run, data, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet,
-                           device=args.device, command=["gsit", *args.argv], ctx=ctx)
+                           device=args.device, command=["gsit", *args.argv], ctx=ctx,
+                           tensorboard=args.tensorboard, log_every=args.log_every)
     if ctx.main:
         from gsit.formatting import append_dataset_csv, results_lines
-        print("\n".join(results_lines(results, run_dir, percent=args.percent)))
+        summary = "\n".join(results_lines(results, run_dir, percent=args.percent))
+        print(summary)
+        with open(run_dir / "train.log", "a", encoding="utf-8") as fh:  # the log holds all the console showed
+            fh.write(summary + "\n")
         if args.results_csv:
             print(f"appended a row to {append_dataset_csv(args.results_csv, results, run_dir)}")
     return 0
@@ -250,7 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", default=None, choices=["none", "bf16"],
                    help="mixed precision; overrides train.amp (default: the preset's, none)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower on GPU)")
-    p.add_argument("--quiet", action="store_true", help="no progress output (CI, logs)")
+    p.add_argument("--quiet", action="store_true", help="no progress on the console (RUN_DIR/train.log still "
+                                                         "gets every line)")
+    p.add_argument("--log-every", type=float, default=30.0, metavar="SECONDS",
+                   help="off a terminal, a progress line at most this often within an epoch")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="per-epoch scalars in RUN_DIR/tensorboard/ (needs the tensorboard package)")
     p.add_argument("--percent", action="store_true",
                    help="show Acc/F1 x100 with 2 decimals and MAE/Corr with 3 (the papers' convention)")
     p.add_argument("--results-csv", default=None, metavar="DIR",
