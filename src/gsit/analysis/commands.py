@@ -92,12 +92,15 @@ def cmd_tune(args) -> int:
                storage=args.storage, study_name=args.study_name, out=args.out, overrides=tuple(args.overrides),
                config=args.config, text_encoder=args.text_encoder, search_seed=args.search_seed,
                final_seeds=final, trial_max_epochs=args.trial_max_epochs, timeout=args.timeout,
-               device=args.device, quiet=args.quiet)
-    print(f"best trial {res['best_trial']} (valid loss {res['best_valid_loss']:.4f}): "
-          f"{json.dumps(res['best_params'])}")
-    print(f"final run over seeds {res['final_seeds']} -> {res['final_run_dir']}; test:")
-    for k, v in res["final_test_mean"].items():
-        print(f"  {k:16s} {v:.4f} ± {res['final_test_std'][k]:.4f}")
+               device=args.device, quiet=args.quiet, final=not args.no_final)
+    print(f"study {res['study_name']!r}: best trial {res['best_trial']} of {res['n_trials']} (valid loss "
+          f"{res['best_valid_loss']:.4f}): {json.dumps(res['best_params'])}")
+    if res["final_run_dir"]:
+        from gsit.formatting import format_mean_std
+        n = len(res["final_seeds"])
+        print(f"final run over seeds {res['final_seeds']} -> {res['final_run_dir']}; test:")
+        for k, v in res["final_test_mean"].items():
+            print(f"  {k:16s} {format_mean_std(k, v, res['final_test_std'][k], n, percent=args.percent)}")
     print(f"wrote {res['out']}/trials.csv and tune.json")
     return 0
 
@@ -196,10 +199,17 @@ def register(sub) -> None:
     p.add_argument("--text-encoder", default=None, help="local BERT-family model directory (never downloaded)")
     p.add_argument("--config", default=None, help="TOML file merged over the preset")
     p.add_argument("--trials", type=int, required=True, help="trials this worker runs (several workers "
-                                                             "sharing --storage add up)")
+                                                             "sharing --storage add up; 0 with --storage: "
+                                                             "only the final run of the study's best)")
+    p.add_argument("--no-final", action="store_true",
+                   help="search only (parallel workers); one later `--trials 0` run does the final run")
+    p.add_argument("--percent", action="store_true",
+                   help="final test metrics with Acc/F1 x100 (2 decimals), MAE/Corr with 3")
     p.add_argument("--space", default=None, help="search-space TOML (default: d_model, learning_rate_other, "
                                                  "embed_dropout)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL, e.g. sqlite:///tune.db (default: memory)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL shared by parallel workers: sqlite:///tune.db on one host, "
+                        "postgresql://user@host/db across hosts (default: memory, one process)")
     p.add_argument("--study-name", default=None, help="Optuna study name (default: gsit-<model>-<dataset>)")
     p.add_argument("--out", default=None, help="new output directory (default runs/tune-<model>-<dataset>-<time>)")
     p.add_argument("--search-seed", type=int, default=1111, help="training seed of every trial")
