@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -40,7 +41,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.tensorboard:
         from gsit.progress import require_tensorboard
         require_tensorboard()  # before any data is read or directory created
-    ctx = init_distributed(args.device)
+    if args.worker_of:
+        return _train_worker(args, run)
+    devices = None
+    if args.gpus:
+        from gsit.spread import parse_devices
+        devices = parse_devices(args.gpus)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise GsitError("--gpus starts one process per device itself; do not combine it with torchrun")
+    ctx = init_distributed(args.device if devices is None else "cpu")
     data = _load_data(run, quiet=args.quiet or not ctx.main)
     if args.resume:
         run_dir = Path(args.resume)
@@ -56,9 +65,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_execution(run, ctx)  # an execution this device cannot run fails before any directory exists
     if run_dir is None:
         run_dir = shared_new_run_dir(Path(args.out), run.model_name, dataset, ctx)
-    results = run_training(run, data, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet,
-                           device=args.device, command=["gsit", *args.argv], ctx=ctx,
-                           tensorboard=args.tensorboard, log_every=args.log_every)
+    if devices is None:
+        results = run_training(run, data, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet,
+                               device=args.device, command=["gsit", *args.argv], ctx=ctx,
+                               tensorboard=args.tensorboard, log_every=args.log_every)
+    else:
+        results = _train_on_devices(args, run, data, run_dir, devices, ctx)
     if ctx.main:
         from gsit.formatting import append_dataset_csv, results_lines
         summary = "\n".join(results_lines(results, run_dir, percent=args.percent))
@@ -67,6 +79,42 @@ def cmd_train(args: argparse.Namespace) -> int:
             fh.write(summary + "\n")
         if args.results_csv:
             print(f"appended a row to {append_dataset_csv(args.results_csv, results, run_dir)}")
+    return 0
+
+
+def _train_on_devices(args, run, data, run_dir: Path, devices: list[str], ctx) -> dict:
+    """``--gpus``: write the run directory's files here, train the seeds in one worker per device
+    (:mod:`gsit.spread`), then gather the per-seed results into the run's results.json."""
+    from gsit.runs import write_results
+    from gsit.spread import run_workers
+    from gsit.train import run_training
+    if not args.resume:  # the run's files, written once by this process (no seed is trained here)
+        run_training(run, data, run_dir=run_dir, quiet=args.quiet, command=["gsit", *args.argv], ctx=ctx,
+                     only_seeds=[], write_summary=False,
+                     shown_device=f"{', '.join(devices)} (one worker process each)")
+    del data  # the workers read the data themselves
+    run_workers(args.argv, run_dir, list(run.train.seeds), devices)
+    per_seed = []
+    for s in run.train.seeds:
+        path = run_dir / f"seed-{s}" / "results.json"
+        if not path.is_file():
+            raise GsitError(f"seed {s} has no results in {str(path)!r} after the workers finished")
+        per_seed.append(json.loads(path.read_text()))
+    return write_results(run_dir, run, per_seed)
+
+
+def _train_worker(args, run) -> int:
+    """A ``--gpus`` worker: train ``--worker-seeds`` of the run in ``--worker-of`` on ``--device``."""
+    from gsit.distributed import init_distributed
+    from gsit.runs import check_resume_dir
+    from gsit.train import run_training
+    run_dir = Path(args.worker_of)
+    check_resume_dir(run_dir, run)
+    seeds = [int(s) for s in args.worker_seeds.split(",")]
+    ctx = init_distributed(args.device)
+    data = _load_data(run, quiet=True)
+    run_training(run, data, run_dir=run_dir, resume=True, quiet=args.quiet, device=args.device, ctx=ctx,
+                 tensorboard=args.tensorboard, log_every=args.log_every, only_seeds=seeds, write_summary=False)
     return 0
 
 
@@ -253,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="exact new run directory (must not exist or be empty)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a killed run")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--gpus", default=None, metavar="LIST",
+                   help="spread the seeds over these GPUs of this host, one process each (e.g. 0,1 or "
+                        "cuda:0,cuda:2); results gathered into one run directory")
+    p.add_argument("--worker-of", default=None, help=argparse.SUPPRESS)  # internal: a --gpus worker
+    p.add_argument("--worker-seeds", default=None, help=argparse.SUPPRESS)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (static shapes)")
     p.add_argument("--amp", default=None, choices=["none", "bf16"],
                    help="mixed precision; overrides train.amp (default: the preset's, none)")

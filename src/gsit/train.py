@@ -293,11 +293,14 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
 
 def run_training(run: RunConfig, data, *, run_dir: Path, resume: bool = False, quiet: bool = False,
                  device: str | None = None, command: list[str] | None = None,
-                 ctx: Dist | None = None, tensorboard: bool = False, log_every: float = 30.0) -> dict[str, Any]:
+                 ctx: Dist | None = None, tensorboard: bool = False, log_every: float = 30.0,
+                 only_seeds: list[int] | None = None, write_summary: bool = True,
+                 shown_device: str | None = None) -> dict[str, Any]:
     """Train every seed of ``run`` into ``run_dir`` (skipping seeds already finished when resuming) and
     write the mean/std results.  Progress (:mod:`gsit.progress`) goes to stderr and ``run_dir/train.log``;
     ``tensorboard``: per-epoch scalars under ``run_dir/tensorboard/``; ``log_every``: seconds between plain
-    progress lines within an epoch when stderr is not a terminal."""
+    progress lines within an epoch when stderr is not a terminal.  ``only_seeds``: train only these seeds of
+    the run (a ``--gpus`` worker); ``write_summary=False``: leave the run's results.json to the caller."""
     ctx = ctx or init_distributed(device)
     progress = Progress(quiet, ctx, log_path=run_dir / "train.log", every_s=log_every,
                         tensorboard_dir=run_dir / "tensorboard" if tensorboard else None)
@@ -309,11 +312,14 @@ def run_training(run: RunConfig, data, *, run_dir: Path, resume: bool = False, q
             atomic_write_bytes(run_dir / "command.txt", (shlex.join(command or sys.argv) + "\n").encode())
             atomic_write_json(run_dir / "versions.json", versions())
             atomic_write_json(run_dir / "data.json", data_facts(data))
-    shown_device = str(ctx.device) if ctx.world == 1 else f"{ctx.device.type} x {ctx.world} ranks (DDP)"
+    if shown_device is None:
+        shown_device = str(ctx.device) if ctx.world == 1 else f"{ctx.device.type} x {ctx.world} ranks (DDP)"
     progress.header(run, run_dir, data, shown_device)
     progress.line(f"execution: {execution.mode} ({execution.reason})")
     per_seed = []
     for seed in run.train.seeds:
+        if only_seeds is not None and seed not in only_seeds:
+            continue
         seed_dir = run_dir / f"seed-{seed}"
         done = seed_dir / "results.json"
         if resume and done.is_file():
@@ -323,6 +329,6 @@ def run_training(run: RunConfig, data, *, run_dir: Path, resume: bool = False, q
                       f"({run.train.seeds.index(seed) + 1}/{len(run.train.seeds)})")
         per_seed.append(train_seed(run, data, seed=seed, seed_dir=seed_dir, ctx=ctx, resume=resume,
                                    progress=progress, dataset=run.data.dataset))
-    results = write_results(run_dir, run, per_seed) if ctx.main else {"per_seed": per_seed}
+    results = write_results(run_dir, run, per_seed) if ctx.main and write_summary else {"per_seed": per_seed}
     return results
 
