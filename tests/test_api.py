@@ -33,7 +33,8 @@ def api_run(tmp_path_factory):
 
 def test_public_names():
     from gsit import GsiT, GsiTConfig, MulT, MulTConfig, Vanilla, from_pretrained, load_run, predict, run
-    assert GsiT.config_class is GsiTConfig and MulT.config_class is MulTConfig and Vanilla.config_class is GsiTConfig
+    assert GsiT.config_class is GsiTConfig and MulT.config_class is MulTConfig
+    assert Vanilla.config_class is GsiTConfig
     assert callable(run) and callable(load_run) and callable(predict) and callable(from_pretrained)
     with pytest.raises(AttributeError):
         gsit.NoSuchName  # noqa: B018
@@ -107,11 +108,13 @@ def test_save_pretrained_round_trip(tmp_path, name):
 def test_save_pretrained_with_a_bert_text_encoder(tmp_path):
     transformers = pytest.importorskip("transformers")
     from gsit.models.text import BertTextEncoder
-    bert_cfg = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                       intermediate_size=16, max_position_embeddings=32)
+    bert_cfg = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=16,
+                                       max_position_embeddings=32)
     torch.manual_seed(0)
     enc = BertTextEncoder.from_config(bert_cfg)
-    cfg = gsit.GsiTConfig(d_model=8, num_heads=2, num_layers=1, input_dims={"text": 8, "audio": 3, "vision": 4},
+    cfg = gsit.GsiTConfig(d_model=8, num_heads=2, num_layers=1,
+                          input_dims={"text": 8, "audio": 3, "vision": 4},
                           kernel_sizes={"text": 1, "audio": 1, "vision": 1})
     model = gsit.GsiT(cfg, text_encoder=enc).eval()
     ids = torch.randint(1, 50, (4, 1, 7))

@@ -62,7 +62,8 @@ def test_import_gsit_and_help_do_not_import_torch():
     assert _modules_after("import gsit; gsit.__version__") == set()
     help_all = ("import contextlib, io\nfrom gsit import cli\n"
                 "for argv in (['--help'], ['train', '--help'], ['tune', '--help']):\n"
-                "    try:\n        with contextlib.redirect_stdout(io.StringIO()):\n            cli.main(argv)\n"
+                "    try:\n        with contextlib.redirect_stdout(io.StringIO()):\n"
+                "            cli.main(argv)\n"
                 "    except SystemExit as e:\n        assert e.code == 0\n")
     assert _modules_after(help_all) == set()
     # the heavy names are still there, loaded on first use

@@ -42,7 +42,8 @@ def test_print_config_reads_no_data(tmp_path, capsys):
 def test_printed_toml_is_a_config_file_giving_the_same_run(tmp_path, capsys, model):
     overrides = ["model.d_model=40", "train.seeds=[3, 4]", "train.learning_rate_other=0.00123",
                  'data.zero_modalities=["audio"]']
-    rc, out, err = run_cli(capsys, "train", "--model", model, "--dataset", "mosi", "--print-config", *overrides)
+    rc, out, err = run_cli(capsys, "train", "--model", model, "--dataset", "mosi", "--print-config",
+                           *overrides)
     assert rc == 0, err
     path = tmp_path / "resolved.toml"
     path.write_text(out)

@@ -50,7 +50,8 @@ def test_train_percent_and_results_csv(two_seed_run, capsys):
     root, data_dir = two_seed_run
     run_dir = root / "runs" / "a"
     rc = cli.main(["train", "--quiet", "--data", str(data_dir), "--dataset", "synthetic", "--run-dir",
-                   str(run_dir), "--seeds", "3,4", "--percent", "--results-csv", str(root / "results"), *TINY])
+                   str(run_dir), "--seeds", "3,4", "--percent", "--results-csv", str(root / "results"),
+                   *TINY])
     out, err = capsys.readouterr()
     assert rc == 0, err
     res = json.loads((run_dir / "results.json").read_text())
@@ -135,7 +136,8 @@ def test_predict_all_seeds_rounded_and_ensemble(two_seed_run, tmp_path, capsys):
     labels = tiny_data().splits["test"].labels
     for r, y in zip(rows[:24], labels):
         assert r["label"] == str(np.float32(y)) and len(r["label"]) <= 12  # no float32 noise
-    by_seed = {s: np.array([float(r["prediction"]) for r in rows if r["seed"] == s]) for s in ("3", "4", "ensemble")}
+    by_seed = {s: np.array([float(r["prediction"]) for r in rows if r["seed"] == s])
+               for s in ("3", "4", "ensemble")}
     np.testing.assert_allclose(by_seed["ensemble"], (by_seed["3"] + by_seed["4"]) / 2, atol=1e-6)
     one = tmp_path / "one.csv"
     assert cli.main(["predict", str(run_dir), "--out", str(one), "--seed", "4"]) == 0

@@ -37,14 +37,14 @@ def test_tqdm_bar_on_a_terminal(capsys):
 def data_dir(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("progress")
-    return save_converted(make_synthetic(n_train=40, n_valid=16, n_test=16, text_len=8, audio_len=9, vision_len=9,
-                                         seed=3), root / "data")
+    data = make_synthetic(n_train=40, n_valid=16, n_test=16, text_len=8, audio_len=9, vision_len=9, seed=3)
+    return save_converted(data, root / "data")
 
 
 def test_plain_progress_lines_and_train_log(data_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    rc = cli.main(["train", "--data", str(data_dir), "--dataset", "synthetic", "--run-dir", str(run_dir), "--seeds",
-                   "1", "train.max_epochs=2", "--log-every", "0", *TINY])
+    rc = cli.main(["train", "--data", str(data_dir), "--dataset", "synthetic", "--run-dir", str(run_dir),
+                   "--seeds", "1", "train.max_epochs=2", "--log-every", "0", *TINY])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert err.splitlines()[0] == f"run directory: {run_dir}"  # named first, not only at the end
@@ -69,8 +69,8 @@ def test_quiet_keeps_the_log(data_dir, tmp_path, capsys):
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
 def test_tensorboard_missing_is_one_clear_error(data_dir, tmp_path, capsys):
-    rc = cli.main(["train", "--data", str(data_dir), "--dataset", "synthetic", "--run-dir", str(tmp_path / "r"),
-                   "--tensorboard", *TINY])
+    rc = cli.main(["train", "--data", str(data_dir), "--dataset", "synthetic", "--run-dir",
+                   str(tmp_path / "r"), "--tensorboard", *TINY])
     assert rc == 2 and "pip install tensorboard" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 

@@ -13,7 +13,8 @@ from gsit.data import make_synthetic, save_converted
 from gsit.errors import GsitError
 from gsit.spread import deal_seeds, parse_devices
 
-TINY = ["model.d_model=8", "model.num_heads=2", "model.num_layers=1", "train.max_epochs=2", "train.batch_size=16"]
+TINY = ["model.d_model=8", "model.num_heads=2", "model.num_layers=1", "train.max_epochs=2",
+        "train.batch_size=16"]
 
 
 def test_parse_devices_and_deal():

@@ -20,8 +20,8 @@ FIXED = ("model.num_heads=2", "model.num_layers=1", "train.max_epochs=1", "train
 
 def test_command_line_keys_are_not_searched():
     said = []
-    kept = without_fixed_keys(SPACE, ["model.d_model=32", "train.seeds=[1]"], explicit=False, parse=parse_override,
-                              say=said.append)
+    kept = without_fixed_keys(SPACE, ["model.d_model=32", "train.seeds=[1]"], explicit=False,
+                              parse=parse_override, say=said.append)
     assert list(kept) == ["train.learning_rate_other"] and "model.d_model" in said[0]
     with pytest.raises(ConfigError, match=r"\['model.d_model'\] are also set on the command line"):
         without_fixed_keys(SPACE, ["model.d_model=32"], explicit=True, parse=parse_override)

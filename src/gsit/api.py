@@ -1,8 +1,8 @@
 """gsit's Python API: train, load a trained run, predict, export -- plain arguments in, plain values out.
 
-``gsit.run`` mirrors MMSA's ``MMSA_run(model, dataset, seeds=...)`` (it is not called ``gsit.train``: that name
-is the training-loop module ``gsit.train``); nothing internal (device contexts, data objects) appears in a
-signature::
+``gsit.run`` mirrors MMSA's ``MMSA_run(model, dataset, seeds=...)`` (it is not called ``gsit.train``: that
+name is the training-loop module ``gsit.train``); nothing internal (device contexts, data objects) appears in
+a signature::
 
     import gsit
     res = gsit.run(model="gsit", dataset="mosi", data="MOSI/Processed/unaligned_50.pkl",
@@ -39,8 +39,8 @@ def _override_list(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[
     if overrides is None:
         return []
     if isinstance(overrides, str):
-        raise ConfigError(f"overrides must be a dict or a list of 'section.key=value' strings, got the string "
-                          f"{overrides!r}")
+        raise ConfigError(f"overrides must be a dict or a list of 'section.key=value' strings, got the "
+                          f"string {overrides!r}")
     if isinstance(overrides, Mapping):
         from gsit.config_dump import toml_value
         return [f"{k}={toml_value(v)}" for k, v in overrides.items()]
@@ -52,8 +52,9 @@ def run(model: str = "gsit", dataset: str | None = None, data: str | Path | None
           config: str | Path | None = None, text_encoder: str | Path | None = None, out: str | Path = "runs",
           run_dir: str | Path | None = None, results_csv: str | Path | None = None, device: str | None = None,
           quiet: bool = True) -> dict[str, Any]:
-    """Train ``model`` on ``dataset`` over ``seeds`` exactly as ``gsit train`` does; returns the run's results:
-    ``{"model", "dataset", "seeds", "mean": {metric: value}, "std": {...}, "per_seed": [...], "run_dir"}``.
+    """Train ``model`` on ``dataset`` over ``seeds`` exactly as ``gsit train`` does; returns the run's
+    results: ``{"model", "dataset", "seeds", "mean": {metric: value}, "std": {...}, "per_seed": [...],
+    "run_dir"}``.
 
     ``data``: an MMSA pickle, a converted directory, a MIntRec directory (None: the synthetic dataset).
     ``overrides``: ``{"model.d_model": 64}`` or ``["model.d_model=64"]``.  ``run_dir``: an exact new
@@ -112,14 +113,16 @@ def _run_data_facts(run_dir: Path) -> SimpleNamespace:
         raise DataError(f"{str(run_dir)!r} has no data.json (not a complete run directory)")
     facts = json.loads(path.read_text())
     dims = facts["dims"]
-    return SimpleNamespace(task=facts["task"], num_classes=facts.get("num_classes"), text_kind=facts["text_kind"],
-                           text_dim=dims.get("text"), audio_dim=dims["audio"], vision_dim=dims["vision"],
+    return SimpleNamespace(task=facts["task"], num_classes=facts.get("num_classes"),
+                           text_kind=facts["text_kind"], text_dim=dims.get("text"), audio_dim=dims["audio"],
+                           vision_dim=dims["vision"],
                            source=facts.get("source", ""), label_names=facts.get("label_names"))
 
 
 def load_run(run_dir: str | Path, seed: int | None = None, *, device: str = "cpu"):
-    """``(model, config)``: the best checkpoint of ``seed`` (default: the run's first seed) of a run directory,
-    in eval mode, and the run's resolved configuration.  The data is not read (its facts are in the run)."""
+    """``(model, config)``: the best checkpoint of ``seed`` (default: the run's first seed) of a run
+    directory, in eval mode, and the run's resolved configuration.  The data is not read (its facts are in
+    the run)."""
     from gsit.checkpoint import load_model_weights
     from gsit.build import build_model, load_text_encoder
     from gsit.runs import load_run_config, run_seeds
@@ -133,7 +136,8 @@ def load_run(run_dir: str | Path, seed: int | None = None, *, device: str = "cpu
 
 
 def _as_batches(model, data, *, split: str, run=None):
-    """(inputs, lengths) numpy dicts of the rows to predict: a data path (read like training does) or arrays."""
+    """(inputs, lengths) numpy dicts of the rows to predict: a data path (read as training reads it) or
+    arrays."""
     if isinstance(data, Mapping):
         return _check_arrays(model, data)
     from gsit.data import drop_unused_text, load_dataset, load_run_data
@@ -166,8 +170,9 @@ def _check_arrays(model, arrays: Mapping[str, Any]):
         bert = m == "text" and getattr(model, "text_encoder", None) is not None
         if bert:
             if a.shape[1] != 3 or a.dtype.kind not in "iuf":
-                raise DataError(f"arrays['text']: the model has a text encoder and reads MMSA text_bert rows "
-                                f"(N, 3, L) of token ids / mask / segments, got shape {a.shape} dtype {a.dtype}")
+                raise DataError(f"arrays['text']: the model has a text encoder and reads MMSA text_bert "
+                                f"rows (N, 3, L) of token ids / mask / segments, got shape {a.shape} "
+                                f"dtype {a.dtype}")
         else:
             if a.dtype.kind != "f":
                 raise DataError(f"arrays[{m!r}]: expected float features, got dtype {a.dtype}")
@@ -264,7 +269,8 @@ def model_card(run_dir: Path, run, model, seed: int) -> str:
     n_params = sum(p.numel() for p in model.parameters())
     lines = [f"# {arch} on {run.data.dataset}", "",
              f"A {arch} model trained with gsit {versions.get('gsit', '?')} (GsiT, ACL 2025 reference "
-             f"implementation); this folder holds the best checkpoint (lowest validation loss) of seed {seed}.",
+             f"implementation); this folder holds the best checkpoint (lowest validation loss) of seed "
+             f"{seed}.",
              "", "```python", "import gsit", "model = gsit.from_pretrained(\"<this folder>\")",
              "preds = gsit.predict(model, data=\"<data file>\")", "```", "", "## Data", ""]
     if facts:

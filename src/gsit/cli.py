@@ -114,7 +114,8 @@ def _train_worker(args, run) -> int:
     ctx = init_distributed(args.device)
     data = _load_data(run, quiet=True)
     run_training(run, data, run_dir=run_dir, resume=True, quiet=args.quiet, device=args.device, ctx=ctx,
-                 tensorboard=args.tensorboard, log_every=args.log_every, only_seeds=seeds, write_summary=False)
+                 tensorboard=args.tensorboard, log_every=args.log_every, only_seeds=seeds,
+                 write_summary=False)
     return 0
 
 
@@ -319,11 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percent", action="store_true",
                    help="show Acc/F1 x100 with 2 decimals and MAE/Corr with 3 (the papers' convention)")
     p.add_argument("--results-csv", default=None, metavar="DIR",
-                   help="append the run's mean/std row to DIR/<dataset>.csv (MMSA's results/normal/<dataset>.csv: "
-                        "one table per dataset across runs)")
+                   help="append the run's mean/std row to DIR/<dataset>.csv (like MMSA's "
+                        "results/normal/<dataset>.csv: one table per dataset across runs)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved configuration (a valid --config file) and exit; reads no data")
-    p.add_argument("--print-format", default="toml", choices=["toml", "json"], help="format of --print-config")
+    p.add_argument("--print-format", default="toml", choices=["toml", "json"],
+                   help="format of --print-config")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="re-score a run's best checkpoint")
@@ -385,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert an MMSA pickle to gsit's code-free format (npz + json)")
     p.add_argument("input", help="MMSA pickle (or MIntRec directory)")
     p.add_argument("--out", required=True, help="new output directory")
-    p.add_argument("--dataset", default=None, help="dataset name (mosi, mosei, sims, ...) recorded with the data")
+    p.add_argument("--dataset", default=None,
+                   help="dataset name (mosi, mosei, sims, ...) recorded with the data")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("build-mosi", help="build a MOSI dataset from an utterance CSV with a local tokenizer")

@@ -132,8 +132,9 @@ def _short(x) -> str:
     return str(np.float32(x))
 
 
-def predict_run(run_dir, *, data_path: str | None, out: str, split: str = "test", seed: int | str | None = "all",
-                ensemble: bool = False, device: str = "cpu") -> dict[str, Any]:
+def predict_run(run_dir, *, data_path: str | None, out: str, split: str = "test",
+                seed: int | str | None = "all", ensemble: bool = False,
+                device: str = "cpu") -> dict[str, Any]:
     """Write ``out`` (a new CSV): one row per chosen seed and sample -- ``seed, id, prediction, label`` (and
     the logits for classification) -- plus, with ``ensemble``, rows with seed ``ensemble`` holding the mean
     prediction over the seeds (classification: the mean logits and their argmax).  ``seed``: ``"all"`` (or

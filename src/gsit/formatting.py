@@ -53,8 +53,11 @@ def format_mean_std(name: str, mean: float | None, std: float | None, n: int, *,
 
 def percent_values(metrics: dict[str, float], *, percent: bool = True) -> dict[str, float]:
     """``{metric: value}`` scaled and rounded as :func:`format_metric` shows them (for JSON output)."""
-    return {k: (round(scale_metric(k, float(v), percent), metric_digits(k, percent))
-                if isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in metrics.items()}
+    def shown(k: str, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return v
+        return round(scale_metric(k, float(v), percent), metric_digits(k, percent))
+    return {k: shown(k, v) for k, v in metrics.items()}
 
 
 def results_lines(results: dict, run_dir, *, percent: bool = False) -> list[str]:
@@ -70,7 +73,7 @@ def results_lines(results: dict, run_dir, *, percent: bool = False) -> list[str]
 # ----------------------------------------------------------------------------- MMSA-style per-dataset CSV
 
 
-def append_dataset_csv(folder, results: dict, run_dir) -> "Path":
+def append_dataset_csv(folder, results: dict, run_dir):
     """Append one row for a finished run to ``folder/<dataset>.csv`` (like MMSA's
     ``results/normal/<dataset>.csv``): ``Model``, then one column per test metric holding MMSA's
     ``"(mean, std)"`` pair in the paper convention (Acc/F1 x100 with 2 decimals, MAE/Corr with 3), then the
@@ -101,8 +104,8 @@ def append_dataset_csv(folder, results: dict, run_dir) -> "Path":
             with open(path, newline="") as fh:
                 existing = next(csv.reader(fh), [])
             if existing != header:
-                raise GsitError(f"{str(path)!r} has the columns {existing}, not {header}; move it away to start "
-                                f"a new table")
+                raise GsitError(f"{str(path)!r} has the columns {existing}, not {header}; move it away to "
+                                f"start a new table")
         buf = io.StringIO()
         w = csv.writer(buf)
         if new:

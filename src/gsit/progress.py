@@ -43,8 +43,8 @@ def stop_reason(*, epoch: int, best_epoch: int, early_stop: int, max_epochs: int
         return (f"early stop after epoch {epoch}: no validation improvement for {since} epochs "
                 f"(best epoch {best_epoch})")
     if best_epoch == epoch:
-        return (f"epoch cap reached (train.max_epochs={max_epochs}) while still improving: the last epoch was "
-                f"the best; more epochs may help")
+        return (f"epoch cap reached (train.max_epochs={max_epochs}) while still improving: the last epoch "
+                f"was the best; more epochs may help")
     return (f"epoch cap reached (train.max_epochs={max_epochs}); best epoch {best_epoch}, {since} epoch(s) "
             f"without improvement (early stop needs {early_stop})")
 
@@ -53,7 +53,8 @@ class Progress:
     """Console, log file and TensorBoard output of one training run (see the module docstring)."""
 
     def __init__(self, quiet: bool, ctx, *, log_path: Path | None = None, every_s: float = 30.0,
-                 tensorboard_dir: Path | None = None, tty: bool | None = None, bar_interval: float = 0.1) -> None:
+                 tensorboard_dir: Path | None = None, tty: bool | None = None,
+                 bar_interval: float = 0.1) -> None:
         self.main = ctx.main
         self.quiet = quiet or not ctx.main
         self.tty = sys.stderr.isatty() if tty is None else tty
@@ -137,7 +138,8 @@ class Progress:
         if max_epochs > 0:
             left = min(left, max_epochs - epoch)
         total = f"/{max_epochs}" if max_epochs > 0 else ""
-        self.line(f"  seed {seed} epoch {epoch}{total}  train {train_loss:.4f}  valid loss {valid['Loss']:.4f}"
+        self.line(f"  seed {seed} epoch {epoch}{total}  train {train_loss:.4f}  "
+                  f"valid loss {valid['Loss']:.4f}"
                   f"{'  *' if improved else '   '}  {seconds:.1f} s/epoch  "
                   f"ETA <= {fmt_seconds(max(left, 0) * per)} ({max(left, 0)} epoch(s) at most)")
         if self.tb_dir is not None:

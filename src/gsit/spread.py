@@ -29,13 +29,13 @@ _DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?|\d+)$")
 
 
 def parse_devices(text: str) -> list[str]:
-    """``"0,1"`` -> ``["cuda:0", "cuda:1"]``; ``cuda:N``, ``cpu`` (for tests) and ``mps`` are taken as they are.
-    CUDA devices must exist."""
+    """``"0,1"`` -> ``["cuda:0", "cuda:1"]``; ``cuda:N``, ``cpu`` (for tests) and ``mps`` are taken as they
+    are.  CUDA devices must exist."""
     items = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in items if not _DEVICE.match(t)]
     if not items or bad:
-        raise GsitError(f"--gpus {text!r}: expected comma-separated GPU indices (0,1) or devices (cuda:0,cpu); "
-                        f"bad: {bad or '(empty)'}")
+        raise GsitError(f"--gpus {text!r}: expected comma-separated GPU indices (0,1) or devices "
+                        f"(cuda:0,cpu); bad: {bad or '(empty)'}")
     devices = [f"cuda:{t}" if t.isdigit() else t for t in items]
     cuda = [d for d in devices if d.startswith("cuda")]
     if cuda:
@@ -76,8 +76,8 @@ def run_workers(argv: list[str], run_dir: Path, seeds: list[int], devices: list[
     if failed:
         lines = "; ".join(f"{d} (seeds {s}) exited with code {rc}: {t[-1] if t else 'no output'}"
                           for d, s, rc, t in failed)
-        raise GsitError(f"{len(failed)} of {len(procs)} worker(s) failed: {lines}. Finished seeds are kept in "
-                        f"{str(run_dir)!r}; continue with the same arguments plus --resume {run_dir}")
+        raise GsitError(f"{len(failed)} of {len(procs)} worker(s) failed: {lines}. Finished seeds are kept "
+                        f"in {str(run_dir)!r}; continue with the same arguments plus --resume {run_dir}")
 
 
 def _forward(proc: subprocess.Popen, label: str, tail: deque) -> None:

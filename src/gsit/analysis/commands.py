@@ -196,7 +196,8 @@ def register(sub) -> None:
                                    "best configuration is re-trained over --final-seeds and only then tested.")
     p.add_argument("--model", default="gsit", help="gsit | mult | vanilla")
     _common_data(p)
-    p.add_argument("--text-encoder", default=None, help="local BERT-family model directory (never downloaded)")
+    p.add_argument("--text-encoder", default=None,
+                   help="local BERT-family model directory (never downloaded)")
     p.add_argument("--config", default=None, help="TOML file merged over the preset")
     p.add_argument("--trials", type=int, required=True, help="trials this worker runs (several workers "
                                                              "sharing --storage add up; 0 with --storage: "

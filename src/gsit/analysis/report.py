@@ -13,7 +13,8 @@ Every directory under RUNS_DIR holding a run-level ``results.json`` (one with ``
 Writes (new files only): ``report.md`` (one table per dataset, best mean per column in bold), ``report.csv``
 (all groups, full-precision fractions), ``report.tex`` (one booktabs table per dataset: a right-aligned mean
 and ``±std`` column pair per metric, so decimal points line up; the best mean per column in bold, lower is
-better for MAE and Loss; a one-seed row shows no spread) and ``curves-<model>-<dataset>-<variant>.png`` per group: training loss and
+better for MAE and Loss; a one-seed row shows no spread) and ``curves-<model>-<dataset>-<variant>.png``
+per group: training loss and
 validation loss per epoch from every seed's ``epochs.csv``.
 """
 

@@ -140,12 +140,12 @@ def without_fixed_keys(space: dict[str, dict[str, Any]], overrides, *, explicit:
     if not clash:
         return space
     if explicit:
-        raise ConfigError(f"search space keys {clash} are also set on the command line; a trial would replace "
-                          f"them: remove them from the space or from the overrides")
+        raise ConfigError(f"search space keys {clash} are also set on the command line; a trial would "
+                          f"replace them: remove them from the space or from the overrides")
     kept = {k: v for k, v in space.items() if k not in fixed}
     if not kept:
-        raise ConfigError(f"every key of the default search space ({list(space)}) is set on the command line; "
-                          f"nothing is left to search (pass --space)")
+        raise ConfigError(f"every key of the default search space ({list(space)}) is set on the command "
+                          f"line; nothing is left to search (pass --space)")
     if say is not None:
         say(f"search space: {clash} set on the command line, not searched")
     return kept
@@ -238,9 +238,10 @@ def tune(dataset: str, *, model: str = "gsit", trials: int = 20, data_path: str 
          final_seeds: tuple[int, ...] = (1111, 1112, 1113, 1114, 1115), trial_max_epochs: int = 0,
          sampler_seed: int = 0, timeout: float | None = None, device: str | None = None, quiet: bool = True,
          data=None, on_phase: Callable[[str], None] | None = None, final: bool = True) -> dict[str, Any]:
-    """Run the search and (``final``) the final multi-seed run; write ``trials.csv``, ``tune.json`` and ``final/``
-    into a new directory.  ``data`` (optional) replaces loading; ``on_phase("search"|"final")`` is called
-    when a phase starts (the tests use it to check that the test split is read only in the final phase)."""
+    """Run the search and (``final``) the final multi-seed run; write ``trials.csv``, ``tune.json`` and
+    ``final/`` into a new directory.  ``data`` (optional) replaces loading; ``on_phase("search"|"final")``
+    is called when a phase starts (the tests use it to check that the test split is read only in the final
+    phase)."""
     optuna = require_optuna()
     if trials < 0 or (trials == 0 and storage is None):
         raise GsitError(f"--trials must be at least 1 (0 only with --storage: the final run of an existing "
@@ -298,14 +299,14 @@ def tune(dataset: str, *, model: str = "gsit", trials: int = 20, data_path: str 
         trial.set_user_attr("best_epoch", res["best_epoch"])
         trial.set_user_attr("valid", res["valid"])
         if not quiet:
-            print(f"trial {trial.number}: valid loss {res['best_valid_loss']:.4f} (best epoch {res['best_epoch']}) "
-                  f"{params}", file=sys.stderr)
+            print(f"trial {trial.number}: valid loss {res['best_valid_loss']:.4f} "
+                  f"(best epoch {res['best_epoch']}) {params}", file=sys.stderr)
         return res["best_valid_loss"]
 
     if not quiet:
         where = f"storage {storage}" if storage else "memory (one process)"
-        print(f"study {study.study_name!r} in {where}: {len(study.trials)} earlier trial(s); this worker runs "
-              f"{trials}", file=sys.stderr)
+        print(f"study {study.study_name!r} in {where}: {len(study.trials)} earlier trial(s); this worker "
+              f"runs {trials}", file=sys.stderr)
     if trials:
         study.optimize(objective, n_trials=trials, timeout=timeout, catch=())
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

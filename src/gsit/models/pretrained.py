@@ -30,8 +30,8 @@ def config_to_json(config) -> dict[str, Any]:
 
 
 def config_from_json(cls, values: dict[str, Any]):
-    """The dataclass ``cls`` from :func:`config_to_json`'s output; unknown keys are errors, lists become tuples
-    where the field's default is a tuple."""
+    """The dataclass ``cls`` from :func:`config_to_json`'s output; unknown keys are errors, lists become
+    tuples where the field's default is a tuple."""
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
@@ -82,8 +82,9 @@ class PretrainedMixin:
         """The model saved in ``directory`` by :meth:`save_pretrained`, in eval mode on ``device``."""
         meta = read_pretrained_config(directory)
         if meta["architecture"] != cls.__name__:
-            raise ConfigError(f"{str(directory)!r} holds a {meta['architecture']} model, not a {cls.__name__}; "
-                              f"use gsit.{meta['architecture']}.from_pretrained or gsit.from_pretrained")
+            raise ConfigError(f"{str(directory)!r} holds a {meta['architecture']} model, not a "
+                              f"{cls.__name__}; use gsit.{meta['architecture']}.from_pretrained or "
+                              f"gsit.from_pretrained")
         return _build_and_load(cls, meta, Path(directory), device)
 
 
