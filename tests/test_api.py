@@ -146,3 +146,29 @@ def test_export_writes_a_loadable_folder_and_a_model_card(api_run, tmp_path, cap
     rc = cli.main(["export", res["run_dir"], "--out", str(out)])
     assert rc == 2 and "already exists" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_run_with_a_local_text_encoder_loads_predicts_and_exports(tmp_path, capsys):
+    """text_bert data + --text-encoder: load_run rebuilds the encoder without reading the data, and the
+    exported folder (which carries the fine-tuned encoder) predicts as the run does."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    bert_dir = tmp_path / "tiny-bert"
+    transformers.BertModel(transformers.BertConfig(vocab_size=2100, hidden_size=16, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=32,
+                                                   max_position_embeddings=16)).save_pretrained(bert_dir)
+    data = make_synthetic(n_train=24, n_valid=8, n_test=8, text_len=8, audio_len=6, vision_len=6, seed=5,
+                          text_kind="bert")
+    data_dir = save_converted(data, tmp_path / "data")
+    res = gsit.run(dataset="synthetic", data=data_dir, text_encoder=bert_dir, seeds=[1],
+                   overrides={**TINY, "train.max_epochs": 1}, run_dir=tmp_path / "run")
+    model, _ = gsit.load_run(res["run_dir"])
+    assert model.text_encoder is not None
+    preds = gsit.predict(res["run_dir"], data=data_dir)
+    labels = data.splits["test"].labels
+    assert round(float(np.mean(np.abs(preds - labels))), 4) == pytest.approx(res["mean"]["MAE"], abs=1e-4)
+    out = gsit.export(res["run_dir"], tmp_path / "exported")
+    loaded = gsit.from_pretrained(out)
+    split = data.splits["test"]
+    arrays = {"text": split.text_bert, "audio": split.audio, "vision": split.vision}
+    np.testing.assert_array_equal(gsit.predict(loaded, arrays), preds)

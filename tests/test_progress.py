@@ -44,7 +44,7 @@ def data_dir(tmp_path_factory):
 def test_plain_progress_lines_and_train_log(data_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
     rc = cli.main(["train", "--data", str(data_dir), "--dataset", "synthetic", "--run-dir", str(run_dir),
-                   "--seeds", "1", "train.max_epochs=2", "--log-every", "0", *TINY])
+                   "--seeds", "1,2", "train.max_epochs=2", "--log-every", "0", *TINY])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert err.splitlines()[0] == f"run directory: {run_dir}"  # named first, not only at the end
@@ -53,10 +53,12 @@ def test_plain_progress_lines_and_train_log(data_dir, tmp_path, capsys):
     assert re.search(r"seed 1 epoch 1/2 batch \d+/5 loss \d", err)  # plain lines within an epoch
     assert re.search(r"seed 1 epoch 2/2  train \d\.\d{4}  valid loss \d\.\d{4} .* s/epoch  ETA <= ", err)
     assert "seed 1: epoch cap reached (train.max_epochs=2)" in err
+    assert re.search(r"seed 1 epoch 2/2 .* ETA <= \S+ \(0 epoch\(s\) at most\); ~\S+ for the run", err)
+    assert "seed 2 (2/2)" in err and "for the run" not in err.split("seed 2 (2/2)")[1]
     log = (run_dir / "train.log").read_text().splitlines()
     stripped = [line.split(" ", 2)[2] for line in log]  # "YYYY-MM-DD HH:MM:SS text"
     assert [line for line in err.splitlines() if line] == stripped[:len(err.splitlines())]
-    assert "(1 seed(s)); run: " in (run_dir / "train.log").read_text()  # the final summary too
+    assert "(2 seed(s)); run: " in (run_dir / "train.log").read_text()  # the final summary too
 
 
 def test_quiet_keeps_the_log(data_dir, tmp_path, capsys):

@@ -116,7 +116,8 @@ def _run_data_facts(run_dir: Path) -> SimpleNamespace:
     return SimpleNamespace(task=facts["task"], num_classes=facts.get("num_classes"),
                            text_kind=facts["text_kind"], text_dim=dims.get("text"), audio_dim=dims["audio"],
                            vision_dim=dims["vision"],
-                           source=facts.get("source", ""), label_names=facts.get("label_names"))
+                           source=facts.get("source", ""), label_names=facts.get("label_names"),
+                           splits={})  # no rows: the checkpoint's token ids were checked at training
 
 
 def load_run(run_dir: str | Path, seed: int | None = None, *, device: str = "cpu"):
@@ -160,7 +161,7 @@ def _check_arrays(model, arrays: Mapping[str, Any]):
     extra = sorted(set(arrays) - set(MODALITIES) - {"lengths"})
     if extra:
         raise DataError(f"arrays: unknown keys {extra}; expected {list(MODALITIES)} and optional 'lengths'")
-    inputs, n = {}, None
+    inputs, full, n = {}, {}, None
     for m in cfg.modalities:
         if m not in arrays:
             raise DataError(f"arrays: missing modality {m!r} (the model reads {list(cfg.modalities)})")
@@ -184,11 +185,11 @@ def _check_arrays(model, arrays: Mapping[str, Any]):
             raise DataError(f"arrays[{m!r}] has {a.shape[0]} rows but the other modalities have {n}")
         n = a.shape[0]
         inputs[m] = a
+        full[m] = a.shape[2] if bert else a.shape[1]  # token rows (N, 3, L) are L long
     given = arrays.get("lengths") or {}
     lengths = {}
-    for m, a in inputs.items():
-        full = a.shape[2] if (m == "text" and a.shape[1] == 3 and a.dtype.kind in "iu") else a.shape[1]
-        lens = np.asarray(given.get(m, np.full(n, full)), dtype=np.int64)
+    for m in inputs:
+        lens = np.asarray(given.get(m, np.full(n, full[m])), dtype=np.int64)
         if lens.shape != (n,):
             raise DataError(f"arrays['lengths'][{m!r}]: expected shape ({n},), got {lens.shape}")
         lengths[m] = lens

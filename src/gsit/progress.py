@@ -12,7 +12,8 @@
   ``RUN_DIR/tensorboard/seed-<seed>/`` through ``torch.utils.tensorboard`` (needs the tensorboard package).
 
 A seed's ETA is an upper bound: training ends at the latest after ``early_stop`` epochs without improvement
-(or at the cap), at the mean epoch time so far.
+(or at the cap), at the mean epoch time so far.  With seeds still to come, the epoch line adds an estimate for
+the whole run (each later seed taking as long as the finished ones took on average).
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class Progress:
         self._writers: dict[int, Any] = {}
         self._params_shown = False
         self._epoch_seconds: dict[int, list[float]] = {}
+        self._seed_started = time.monotonic()
+        self._seeds_after = 0                 # seeds still to train after the current one
+        self._seed_durations: list[float] = []
         if self.tb_dir is not None:
             require_tensorboard()
 
@@ -86,6 +90,13 @@ class Progress:
                   f"data {sizes} ({data.task})")
         self.line(f"epoch cap: {cap}; early stop after {t.early_stop} epochs without a validation-loss "
                   f"improvement; batch size {t.batch_size}")
+
+    def seed_start(self, run, seed: int) -> None:
+        seeds = list(run.train.seeds)
+        i = seeds.index(seed)
+        self._seed_started = time.monotonic()
+        self._seeds_after = len(seeds) - i - 1
+        self.line(f"{run.model_name} on {run.data.dataset}: seed {seed} ({i + 1}/{len(seeds)})")
 
     def params(self, model) -> None:
         if self._params_shown:
@@ -138,10 +149,17 @@ class Progress:
         if max_epochs > 0:
             left = min(left, max_epochs - epoch)
         total = f"/{max_epochs}" if max_epochs > 0 else ""
+        seed_eta = max(left, 0) * per
+        more = ""
+        if self._seeds_after:
+            # later seeds: the mean duration of finished seeds, else this seed's elapsed time plus its bound
+            one = (sum(self._seed_durations) / len(self._seed_durations) if self._seed_durations
+                   else time.monotonic() - self._seed_started + seed_eta)
+            more = f"; ~{fmt_seconds(seed_eta + self._seeds_after * one)} for the run"
         self.line(f"  seed {seed} epoch {epoch}{total}  train {train_loss:.4f}  "
                   f"valid loss {valid['Loss']:.4f}"
                   f"{'  *' if improved else '   '}  {seconds:.1f} s/epoch  "
-                  f"ETA <= {fmt_seconds(max(left, 0) * per)} ({max(left, 0)} epoch(s) at most)")
+                  f"ETA <= {fmt_seconds(seed_eta)} ({max(left, 0)} epoch(s) at most){more}")
         if self.tb_dir is not None:
             w = self._writer(seed)
             w.add_scalar("train/loss", train_loss, epoch)
@@ -156,6 +174,7 @@ class Progress:
                                                    max_epochs=max_epochs))
 
     def test(self, seed: int, test: dict[str, float]) -> None:
+        self._seed_durations.append(time.monotonic() - self._seed_started)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in list(test.items())[:4])
         self.line(f"  seed {seed} test (best epoch's weights): {shown}")
         if self.tb_dir is not None:

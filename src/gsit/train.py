@@ -325,8 +325,7 @@ def run_training(run: RunConfig, data, *, run_dir: Path, resume: bool = False, q
         if resume and done.is_file():
             per_seed.append(json.loads(done.read_text()))
             continue
-        progress.line(f"{run.model_name} on {run.data.dataset}: seed {seed} "
-                      f"({run.train.seeds.index(seed) + 1}/{len(run.train.seeds)})")
+        progress.seed_start(run, seed)
         per_seed.append(train_seed(run, data, seed=seed, seed_dir=seed_dir, ctx=ctx, resume=resume,
                                    progress=progress, dataset=run.data.dataset))
     results = write_results(run_dir, run, per_seed) if ctx.main and write_summary else {"per_seed": per_seed}
