@@ -28,7 +28,7 @@ def test_parse_devices_and_deal():
     assert deal_seeds([1], ["a", "b"]) == [("a", [1])]
 
 
-def test_two_workers_give_the_sequential_results(tmp_path, capsys, monkeypatch):
+def test_two_workers_give_the_sequential_results_even_after_a_failure(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     data_dir = save_converted(make_synthetic(n_train=40, n_valid=16, n_test=16, text_len=6, audio_len=7,
@@ -36,7 +36,14 @@ def test_two_workers_give_the_sequential_results(tmp_path, capsys, monkeypatch):
     common = ["train", "--data", str(data_dir), "--dataset", "synthetic", "--seeds", "1,2,3", *TINY]
     assert cli.main([*common, "--quiet", "--run-dir", str(tmp_path / "seq")]) == 0
     capsys.readouterr()
-    assert cli.main([*common, "--gpus", "cpu,cpu", "--run-dir", str(tmp_path / "par")]) == 0
+    # the workers die at the start of epoch 2 (after epoch 1's checkpoint): one clear error naming --resume
+    monkeypatch.setenv("GSIT_TEST_DIE_AT_EPOCH", "2")
+    assert cli.main([*common, "--gpus", "cpu,cpu", "--run-dir", str(tmp_path / "par")]) == 2
+    err = capsys.readouterr().err
+    assert "2 of 2 worker(s) failed" in err and "exited with code 13" in err and "--resume" in err
+    assert not (tmp_path / "par" / "results.json").exists()
+    monkeypatch.delenv("GSIT_TEST_DIE_AT_EPOCH")
+    assert cli.main([*common, "--gpus", "cpu,cpu", "--resume", str(tmp_path / "par")]) == 0
     err = capsys.readouterr().err
     assert "[cpu seeds 1,3]" in err and "[cpu seeds 2]" in err and "one worker process each" in err
     seq = json.loads((tmp_path / "seq" / "results.json").read_text())

@@ -60,6 +60,8 @@ def run(model: str = "gsit", dataset: str | None = None, data: str | Path | None
     ``overrides``: ``{"model.d_model": 64}`` or ``["model.d_model=64"]``.  ``run_dir``: an exact new
     directory (else a fresh one under ``out``).  ``results_csv``: a folder whose ``<dataset>.csv`` gets one
     row per run (MMSA's ``results/normal/<dataset>.csv``)."""
+    import os
+
     import torch
 
     from gsit.config import load_config
@@ -68,6 +70,8 @@ def run(model: str = "gsit", dataset: str | None = None, data: str | Path | None
     from gsit.distributed import Dist
     from gsit.runs import new_run_dir
     from gsit.train import run_training
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise GsitError("gsit.run trains in one process; under torchrun use `gsit train` (DDP)")
     dataset = dataset or ("synthetic" if data is None else None)
     if dataset is None:
         raise ConfigError("dataset is required with data (mosi, mosei, sims, simsv2, mintrec, synthetic)")

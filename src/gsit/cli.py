@@ -70,7 +70,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                                device=args.device, command=["gsit", *args.argv], ctx=ctx,
                                tensorboard=args.tensorboard, log_every=args.log_every)
     else:
-        results = _train_on_devices(args, run, data, run_dir, devices, ctx)
+        if not args.resume:  # the run's files, written once by this process (no seed is trained here)
+            run_training(run, data, run_dir=run_dir, quiet=args.quiet, command=["gsit", *args.argv], ctx=ctx,
+                         only_seeds=[], write_summary=False,
+                         shown_device=f"{', '.join(devices)} (one worker process each)")
+        elif not args.quiet:
+            print(f"resuming {run_dir} on {', '.join(devices)} (one worker process each)", file=sys.stderr)
+        data = None  # the workers read the data themselves
+        results = _train_on_devices(args, run, run_dir, devices)
     if ctx.main:
         from gsit.formatting import append_dataset_csv, results_lines
         summary = "\n".join(results_lines(results, run_dir, percent=args.percent))
@@ -82,17 +89,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_on_devices(args, run, data, run_dir: Path, devices: list[str], ctx) -> dict:
-    """``--gpus``: write the run directory's files here, train the seeds in one worker per device
-    (:mod:`gsit.spread`), then gather the per-seed results into the run's results.json."""
+def _train_on_devices(args, run, run_dir: Path, devices: list[str]) -> dict:
+    """``--gpus``: train the seeds in one worker per device (:mod:`gsit.spread`), then gather the per-seed
+    results into the run's results.json."""
     from gsit.runs import write_results
     from gsit.spread import run_workers
-    from gsit.train import run_training
-    if not args.resume:  # the run's files, written once by this process (no seed is trained here)
-        run_training(run, data, run_dir=run_dir, quiet=args.quiet, command=["gsit", *args.argv], ctx=ctx,
-                     only_seeds=[], write_summary=False,
-                     shown_device=f"{', '.join(devices)} (one worker process each)")
-    del data  # the workers read the data themselves
     run_workers(args.argv, run_dir, list(run.train.seeds), devices)
     per_seed = []
     for s in run.train.seeds:

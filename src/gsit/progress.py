@@ -91,11 +91,13 @@ class Progress:
         self.line(f"epoch cap: {cap}; early stop after {t.early_stop} epochs without a validation-loss "
                   f"improvement; batch size {t.batch_size}")
 
-    def seed_start(self, run, seed: int) -> None:
+    def seed_start(self, run, seed: int, mine: list[int] | None = None) -> None:
+        """A seed starts; ``mine``: the seeds this process trains, in order (default: all of the run's)."""
         seeds = list(run.train.seeds)
         i = seeds.index(seed)
+        mine = seeds if mine is None else list(mine)
         self._seed_started = time.monotonic()
-        self._seeds_after = len(seeds) - i - 1
+        self._seeds_after = len(mine) - mine.index(seed) - 1
         self.line(f"{run.model_name} on {run.data.dataset}: seed {seed} ({i + 1}/{len(seeds)})")
 
     def params(self, model) -> None:

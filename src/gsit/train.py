@@ -317,15 +317,15 @@ def run_training(run: RunConfig, data, *, run_dir: Path, resume: bool = False, q
     progress.header(run, run_dir, data, shown_device)
     progress.line(f"execution: {execution.mode} ({execution.reason})")
     per_seed = []
-    for seed in run.train.seeds:
-        if only_seeds is not None and seed not in only_seeds:
-            continue
+    mine = [s for s in run.train.seeds if only_seeds is None or s in only_seeds]
+    todo = [s for s in mine if not (resume and (run_dir / f"seed-{s}" / "results.json").is_file())]
+    for seed in mine:
         seed_dir = run_dir / f"seed-{seed}"
         done = seed_dir / "results.json"
         if resume and done.is_file():
             per_seed.append(json.loads(done.read_text()))
             continue
-        progress.seed_start(run, seed)
+        progress.seed_start(run, seed, todo)
         per_seed.append(train_seed(run, data, seed=seed, seed_dir=seed_dir, ctx=ctx, resume=resume,
                                    progress=progress, dataset=run.data.dataset))
     results = write_results(run_dir, run, per_seed) if ctx.main and write_summary else {"per_seed": per_seed}
