@@ -62,7 +62,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     # build the model once before any run directory is created or written: a bad model setting, text
     # encoder or token id fails here with one clear line
     preflight(run, data)
-    run_execution(run, ctx)  # an execution this device cannot run fails before any directory exists
+    # an execution this device cannot run fails before any directory exists (--gpus: the workers' device)
+    worker_ctx = ctx if devices is None else _device_ctx(devices[0])
+    run_execution(run, worker_ctx)
     if run_dir is None:
         run_dir = shared_new_run_dir(Path(args.out), run.model_name, dataset, ctx)
     if devices is None:
@@ -71,8 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                tensorboard=args.tensorboard, log_every=args.log_every)
     else:
         if not args.resume:  # the run's files, written once by this process (no seed is trained here)
-            run_training(run, data, run_dir=run_dir, quiet=args.quiet, command=["gsit", *args.argv], ctx=ctx,
-                         only_seeds=[], write_summary=False,
+            run_training(run, data, run_dir=run_dir, quiet=args.quiet, command=["gsit", *args.argv],
+                         ctx=worker_ctx, only_seeds=[], write_summary=False,
                          shown_device=f"{', '.join(devices)} (one worker process each)")
         elif not args.quiet:
             print(f"resuming {run_dir} on {', '.join(devices)} (one worker process each)", file=sys.stderr)
@@ -87,6 +89,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.results_csv:
             print(f"appended a row to {append_dataset_csv(args.results_csv, results, run_dir)}")
     return 0
+
+
+def _device_ctx(device: str):
+    """A one-process context on ``device`` (the --gpus parent records what its workers will resolve)."""
+    import torch
+
+    from gsit.distributed import Dist
+    return Dist(device=torch.device(device))
 
 
 def _train_on_devices(args, run, run_dir: Path, devices: list[str]) -> dict:
