@@ -122,6 +122,10 @@ def test_report_bold_best_per_column_and_no_spread_for_one_seed(tmp_path):
     assert r"\textbf{0.500}" in gsit_row and r"\textbf{0.500}" in mult_row  # ties both bold
     md = (Path(res["out"]) / "report.md").read_text()
     assert "**81.00** ± 1.00" in md and "| **0.690** |" in md
+    with open(Path(res["out"]) / "mosi.csv", newline="") as fh:
+        rows = {r["Model"]: r for r in csv.DictReader(fh)}
+    assert rows["gsit"]["Non0_acc_2"] == "(81.00, 1.00)" and rows["mult"]["MAE"] == "(0.690, 0.000)"
+    assert rows["gsit"]["Seeds"] == "2"
 
 
 def test_predict_all_seeds_rounded_and_ensemble(two_seed_run, tmp_path, capsys):

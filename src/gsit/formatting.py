@@ -73,6 +73,12 @@ def results_lines(results: dict, run_dir, *, percent: bool = False) -> list[str]
 # ----------------------------------------------------------------------------- MMSA-style per-dataset CSV
 
 
+def mmsa_pair(name: str, mean: float | None, std: float | None, n: int) -> str:
+    """MMSA's ``"(mean, std)"`` cell in the paper convention (one seed: std 0)."""
+    return (f"({format_metric(name, mean, percent=True)}, "
+            f"{format_metric(name, std if n > 1 else 0.0, percent=True)})")
+
+
 def append_dataset_csv(folder, results: dict, run_dir):
     """Append one row for a finished run to ``folder/<dataset>.csv`` (like MMSA's
     ``results/normal/<dataset>.csv``): ``Model``, then one column per test metric holding MMSA's
@@ -91,11 +97,7 @@ def append_dataset_csv(folder, results: dict, run_dir):
     metrics = list(results["mean"])
     header = ["Model", *metrics, "Seeds", "Run"]
     n = int(results.get("n_seeds", 1))
-    row = [results["model"]]
-    for k in metrics:
-        mean = format_metric(k, results["mean"][k], percent=True)
-        std = format_metric(k, results["std"][k] if n > 1 else 0.0, percent=True)
-        row.append(f"({mean}, {std})")
+    row = [results["model"], *[mmsa_pair(k, results["mean"][k], results["std"][k], n) for k in metrics]]
     row += [" ".join(str(s) for s in results.get("seeds", [])), str(run_dir)]
     with open(folder / f".{path.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -11,7 +11,8 @@ Every directory under RUNS_DIR holding a run-level ``results.json`` (one with ``
   papers' convention (:mod:`gsit.formatting`: Acc/F1 x100 with 2 decimals, MAE/Corr with 3).
 
 Writes (new files only): ``report.md`` (one table per dataset, best mean per column in bold), ``report.csv``
-(all groups, full-precision fractions), ``report.tex`` (one booktabs table per dataset: a right-aligned mean
+(all groups, full-precision fractions), ``<dataset>.csv`` (MMSA's ``results/normal/<dataset>.csv`` layout:
+``Model``, then ``"(mean, std)"`` per metric, Acc/F1 x100), ``report.tex`` (one booktabs table per dataset: a right-aligned mean
 and ``±std`` column pair per metric, so decimal points line up; the best mean per column in bold, lower is
 better for MAE and Loss; a one-seed row shows no spread) and ``curves-<model>-<dataset>-<variant>.png``
 per group: training loss and
@@ -41,7 +42,7 @@ from gsit.analysis._common import (
     write_text_new,
 )
 from gsit.errors import GsitError
-from gsit.formatting import format_metric
+from gsit.formatting import format_metric, mmsa_pair
 
 _IGNORED = {"train.seeds", "data.path", "data.text_encoder", "data.dataset"}
 
@@ -256,6 +257,13 @@ def report(runs_dir: str | Path, *, out: str | Path | None = None, curves: bool 
                                                             f"seeds{units}")))
     write_text_new(out_dir / "report.md", "".join(md))
     write_text_new(out_dir / "report.tex", "\n".join(tex))
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):  # MMSA's results/normal/<dataset>.csv layout
+        part = [r for r in rows if r["dataset"] == dataset]
+        metrics = part[0]["metrics"]
+        body = [[r["model"], r["variant"],
+                 *[mmsa_pair(m, r["mean"][m], r["std"][m], r["n_seeds"]) for m in metrics], r["n_seeds"]]
+                for r in part]
+        write_text_new(out_dir / f"{_slug(dataset)}.csv", csv_text(["Model", "Variant", *metrics, "Seeds"], body))
     pngs = []
     if curves:
         for key, g in groups.items():
