@@ -279,17 +279,20 @@ def model_card(run_dir: Path, run, model, seed: int) -> str:
              "", "```python", "import gsit", "model = gsit.from_pretrained(\"<this folder>\")",
              "preds = gsit.predict(model, data=\"<data file>\")", "```", "", "## Data", ""]
     if facts:
+        widths = {m: int(w) for m, w in model.config.input_dims.items()}
+        text = ("MMSA text_bert token rows (N, 3, L) read by the included BERT-family encoder"
+                if facts.get("text_kind") == "bert" else "precomputed features")
         lines += [f"- source: `{facts.get('source')}`", f"- task: {facts.get('task')}"
                   + (f" ({facts.get('num_classes')} classes: {facts.get('label_names')})"
                      if facts.get("task") == "classification" else ""),
-                  f"- text: {facts.get('text_kind')}; feature widths {facts.get('dims')}; "
-                  f"sequence lengths {facts.get('seq_lengths')}",
+                  f"- inputs: text as {text}; feature widths {widths}; sequence lengths "
+                  f"{facts.get('seq_lengths')}",
                   f"- split sizes: {facts.get('splits')}"]
     lines += ["", "## Test metrics", ""]
     if results.get("mean"):
         n = results.get("n_seeds", len(results.get("per_seed", [])))
-        lines += [f"Mean ± population std over {n} seed(s) {results.get('seeds')}; Acc/F1 in %, MAE/Corr as "
-                  f"in MMSA.", "", "| metric | mean ± std | this seed |", "|---|---|---|"]
+        lines += [f"Mean ± population std over {n} seed(s) {results.get('seeds')}; Acc/F1 x100 with 2 "
+                  f"decimals, MAE/Corr/Loss with 3.", "", "| metric | mean ± std | this seed |", "|---|---|---|"]
         mine = next((r["test"] for r in results.get("per_seed", []) if r.get("seed") == seed), {})
         for k, v in results["mean"].items():
             sd = results["std"][k]
