@@ -292,7 +292,8 @@ def model_card(run_dir: Path, run, model, seed: int) -> str:
     if results.get("mean"):
         n = results.get("n_seeds", len(results.get("per_seed", [])))
         lines += [f"Mean ± population std over {n} seed(s) {results.get('seeds')}; Acc/F1 x100 with 2 "
-                  f"decimals, MAE/Corr/Loss with 3.", "", "| metric | mean ± std | this seed |", "|---|---|---|"]
+                  f"decimals, MAE/Corr/Loss with 3.", "",
+                  "| metric | mean ± std | this seed |", "|---|---|---|"]
         mine = next((r["test"] for r in results.get("per_seed", []) if r.get("seed") == seed), {})
         for k, v in results["mean"].items():
             sd = results["std"][k]

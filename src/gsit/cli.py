@@ -42,7 +42,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         from gsit.progress import require_tensorboard
         require_tensorboard()  # before any data is read or directory created
     if args.worker_of:
-        return _train_worker(args, run)
+        from gsit.spread import train_worker
+        train_worker(run, Path(args.worker_of), [int(s) for s in args.worker_seeds.split(",")],
+                     device=args.device, quiet=args.quiet, tensorboard=args.tensorboard,
+                     log_every=args.log_every)
+        return 0
     devices = None
     if args.gpus:
         from gsit.spread import parse_devices
@@ -63,7 +67,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     # encoder or token id fails here with one clear line
     preflight(run, data)
     # an execution this device cannot run fails before any directory exists (--gpus: the workers' device)
-    worker_ctx = ctx if devices is None else _device_ctx(devices[0])
+    if devices is not None:
+        from gsit.spread import device_ctx
+    worker_ctx = ctx if devices is None else device_ctx(devices[0])
     run_execution(run, worker_ctx)
     if run_dir is None:
         run_dir = shared_new_run_dir(Path(args.out), run.model_name, dataset, ctx)
@@ -79,7 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif not args.quiet:
             print(f"resuming {run_dir} on {', '.join(devices)} (one worker process each)", file=sys.stderr)
         data = None  # the workers read the data themselves
-        results = _train_on_devices(args, run, run_dir, devices)
+        from gsit.spread import train_on_devices
+        results = train_on_devices(args.argv, run, run_dir, devices)
     if ctx.main:
         from gsit.formatting import append_dataset_csv, results_lines
         summary = "\n".join(results_lines(results, run_dir, percent=args.percent))
@@ -88,45 +95,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             fh.write(summary + "\n")
         if args.results_csv:
             print(f"appended a row to {append_dataset_csv(args.results_csv, results, run_dir)}")
-    return 0
-
-
-def _device_ctx(device: str):
-    """A one-process context on ``device`` (the --gpus parent records what its workers will resolve)."""
-    import torch
-
-    from gsit.distributed import Dist
-    return Dist(device=torch.device(device))
-
-
-def _train_on_devices(args, run, run_dir: Path, devices: list[str]) -> dict:
-    """``--gpus``: train the seeds in one worker per device (:mod:`gsit.spread`), then gather the per-seed
-    results into the run's results.json."""
-    from gsit.runs import write_results
-    from gsit.spread import run_workers
-    run_workers(args.argv, run_dir, list(run.train.seeds), devices)
-    per_seed = []
-    for s in run.train.seeds:
-        path = run_dir / f"seed-{s}" / "results.json"
-        if not path.is_file():
-            raise GsitError(f"seed {s} has no results in {str(path)!r} after the workers finished")
-        per_seed.append(json.loads(path.read_text()))
-    return write_results(run_dir, run, per_seed)
-
-
-def _train_worker(args, run) -> int:
-    """A ``--gpus`` worker: train ``--worker-seeds`` of the run in ``--worker-of`` on ``--device``."""
-    from gsit.distributed import init_distributed
-    from gsit.runs import check_resume_dir
-    from gsit.train import run_training
-    run_dir = Path(args.worker_of)
-    check_resume_dir(run_dir, run)
-    seeds = [int(s) for s in args.worker_seeds.split(",")]
-    ctx = init_distributed(args.device)
-    data = _load_data(run, quiet=True)
-    run_training(run, data, run_dir=run_dir, resume=True, quiet=args.quiet, device=args.device, ctx=ctx,
-                 tensorboard=args.tensorboard, log_every=args.log_every, only_seeds=seeds,
-                 write_summary=False)
     return 0
 
 

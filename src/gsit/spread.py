@@ -15,6 +15,7 @@ Several hosts: use DDP (``torchrun``, README) or one ``gsit train --gpus`` per h
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -22,6 +23,7 @@ import sys
 import threading
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 from gsit.errors import GsitError
 
@@ -86,3 +88,40 @@ def _forward(proc: subprocess.Popen, label: str, tail: deque) -> None:
         line = line.rstrip("\n")
         tail.append(line)
         print(f"{label} {line}", file=sys.stderr, flush=True)
+
+
+def device_ctx(device: str):
+    """A one-process context on ``device`` (the parent resolves and records what its workers will run)."""
+    import torch
+
+    from gsit.distributed import Dist
+    return Dist(device=torch.device(device))
+
+
+def train_on_devices(argv: list[str], run, run_dir: Path, devices: list[str]) -> dict[str, Any]:
+    """Train the run's seeds in one worker per device, then gather the per-seed results into the run's
+    results.json (returned, as :func:`gsit.runs.write_results` returns it)."""
+    from gsit.runs import write_results
+    run_workers(argv, run_dir, list(run.train.seeds), devices)
+    per_seed = []
+    for s in run.train.seeds:
+        path = run_dir / f"seed-{s}" / "results.json"
+        if not path.is_file():
+            raise GsitError(f"seed {s} has no results in {str(path)!r} after the workers finished")
+        per_seed.append(json.loads(path.read_text()))
+    return write_results(run_dir, run, per_seed)
+
+
+def train_worker(run, run_dir: Path, seeds: list[int], *, device: str | None, quiet: bool,
+                 tensorboard: bool, log_every: float) -> None:
+    """One worker: train ``seeds`` of the run in ``run_dir`` (started by the parent with the same
+    configuration) on ``device``; finished seeds are skipped, interrupted ones resumed."""
+    from gsit.data import load_run_data
+    from gsit.distributed import init_distributed
+    from gsit.runs import check_resume_dir
+    from gsit.train import run_training
+    check_resume_dir(run_dir, run)
+    ctx = init_distributed(device)
+    data = load_run_data(run.data, quiet=True)
+    run_training(run, data, run_dir=run_dir, resume=True, quiet=quiet, device=device, ctx=ctx,
+                 tensorboard=tensorboard, log_every=log_every, only_seeds=seeds, write_summary=False)

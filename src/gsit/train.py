@@ -251,7 +251,8 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
             os._exit(13)
         t0 = time.time()
         train_loss = train_epoch(train_model, optimizer, data.splits["train"], run=run, seed=seed, epoch=epoch,
-                                 task=task, ctx=ctx, progress=progress.batch(seed, epoch, t.max_epochs), runner=runner)
+                                 task=task, ctx=ctx, progress=progress.batch(seed, epoch, t.max_epochs),
+                                 runner=runner)
         valid = evaluate_split(model, data.splits["valid"], run=run, dataset=dataset, task=task, ctx=ctx,
                                runner=runner)
         improved = valid["Loss"] <= state["best_valid"] - 1e-6

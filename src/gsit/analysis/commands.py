@@ -112,8 +112,8 @@ def cmd_report(args) -> int:
         require_matplotlib()
     res = report(args.runs_dir, out=args.out, curves=not args.no_curves, percent=args.percent)
     print(Path(res["out"], "report.md").read_text())
-    print(f"wrote {res['out']}/report.md, report.csv, report.tex, one <dataset>.csv per dataset (MMSA layout) "
-          f"and {len(res['pngs'])} curve plot(s)")
+    print(f"wrote {res['out']}/report.md, report.csv, report.tex, one <dataset>.csv per dataset (MMSA "
+          f"layout) and {len(res['pngs'])} curve plot(s)")
     return 0
 
 

@@ -12,11 +12,11 @@ Every directory under RUNS_DIR holding a run-level ``results.json`` (one with ``
 
 Writes (new files only): ``report.md`` (one table per dataset, best mean per column in bold), ``report.csv``
 (all groups, full-precision fractions), ``<dataset>.csv`` (MMSA's ``results/normal/<dataset>.csv`` layout:
-``Model``, then ``"(mean, std)"`` per metric, Acc/F1 x100), ``report.tex`` (one booktabs table per dataset: a right-aligned mean
-and ``±std`` column pair per metric, so decimal points line up; the best mean per column in bold, lower is
-better for MAE and Loss; a one-seed row shows no spread) and ``curves-<model>-<dataset>-<variant>.png``
-per group: training loss and
-validation loss per epoch from every seed's ``epochs.csv``.
+``Model``, then ``"(mean, std)"`` per metric, Acc/F1 x100), ``report.tex`` (one booktabs table per dataset:
+a right-aligned mean and ``±std`` column pair per metric, so decimal points line up; the best mean per
+column in bold, lower is better for MAE and Loss; a one-seed row shows no spread) and
+``curves-<model>-<dataset>-<variant>.png`` per group: training loss and validation loss per epoch from every
+seed's ``epochs.csv``.
 """
 
 from __future__ import annotations
@@ -263,7 +263,8 @@ def report(runs_dir: str | Path, *, out: str | Path | None = None, curves: bool 
         body = [[r["model"], r["variant"],
                  *[mmsa_pair(m, r["mean"][m], r["std"][m], r["n_seeds"]) for m in metrics], r["n_seeds"]]
                 for r in part]
-        write_text_new(out_dir / f"{_slug(dataset)}.csv", csv_text(["Model", "Variant", *metrics, "Seeds"], body))
+        write_text_new(out_dir / f"{_slug(dataset)}.csv",
+                       csv_text(["Model", "Variant", *metrics, "Seeds"], body))
     pngs = []
     if curves:
         for key, g in groups.items():
