@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -44,8 +46,27 @@ def cmd_train(args: argparse.Namespace) -> int:
                         f"--resume continues the run in its own directory")
     _doing("reading the configuration")
     run = _load_run(args, dataset)
+    if args.print_config:
+        from gsit.config_dump import to_json, to_toml
+        sys.stdout.write(to_json(run) if args.print_format == "json" else to_toml(run))
+        return 0
+    if args.tensorboard:
+        from gsit.progress import require_tensorboard
+        require_tensorboard()  # before any data is read or directory created
+    if args.worker_of:
+        from gsit.spread import train_worker
+        train_worker(run, Path(args.worker_of), [int(s) for s in args.worker_seeds.split(",")],
+                     device=args.device, quiet=args.quiet, tensorboard=args.tensorboard,
+                     log_every=args.log_every)
+        return 0
+    devices = None
+    if args.gpus:
+        from gsit.spread import parse_devices
+        devices = parse_devices(args.gpus)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise GsitError("--gpus starts one process per device itself; do not combine it with torchrun")
     _doing("starting the device")
-    ctx = init_distributed(args.device)
+    ctx = init_distributed(args.device if devices is None else "cpu")
     _doing(f"loading the data ({run.data.path or 'synthetic'})")
     data = _load_data(run, quiet=args.quiet or not ctx.main)
     _doing("checking the run directory")
@@ -62,21 +83,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     # encoder or token id fails here with one clear line
     _doing("building the model")
     preflight(run, data)
-    run_execution(run, ctx)  # an execution this device cannot run fails before any directory exists
+    # an execution this device cannot run fails before any directory exists (--gpus: the workers' device)
+    if devices is not None:
+        from gsit.spread import device_ctx
+    worker_ctx = ctx if devices is None else device_ctx(devices[0])
+    run_execution(run, worker_ctx)
     created = run_dir is None or not run_dir.exists()
     if run_dir is None:
         run_dir = shared_new_run_dir(Path(args.out), run.model_name, dataset, ctx)
     _doing(f"training (run directory {run_dir})")
-    try:
-        results = run_training(run, data, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet,
-                               device=args.device, command=["gsit", *args.argv], ctx=ctx)
-    except BaseException:
-        if ctx.main and not args.resume:
-            from gsit.runs import discard_unstarted_run
-            discard_unstarted_run(run_dir, created=created)
-        raise
+    if devices is None:
+        try:
+            results = run_training(run, data, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet,
+                                   device=args.device, command=["gsit", *args.argv], ctx=ctx,
+                                   tensorboard=args.tensorboard, log_every=args.log_every)
+        except BaseException:
+            if ctx.main and not args.resume:
+                from gsit.runs import discard_unstarted_run
+                discard_unstarted_run(run_dir, created=created)
+            raise
+    else:
+        if not args.resume:  # the run's files, written once by this process (no seed is trained here)
+            run_training(run, data, run_dir=run_dir, quiet=args.quiet, command=["gsit", *args.argv],
+                         ctx=worker_ctx, only_seeds=[], write_summary=False,
+                         shown_device=f"{', '.join(devices)} (one worker process each)")
+        elif not args.quiet:
+            print(f"resuming {run_dir} on {', '.join(devices)} (one worker process each)", file=sys.stderr)
+        data = None  # the workers read the data themselves
+        from gsit.spread import train_on_devices
+        results = train_on_devices(args.argv, run, run_dir, devices)
     if ctx.main:
-        _print_results(results, run_dir)
+        from gsit.formatting import append_dataset_csv, results_lines
+        summary = "\n".join(results_lines(results, run_dir, percent=args.percent))
+        print(summary)
+        with open(run_dir / "train.log", "a", encoding="utf-8") as fh:  # the log holds all the console showed
+            fh.write(summary + "\n")
+        if args.results_csv:
+            print(f"appended a row to {append_dataset_csv(args.results_csv, results, run_dir)}")
     return 0
 
 
@@ -112,24 +155,41 @@ def _load_data(run, *, quiet: bool = True):
     return load_run_data(run.data, quiet=quiet)
 
 
-def _print_results(results: dict, run_dir: Path) -> None:
-    mean, std = results["mean"], results["std"]
-    print(f"{results['model']} on {results['dataset']} ({results['n_seeds']} seed(s)); run: {run_dir}")
-    for k in mean:
-        print(f"  {k:16s} {mean[k]:.4f} +- {std[k]:.4f}")
-
-
 def cmd_eval(args) -> int:
     from gsit.evaluate import evaluate_run
     out = evaluate_run(args.run_dir, data_path=args.data, split=args.split, seed=args.seed)
+    if args.percent:
+        from gsit.formatting import percent_values
+        out = {**out, "mean": percent_values(out["mean"]), "std": percent_values(out["std"]),
+               "per_seed": [{**r, "test": percent_values(r["test"])} for r in out["per_seed"]],
+               "units": "Acc/F1 x100 (2 decimals), MAE/Corr/Loss 3 decimals"}
     print(json.dumps(out, indent=2))
     return 0
 
 
+def _seed_choice(text: str | None):
+    if text is None or text == "all":
+        return "all"
+    try:
+        return int(text)
+    except ValueError as e:
+        raise GsitError(f"--seed {text!r} must be 'all' or one integer seed of the run") from e
+
+
 def cmd_predict(args) -> int:
     from gsit.evaluate import predict_run
-    n = predict_run(args.run_dir, data_path=args.data, out=args.out, split=args.split, seed=args.seed)
-    print(f"wrote {n} predictions to {args.out}")
+    res = predict_run(args.run_dir, data_path=args.data, out=args.out, split=args.split,
+                      seed=_seed_choice(args.seed), ensemble=args.ensemble)
+    what = f"seeds {res['seeds']}" + (" and their ensemble mean" if args.ensemble else "")
+    print(f"wrote {res['rows']} predictions to {args.out} ({res['samples']} samples x {what})")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from gsit.api import export
+    out = export(args.run_dir, args.out, seed=args.seed)
+    print(f"wrote {out} (config.json, model.safetensors, README.md model card); load it with "
+          f"gsit.from_pretrained({str(out)!r})")
     return 0
 
 
@@ -213,8 +273,34 @@ def cmd_build_mosi(args) -> int:
     return 0
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's line breaks and appends ``(default: X)`` to an option's help unless the help already
+    says its default or the default is empty (None, False, no list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default in (None, False, argparse.SUPPRESS) or default == []
+                or not (action.option_strings or action.nargs in ("?", "*"))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+EPILOG = """start here:
+  gsit train --seeds 1111 train.max_epochs=3          GsiT on a generated dataset, a minute on a CPU
+  gsit train --dataset mosi --data MOSI/Processed/unaligned_50.pkl     the paper's protocol on MOSI
+  gsit train ... --print-config                       the resolved configuration, nothing run
+  gsit report runs/ --percent --no-curves             paper-style tables of every run under runs/
+  gsit eval RUN_DIR | gsit predict RUN_DIR --out preds.csv | gsit export RUN_DIR --out DIR
+
+overrides (section.key=value, TOML values) may go anywhere after the subcommand, e.g.
+  gsit train model.d_model=64 --seeds 1111,1112 train.max_epochs=20
+`gsit COMMAND --help` lists each command's options; the README has the metric glossary and data format."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gsit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="gsit", description=__doc__.splitlines()[0], epilog=EPILOG,
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("--debug", action="store_true",
                         help="print the traceback of an unexpected error (accepted anywhere on the line)")
@@ -227,67 +313,107 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="exact new run directory (must not exist or be empty)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a killed run")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--gpus", default=None, metavar="LIST",
+                   help="spread the seeds over these GPUs of this host, one process each (e.g. 0,1 or "
+                        "cuda:0,cuda:2); results gathered into one run directory")
+    p.add_argument("--worker-of", default=None, help=argparse.SUPPRESS)  # internal: a --gpus worker
+    p.add_argument("--worker-seeds", default=None, help=argparse.SUPPRESS)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (static shapes)")
-    p.add_argument("--amp", default=None, choices=["none", "bf16"])
+    p.add_argument("--amp", default=None, choices=["none", "bf16"],
+                   help="mixed precision; overrides train.amp (default: the preset's, none)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower on GPU)")
-    p.add_argument("--quiet", action="store_true", help="no progress output (CI, logs)")
+    p.add_argument("--quiet", action="store_true", help="no progress on the console (RUN_DIR/train.log still "
+                                                         "gets every line)")
+    p.add_argument("--log-every", type=float, default=30.0, metavar="SECONDS",
+                   help="off a terminal, a progress line at most this often within an epoch")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="per-epoch scalars in RUN_DIR/tensorboard/ (needs the tensorboard package)")
+    p.add_argument("--percent", action="store_true",
+                   help="show Acc/F1 x100 with 2 decimals and MAE/Corr with 3 (the papers' convention)")
+    p.add_argument("--results-csv", default=None, metavar="DIR",
+                   help="append the run's mean/std row to DIR/<dataset>.csv (like MMSA's "
+                        "results/normal/<dataset>.csv: one table per dataset across runs)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration (a valid --config file) and exit; reads no data")
+    p.add_argument("--print-format", default="toml", choices=["toml", "json"],
+                   help="format of --print-config")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="re-score a run's best checkpoint")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run directory written by gsit train")
     p.add_argument("--data", default=None, help="data path (default: the run's)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--split", default="test", help="train | valid | test")
+    p.add_argument("--seed", type=int, default=None, help="score only this seed (default: every seed)")
+    p.add_argument("--percent", action="store_true",
+                   help="Acc/F1 x100 with 2 decimals, MAE/Corr/Loss with 3 (the papers' convention)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="write predictions with sample ids to CSV")
-    p.add_argument("run_dir")
-    p.add_argument("--data", default=None)
-    p.add_argument("--out", required=True)
-    p.add_argument("--split", default="test")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("run_dir", help="a run directory written by gsit train")
+    p.add_argument("--data", default=None, help="data path (default: the run's)")
+    p.add_argument("--out", required=True, help="new CSV file (never overwritten)")
+    p.add_argument("--split", default="test", help="train | valid | test")
+    p.add_argument("--seed", default="all", help="'all' (one row per seed and sample, with a seed column) or "
+                                                 "one seed of the run")
+    p.add_argument("--ensemble", action="store_true",
+                   help="also write the mean over the chosen seeds (seed column 'ensemble'; classification: "
+                        "mean logits)")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("export", help="a run's checkpoint as a from_pretrained folder with a model card",
+                       description="Write OUT/ (must not exist): config.json + model.safetensors "
+                                   "(gsit.from_pretrained(OUT) loads it, no training data needed), the run's "
+                                   "configuration and a README.md model card (data, metrics, seeds, command, "
+                                   "versions).")
+    p.add_argument("run_dir", help="a run directory written by gsit train")
+    p.add_argument("--seed", type=int, default=None, help="which seed's best checkpoint (default: the first)")
+    p.add_argument("--out", required=True, help="new folder (never overwritten)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("metrics", help="MMSA-exact metrics of saved predictions")
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help="metric family: mosi | mosei | sims | simsv2 | mintrec")
     p.add_argument("--pred", required=True, help=".npy predictions")
     p.add_argument("--true", required=True, help=".npy labels")
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("profile", help="parameters and FLOPs per model and dataset preset")
-    p.add_argument("--model", default=None)
-    p.add_argument("--dataset", default=None)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("--model", default=None, help="gsit | mult | vanilla (default: all three)")
+    p.add_argument("--dataset", default=None, help="dataset preset (default: mosi, mosei, sims)")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. model.d_model=64")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("synth", help="write a synthetic MMSA-format dataset with a planted cross-modal label")
-    p.add_argument("--out", required=True)
-    p.add_argument("--preset", default="small", help="small | mosi | mosei | sims")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", default="pkl", choices=["pkl", "npz"])
+    p.add_argument("--out", required=True, help="output file (pkl) or new directory (npz)")
+    p.add_argument("--preset", default="small", help="small | mosi | mosei | sims (sizes and shapes)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the generator")
+    p.add_argument("--format", default="pkl", choices=["pkl", "npz"],
+                   help="pkl: an MMSA pickle; npz: gsit's converted directory (npz + json)")
     p.add_argument("--task", default="sign", choices=["sign", "recall"],
                    help="sign: y = text cue x audio cue x vision magnitude (default); recall: the text names one "
                         "of K audio segments and y is that segment's value (needs cross-modal attention)")
-    p.add_argument("--recall-keys", type=int, default=4, help="recall: number of audio segments K (default 4)")
+    p.add_argument("--recall-keys", type=int, default=4, help="recall: number of audio segments K")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("convert", help="convert an MMSA pickle to gsit's code-free format (npz + json)")
-    p.add_argument("input")
-    p.add_argument("--out", required=True)
-    p.add_argument("--dataset", default=None)
+    p.add_argument("input", help="MMSA pickle (or MIntRec directory)")
+    p.add_argument("--out", required=True, help="new output directory")
+    p.add_argument("--dataset", default=None,
+                   help="dataset name (mosi, mosei, sims, ...) recorded with the data")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("build-mosi", help="build a MOSI dataset from an utterance CSV with a local tokenizer")
-    p.add_argument("--csv", required=True)
+    p.add_argument("--csv", required=True, help="utterance CSV with columns utterance_id, split, text, label")
     p.add_argument("--tokenizer", required=True, help="local BERT-family model/tokenizer directory")
     p.add_argument("--features", default=None, help="npz with utterance_id, audio, video arrays")
-    p.add_argument("--max-text-len", type=int, default=50)
-    p.add_argument("--out", required=True)
+    p.add_argument("--max-text-len", type=int, default=50, help="tokens per utterance (padded/truncated)")
+    p.add_argument("--out", required=True, help="new output directory")
     p.set_defaults(func=cmd_build_mosi)
 
     from gsit.analysis.commands import register as register_analysis
     register_analysis(sub)
+    for p in sub.choices.values():
+        p.formatter_class = HelpFormatter
     return parser
 
 
@@ -298,12 +424,30 @@ def _os_error_text(e: OSError) -> str:
     return str(e)
 
 
+# a section.key=value override (section.sub.key=... too); anything else left over is an unknown argument
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+=")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args`` that also accepts ``section.key=value`` overrides anywhere on the line (argparse
+    alone takes only one contiguous run of them).  Order is kept: a later override of a key wins."""
+    args, extra = parser.parse_known_args(argv)
+    takes_overrides = isinstance(getattr(args, "overrides", None), list)
+    unknown = [t for t in extra if not (takes_overrides and _OVERRIDE.match(t))]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        # argparse fills the positional with the first contiguous run; the rest come later on the line
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere on the line (also after the subcommand)
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     args.argv = argv  # recorded in a run's command.txt
     if args.version:
         from gsit import __version__

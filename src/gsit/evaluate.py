@@ -128,28 +128,46 @@ def evaluate_run(run_dir, *, data_path: str | None = None, split: str = "test", 
     return {"run_dir": str(run_dir), "split": split, **summarize(per_seed), "per_seed": per_seed}
 
 
-def predict_run(run_dir, *, data_path: str | None, out: str, split: str = "test", seed: int | None = None,
-                device: str = "cpu") -> int:
+def _short(x) -> str:
+    """The shortest text that reads back as the same float32 (-2.8, not -2.799999952316284)."""
+    return str(np.float32(x))
+
+
+def predict_run(run_dir, *, data_path: str | None, out: str, split: str = "test",
+                seed: int | str | None = "all", ensemble: bool = False,
+                device: str = "cpu") -> dict[str, Any]:
+    """Write ``out`` (a new CSV): one row per chosen seed and sample -- ``seed, id, prediction, label`` (and
+    the logits for classification) -- plus, with ``ensemble``, rows with seed ``ensemble`` holding the mean
+    prediction over the seeds (classification: the mean logits and their argmax).  ``seed``: ``"all"`` (or
+    None) or one seed of the run.  Returns ``{"rows", "samples", "seeds"}``."""
     out_path = Path(out)
     if out_path.exists():
         raise GsitError(f"output file {out!r} already exists; choose a new path (nothing is overwritten)")
     run_dir, dataset, data = _run_and_data(run_dir, data_path)
     if split not in data.splits:
         raise GsitError(f"split {split!r} not in the data (splits: {sorted(data.splits)})")
-    s = run_seeds(run_dir, seed)[0]
-    run, model = model_from_run_dir(run_dir, data, seed=s, device=device)
+    seeds = run_seeds(run_dir, None if seed in (None, "all") else int(seed))
     part = data.splits[split]
-    preds = predict_split(model, part, run=run, ctx=Dist(device=torch.device(device)))
+    per_seed = []
+    for s in seeds:
+        run, model = model_from_run_dir(run_dir, data, seed=s, device=device)
+        per_seed.append(predict_split(model, part, run=run, ctx=Dist(device=torch.device(device))))
+    blocks: list[tuple[Any, np.ndarray]] = list(zip(seeds, per_seed))
+    if ensemble:
+        blocks.append(("ensemble", np.mean(np.stack(per_seed), axis=0)))
     buf = io.StringIO()
     w = csv.writer(buf)
     if data.task == "classification":
-        names = data.label_names or [str(i) for i in range(preds.shape[1])]
-        w.writerow(["id", "prediction", "label", *[f"logit_{n}" for n in names]])
-        for i in range(len(part)):
-            w.writerow([part.ids[i], names[int(np.argmax(preds[i]))], names[int(part.labels[i])], *preds[i].tolist()])
+        names = data.label_names or [str(i) for i in range(per_seed[0].shape[1])]
+        w.writerow(["seed", "id", "prediction", "label", *[f"logit_{n}" for n in names]])
+        for s, preds in blocks:
+            for i in range(len(part)):
+                w.writerow([s, part.ids[i], names[int(np.argmax(preds[i]))], names[int(part.labels[i])],
+                            *[_short(v) for v in preds[i]]])
     else:
-        w.writerow(["id", "prediction", "label"])
-        for i in range(len(part)):
-            w.writerow([part.ids[i], float(preds[i, 0]), float(part.labels[i])])
+        w.writerow(["seed", "id", "prediction", "label"])
+        for s, preds in blocks:
+            for i in range(len(part)):
+                w.writerow([s, part.ids[i], _short(preds[i, 0]), _short(part.labels[i])])
     atomic_write_bytes(out_path, buf.getvalue().encode())
-    return len(part)
+    return {"rows": len(blocks) * len(part), "samples": len(part), "seeds": seeds}

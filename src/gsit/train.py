@@ -49,6 +49,7 @@ from gsit.distributed import Dist, all_gather, barrier, init_distributed, rank_s
 from gsit.errors import GsitError
 from gsit.evaluate import autocast_for, batch_from, batch_loss, evaluate_split, split_dataset
 from gsit.execution import Execution, StepRunner, resolve_execution
+from gsit.progress import Progress
 from gsit.runs import append_epoch_row, data_facts, versions, write_results
 
 
@@ -227,32 +228,6 @@ def run_execution(run: RunConfig, ctx: Dist) -> Execution:
                              model_name=run.model_name)
 
 
-class Progress:
-    """Progress on stderr: a batch bar on a terminal and one line per epoch (rank 0 only)."""
-
-    def __init__(self, quiet: bool, ctx: Dist) -> None:
-        self.quiet = quiet or not ctx.main
-        self.tty = sys.stderr.isatty()
-
-    def batch(self, seed: int, epoch: int):
-        if self.quiet or not self.tty:
-            return None
-
-        def show(i: int, n: int, loss: float) -> None:
-            width = 30
-            done = int(width * i / n)
-            sys.stderr.write(f"\r  seed {seed} epoch {epoch:3d} [{'#' * done}{'.' * (width - done)}] "
-                             f"{i}/{n} loss {loss:.4f}")
-            if i == n:
-                sys.stderr.write("\r" + " " * 80 + "\r")
-            sys.stderr.flush()
-        return show
-
-    def line(self, text: str) -> None:
-        if not self.quiet:
-            print(text, file=sys.stderr, flush=True)
-
-
 def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, resume: bool,
                progress: Progress, dataset: str, stop_after_epoch: int | None = None) -> dict[str, Any]:
     """Train one seed to early stop, reload the best weights and evaluate the test split once."""
@@ -261,6 +236,7 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
     set_seed(seed, deterministic=t.deterministic)
     text_encoder = load_text_encoder(run, data)
     model = build_model(run, data, text_encoder).to(ctx.device)
+    progress.params(model)
     optimizer = make_optimizer(run, model)
     scheduler = make_scheduler(run, optimizer)
     train_model = model
@@ -300,7 +276,8 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
             os._exit(13)
         t0 = time.time()
         train_loss = train_epoch(train_model, optimizer, data.splits["train"], run=run, seed=seed, epoch=epoch,
-                                 task=task, ctx=ctx, progress=progress.batch(seed, epoch), runner=runner)
+                                 task=task, ctx=ctx, progress=progress.batch(seed, epoch, t.max_epochs),
+                                 runner=runner)
         valid = evaluate_split(model, data.splits["valid"], run=run, dataset=dataset, task=task, ctx=ctx,
                                runner=runner)
         improved = valid["Loss"] <= state["best_valid"] - 1e-6
@@ -310,8 +287,9 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
             scheduler.step(valid["Loss"])
         state["epoch"] = epoch
         state["done"] = (epoch - state["best_epoch"] >= t.early_stop) or (0 < t.max_epochs <= epoch)
+        seconds = time.time() - t0
         if ctx.main:
-            row = {"epoch": epoch, "train_loss": round(train_loss, 6), "seconds": round(time.time() - t0, 2),
+            row = {"epoch": epoch, "train_loss": round(train_loss, 6), "seconds": round(seconds, 2),
                    "lr": optimizer.param_groups[-1]["lr"], **{f"valid_{k}": v for k, v in valid.items()},
                    "best_epoch": state["best_epoch"], "graphs": runner.graph_count()}
             if ctx.device.type == "cuda":
@@ -322,13 +300,17 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
             append_epoch_row(seed_dir / "epochs.csv", row)
             commit_epoch(seed_dir, meta)
         barrier(ctx)
-        progress.line(f"  seed {seed} epoch {epoch:3d}  train {train_loss:.4f}  valid loss {valid['Loss']:.4f}"
-                      f"{'  *' if improved else ''}")
+        progress.epoch(seed=seed, epoch=epoch, train_loss=train_loss, valid=valid, improved=improved,
+                       seconds=seconds, best_epoch=state["best_epoch"], early_stop=t.early_stop,
+                       max_epochs=t.max_epochs, lr=optimizer.param_groups[-1]["lr"])
         if stop_after_epoch is not None and epoch >= stop_after_epoch and not state["done"]:
             raise KeyboardInterrupt(f"stopped after epoch {epoch} (test hook)")
+    progress.stopped(seed=seed, epoch=state["epoch"], best_epoch=state["best_epoch"], early_stop=t.early_stop,
+                     max_epochs=t.max_epochs)
     load_best_weights(seed_dir, model, best_epoch=state["best_epoch"])
     test = evaluate_split(model, data.splits["test"], run=run, dataset=dataset, task=task, ctx=ctx,
                           runner=runner)
+    progress.test(seed, test)
     result = {"seed": seed, "best_epoch": state["best_epoch"], "epochs": state["epoch"],
               "valid_loss": state["best_valid"], "test": test}
     if ctx.main:
@@ -338,13 +320,18 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
 
 def run_training(run: RunConfig, data, *, run_dir: Path, resume: bool = False, quiet: bool = False,
                  device: str | None = None, command: list[str] | None = None,
-                 ctx: Dist | None = None) -> dict[str, Any]:
+                 ctx: Dist | None = None, tensorboard: bool = False, log_every: float = 30.0,
+                 only_seeds: list[int] | None = None, write_summary: bool = True,
+                 shown_device: str | None = None) -> dict[str, Any]:
     """Train every seed of ``run`` into ``run_dir`` (skipping seeds already finished when resuming) and
-    write the mean/std results."""
+    write the mean/std results.  Progress (:mod:`gsit.progress`) goes to stderr and ``run_dir/train.log``;
+    ``tensorboard``: per-epoch scalars under ``run_dir/tensorboard/``; ``log_every``: seconds between plain
+    progress lines within an epoch when stderr is not a terminal.  ``only_seeds``: train only these seeds of
+    the run (a ``--gpus`` worker); ``write_summary=False``: leave the run's results.json to the caller."""
     ctx = ctx or init_distributed(device)
-    progress = Progress(quiet, ctx)
+    progress = Progress(quiet, ctx, log_path=run_dir / "train.log", every_s=log_every,
+                        tensorboard_dir=run_dir / "tensorboard" if tensorboard else None)
     execution = run_execution(run, ctx)
-    progress.line(f"execution: {execution.mode} ({execution.reason})")
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
@@ -352,16 +339,22 @@ def run_training(run: RunConfig, data, *, run_dir: Path, resume: bool = False, q
             atomic_write_bytes(run_dir / "command.txt", (shlex.join(command or sys.argv) + "\n").encode())
             atomic_write_json(run_dir / "versions.json", versions())
             atomic_write_json(run_dir / "data.json", data_facts(data))
+    if shown_device is None:
+        shown_device = str(ctx.device) if ctx.world == 1 else f"{ctx.device.type} x {ctx.world} ranks (DDP)"
+    progress.header(run, run_dir, data, shown_device)
+    progress.line(f"execution: {execution.mode} ({execution.reason})")
     per_seed = []
-    for seed in run.train.seeds:
+    mine = [s for s in run.train.seeds if only_seeds is None or s in only_seeds]
+    todo = [s for s in mine if not (resume and (run_dir / f"seed-{s}" / "results.json").is_file())]
+    for seed in mine:
         seed_dir = run_dir / f"seed-{seed}"
         done = seed_dir / "results.json"
         if resume and done.is_file():
             per_seed.append(json.loads(done.read_text()))
             continue
-        progress.line(f"{run.model_name} on {run.data.dataset}: seed {seed}")
+        progress.seed_start(run, seed, todo)
         per_seed.append(train_seed(run, data, seed=seed, seed_dir=seed_dir, ctx=ctx, resume=resume,
                                    progress=progress, dataset=run.data.dataset))
-    results = write_results(run_dir, run, per_seed) if ctx.main else {"per_seed": per_seed}
+    results = write_results(run_dir, run, per_seed) if ctx.main and write_summary else {"per_seed": per_seed}
     return results
 

@@ -32,83 +32,12 @@ from gsit.analysis._common import (
     write_json_new,
     write_text_new,
 )
+from gsit.analysis.variants import DEFAULT_VARIANTS, VARIANTS, Variant  # noqa: F401 (re-exported)
 from gsit.config import load_config, model_config_class, read_toml
 from gsit.errors import GsitError
 from gsit.metrics import primary_metric_names
 from gsit.train import run_training
 
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    name: str            # id used on the command line and as the sub-run directory
-    label: str           # row label in the table
-    model: str           # gsit | mult | vanilla
-    overrides: tuple[str, ...] = ()
-    note: str = ""
-
-
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant(
-            "original",
-            "Original",
-            "gsit",
-            ('model.structure="original"',),
-            "forward/backward interlaced cycles (SPEC §5)",
-        ),
-        Variant("structure1", "Structure-1", "gsit", ('model.structure="structure1"',), "Appendix C"),
-        Variant("structure2", "Structure-2", "gsit", ('model.structure="structure2"',), "Appendix C"),
-        Variant("structure3", "Structure-3", "gsit", ('model.structure="structure3"',), "Appendix C"),
-        Variant("self_only", "Self-Only", "gsit", ('model.structure="self_only"',), "no cross-modal edges"),
-        Variant(
-            "bidirectional",
-            "Bidirectional",
-            "gsit",
-            ('model.structure="bidirectional"',),
-            "one joint softmax over both other modalities (SPEC §7)",
-        ),
-        Variant(
-            "share_layers_false",
-            "share_layers=false",
-            "gsit",
-            ("model.share_layers=false",),
-            "distinct weights per depth",
-        ),
-        Variant(
-            "official_code",
-            "attention_semantics=official_code",
-            "gsit",
-            ('model.attention_semantics="official_code"',),
-            "scale 1/head_dim, no attention dropout (SPEC §6)",
-        ),
-        Variant(
-            "padding_aware",
-            "padding_aware=true",
-            "gsit",
-            ("model.padding_aware=true",),
-            "padding never attended nor pooled (a deviation from the paper)",
-        ),
-        Variant("mult", "MulT", "mult", (), "baseline, its preset"),
-        Variant("vanilla", "Vanilla", "vanilla", (), "one unmasked transformer (paper Table 8)"),
-        Variant(
-            "text_only",
-            "Text-only control",
-            "gsit",
-            ('data.zero_modalities=["audio", "vision"]',),
-            "GsiT with audio and vision features zeroed",
-        ),
-        # not in the default set: training-time modality dropout (pair with ``gsit robustness``)
-        Variant(
-            "modality_dropout",
-            "modality_dropout=0.3",
-            "gsit",
-            ("train.modality_dropout=0.3",),
-            "each sample's audio and vision zeroed with probability 0.3 during training",
-        ),
-    )
-}
-DEFAULT_VARIANTS = tuple(n for n in VARIANTS if n != "modality_dropout")
 ABLATION_SYNTHETIC_TASK = "recall"  # the generated synthetic task an ablation uses unless told otherwise
 
 

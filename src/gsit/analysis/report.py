@@ -7,11 +7,16 @@ Every directory under RUNS_DIR holding a run-level ``results.json`` (one with ``
   which the run's config differs from the preset of its model and dataset (seeds, data path and text
   encoder ignored), e.g. ``model.d_model=16; train.max_epochs=5``, or ``default``;
 * a metric is reported as mean ± std (population std, as ``results.json``) over the pooled seeds, with the
-  numbers of seeds and runs; columns are each dataset's primary metrics.
+  numbers of seeds and runs; columns are each dataset's primary metrics; ``percent`` shows them in the
+  papers' convention (:mod:`gsit.formatting`: Acc/F1 x100 with 2 decimals, MAE/Corr with 3).
 
-Writes (new files only): ``report.md`` (one table per dataset), ``report.csv`` (all groups), ``report.tex``
-(one booktabs table per dataset) and ``curves-<model>-<dataset>-<variant>.png`` per group: training loss and
-validation loss per epoch from every seed's ``epochs.csv``.
+Writes (new files only): ``report.md`` (one table per dataset, best mean per column in bold), ``report.csv``
+(all groups, full-precision fractions), ``<dataset>.csv`` (MMSA's ``results/normal/<dataset>.csv`` layout:
+``Model``, then ``"(mean, std)"`` per metric, Acc/F1 x100), ``report.tex`` (one booktabs table per dataset:
+a right-aligned mean and ``±std`` column pair per metric, so decimal points line up; the best mean per
+column in bold, lower is better for MAE and Loss; a one-seed row shows no spread) and
+``curves-<model>-<dataset>-<variant>.png`` per group: training loss and validation loss per epoch from every
+seed's ``epochs.csv``.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from typing import Any
 
 from gsit.analysis._common import (
     csv_text,
-    fmt_mean_std,
-    latex_table,
+    latex_escape,
+    lower_is_better,
     markdown_table,
     mean_std,
     metric_dataset,
@@ -38,6 +43,7 @@ from gsit.analysis._common import (
 )
 from gsit.config import canonical_train_keys, load_config
 from gsit.errors import GsitError
+from gsit.formatting import format_metric, mmsa_pair
 from gsit.metrics import primary_metric_names
 
 _IGNORED = {"train.seeds", "data.path", "data.text_encoder", "data.dataset"}
@@ -171,7 +177,60 @@ def plot_curves(key: tuple[str, str, str], group: dict[str, Any], path: Path) ->
     return out
 
 
-def report(runs_dir: str | Path, *, out: str | Path | None = None, curves: bool = True) -> dict[str, Any]:
+def _shown(metric: str, value: float | None, percent: bool) -> str:
+    return format_metric(metric, value, percent=percent)
+
+
+def best_rows(part: list[dict[str, Any]], metrics: list[str], percent: bool) -> dict[str, set[int]]:
+    """Per metric, the rows whose mean is best as shown (ties at the shown precision all count); higher is
+    better except for MAE and Loss."""
+    best: dict[str, set[int]] = {}
+    for m in metrics:
+        vals = [(i, r["mean"].get(m)) for i, r in enumerate(part)]
+        vals = [(i, float(_shown(m, v, percent))) for i, v in vals if _shown(m, v, percent) != "n/a"]
+        if not vals:
+            best[m] = set()
+            continue
+        target = (min if lower_is_better(m) else max)(v for _, v in vals)
+        best[m] = {i for i, v in vals if v == target}
+    return best
+
+
+def _md_cell(m: str, r: dict[str, Any], percent: bool, bold: bool) -> str:
+    mean = _shown(m, r["mean"][m], percent)
+    if bold and mean != "n/a":
+        mean = f"**{mean}**"
+    if r["n_seeds"] > 1 and mean != "n/a":
+        mean += f" ± {_shown(m, r['std'][m], percent)}"
+    return mean
+
+
+def latex_results_table(part: list[dict[str, Any]], metrics: list[str], *, percent: bool,
+                        best: dict[str, set[int]], caption: str) -> str:
+    """A booktabs table with two right-aligned columns per metric (mean, then ``±std``): with a fixed number
+    of decimals per metric the decimal points line up; the best mean of each column is bold; a one-seed row
+    has no ``±`` cell."""
+    cols = "ll" + "r@{\\,}r" * len(metrics) + "r"
+    arrow = {True: "$\\downarrow$", False: "$\\uparrow$"}
+    head = ["Model", "Variant"] + [rf"\multicolumn{{2}}{{c}}{{{latex_escape(m)} {arrow[lower_is_better(m)]}}}"
+                                   for m in metrics] + ["n"]
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
+             " & ".join(head) + r" \\", r"\midrule"]
+    for i, r in enumerate(part):
+        cells = [latex_escape(str(r["model"])), latex_escape(str(r["variant"]))]
+        for m in metrics:
+            mean = _shown(m, r["mean"][m], percent)
+            cells.append(rf"\textbf{{{mean}}}" if i in best[m] and mean != "n/a" else mean)
+            spread = r["n_seeds"] > 1 and mean != "n/a"
+            cells.append(rf"$\pm${_shown(m, r['std'][m], percent)}" if spread else "")
+        cells.append(f"{r['n_seeds']} ({r['n_runs']})")
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def report(runs_dir: str | Path, *, out: str | Path | None = None, curves: bool = True,
+           percent: bool = False) -> dict[str, Any]:
     runs = collect_runs(runs_dir)
     if not runs:
         raise GsitError(f"no run directories (config.json + results.json) under {str(runs_dir)!r}")
@@ -184,17 +243,33 @@ def report(runs_dir: str | Path, *, out: str | Path | None = None, curves: bool 
     body = [[r["model"], r["dataset"], r["variant"], r["n_runs"], r["n_seeds"]] +
             [r[s].get(m, "") for m in all_metrics for s in ("mean", "std")] for r in rows]
     write_text_new(out_dir / "report.csv", csv_text(header, body))
-    md, tex = [f"# Results under {runs_dir}\n", "test split; mean ± std over seeds; n = seeds (runs)\n"], []
+    units = "; Acc/F1 in % (2 decimals), MAE/Corr 3 decimals" if percent else ""
+    md = [f"# Results under {runs_dir}\n",
+          f"test split; mean ± std over seeds (one seed: no spread); best per column in bold; "
+          f"n = seeds (runs){units}\n"]
+    tex = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         part = [r for r in rows if r["dataset"] == dataset]
         metrics = part[0]["metrics"]
+        best = best_rows(part, metrics, percent)
         h = ["Model", "Variant"] + metrics + ["n"]
-        b = [[r["model"], r["variant"]] + [fmt_mean_std(r["mean"][m], r["std"][m]) for m in metrics]
-             + [f"{r['n_seeds']} ({r['n_runs']})"] for r in part]
+        b = [[r["model"], r["variant"]]
+             + [_md_cell(m, r, percent, i in best[m]) for m in metrics]
+             + [f"{r['n_seeds']} ({r['n_runs']})"] for i, r in enumerate(part)]
         md.append(f"\n## {dataset}\n\n" + markdown_table(h, b))
-        tex.append(latex_table(h, b, caption=f"{dataset}: test metrics, mean ± std over seeds"))
+        tex.append(latex_results_table(part, metrics, percent=percent, best=best,
+                                       caption=latex_escape(f"{dataset}: test metrics, mean ± std over "
+                                                            f"seeds{units}")))
     write_text_new(out_dir / "report.md", "".join(md))
     write_text_new(out_dir / "report.tex", "\n".join(tex))
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):  # MMSA's results/normal/<dataset>.csv layout
+        part = [r for r in rows if r["dataset"] == dataset]
+        metrics = part[0]["metrics"]
+        body = [[r["model"], r["variant"],
+                 *[mmsa_pair(m, r["mean"][m], r["std"][m], r["n_seeds"]) for m in metrics], r["n_seeds"]]
+                for r in part]
+        write_text_new(out_dir / f"{_slug(dataset)}.csv",
+                       csv_text(["Model", "Variant", *metrics, "Seeds"], body))
     pngs = []
     if curves:
         for key, g in groups.items():

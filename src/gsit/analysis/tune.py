@@ -29,8 +29,12 @@ The search space is TOML, one table per config key (``section.key``)::
     high = 4
 
 ``float`` and ``int`` accept ``log`` and ``step``.  Without ``--space`` :data:`DEFAULT_SPACE` is used.
-Trials can run in parallel processes or machines sharing ``--storage`` (e.g. ``sqlite:///tune.db``);
-an existing study of the same name is continued, never replaced.
+Trials can run in parallel processes or machines sharing ``--storage`` (``sqlite:///tune.db`` on one host, an
+RDB URL such as ``postgresql://user@host/db`` across hosts); with a storage the study name defaults to
+``gsit-<model>-<dataset>``, so workers started with the same arguments join one study, which is continued,
+never replaced.  Workers can skip the final run (``--no-final``); ``--trials 0`` then runs only the final
+phase from the study's best trial.  A key set on the command line is never searched: the default space
+leaves it out, an explicit ``--space`` naming it is an error.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import torch
 
 from gsit.analysis._common import csv_text, new_dir, read_data, require_optuna, write_json_new, write_text_new
 from gsit.build import build_model, load_text_encoder
-from gsit.config import load_config, read_toml
+from gsit.config import load_config, parse_override, read_toml
 from gsit.distributed import Dist
 from gsit.errors import ConfigError, GsitError
 from gsit.evaluate import evaluate_split
@@ -135,6 +139,26 @@ def param_overrides(params: dict[str, Any]) -> list[str]:
     return [f"{k}={toml_value(v)}" for k, v in params.items()]
 
 
+def without_fixed_keys(space: dict[str, dict[str, Any]], overrides, *, explicit: bool, parse,
+                       say: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """The search space minus the keys set by ``overrides`` (the command line wins, never silently): with an
+    explicit ``--space`` such a key is an error naming it; the default space just leaves it out (said)."""
+    fixed = {".".join(parse(o)[0]) for o in overrides}
+    clash = [k for k in space if k in fixed]
+    if not clash:
+        return space
+    if explicit:
+        raise ConfigError(f"search space keys {clash} are also set on the command line; a trial would "
+                          f"replace them: remove them from the space or from the overrides")
+    kept = {k: v for k, v in space.items() if k not in fixed}
+    if not kept:
+        raise ConfigError(f"every key of the default search space ({list(space)}) is set on the command "
+                          f"line; nothing is left to search (pass --space)")
+    if say is not None:
+        say(f"search space: {clash} set on the command line, not searched")
+    return kept
+
+
 def suggest(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     params = {}
     for name, spec in space.items():
@@ -211,41 +235,34 @@ def train_for_validation(run, data, *, seed: int, dataset: str, device: torch.de
 # ----------------------------------------------------------------------------- the study
 
 
-def tune(
-    dataset: str,
-    *,
-    model: str = "gsit",
-    trials: int = 20,
-    data_path: str | None = None,
-    space: dict[str, dict[str, Any]] | str | Path | None = None,
-    storage: str | None = None,
-    study_name: str | None = None,
-    out: str | Path | None = None,
-    overrides=(),
-    config: str | None = None,
-    text_encoder: str | None = None,
-    search_seed: int = 1111,
-    final_seeds: tuple[int, ...] = (1111, 1112, 1113, 1114, 1115),
-    trial_max_epochs: int = 0,
-    sampler_seed: int = 0,
-    timeout: float | None = None,
-    device: str | None = None,
-    quiet: bool = True,
-    data=None,
-    on_phase: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Run the search and the final multi-seed run; write ``trials.csv``, ``tune.json`` and ``final/``
-    into a new directory.  ``data`` (optional) replaces loading; ``on_phase("search"|"final")`` is called
-    when a phase starts (the tests use it to check that the test split is read only in the final phase)."""
+def tune(dataset: str, *, model: str = "gsit", trials: int = 20, data_path: str | None = None,
+         space: dict[str, dict[str, Any]] | str | Path | None = None, storage: str | None = None,
+         study_name: str | None = None, out: str | Path | None = None, overrides=(),
+         config: str | None = None, text_encoder: str | None = None, search_seed: int = 1111,
+         final_seeds: tuple[int, ...] = (1111, 1112, 1113, 1114, 1115), trial_max_epochs: int = 0,
+         sampler_seed: int = 0, timeout: float | None = None, device: str | None = None, quiet: bool = True,
+         data=None, on_phase: Callable[[str], None] | None = None, final: bool = True) -> dict[str, Any]:
+    """Run the search and (``final``) the final multi-seed run; write ``trials.csv``, ``tune.json`` and
+    ``final/`` into a new directory.  ``data`` (optional) replaces loading; ``on_phase("search"|"final")``
+    is called when a phase starts (the tests use it to check that the test split is read only in the final
+    phase)."""
     optuna = require_optuna()
-    if trials < 1:
-        raise GsitError(f"--trials must be at least 1, got {trials}")
+    if trials < 0 or (trials == 0 and storage is None):
+        raise GsitError(f"--trials must be at least 1 (0 only with --storage: the final run of an existing "
+                        f"study), got {trials}")
     if not final_seeds:
         raise GsitError("final_seeds is empty")
+    if not final and trials == 0:
+        raise GsitError("--trials 0 with --no-final has nothing to do")
+    explicit_space = space is not None
     if not isinstance(space, dict):
         space = load_space(space)
     else:
         space = parse_space(space)
+    space = without_fixed_keys(space, overrides, explicit=explicit_space, parse=parse_override,
+                               say=None if quiet else lambda text: print(text, file=sys.stderr))
+    # workers sharing a storage must name the same study: one default name per model and dataset
+    study_name = study_name or (f"gsit-{model}-{dataset}" if storage else None)
     base = list(overrides)
     if data_path:
         base.append(f'data.path="{Path(data_path)}"')
@@ -263,8 +280,8 @@ def tune(
     if on_phase:
         on_phase("search")
     sealed = search_view(data)
-    if quiet:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # one line per trial: gsit's own (below, with the trial's parameters); Optuna's INFO lines would repeat it
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", storage=storage, study_name=study_name,
                                 load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=sampler_seed),
@@ -284,10 +301,16 @@ def tune(
         trial.set_user_attr("best_epoch", res["best_epoch"])
         trial.set_user_attr("valid", res["valid"])
         if not quiet:
-            print(f"trial {trial.number}: valid loss {res['best_valid_loss']:.4f} {params}", file=sys.stderr)
+            print(f"trial {trial.number}: valid loss {res['best_valid_loss']:.4f} "
+                  f"(best epoch {res['best_epoch']}) {params}", file=sys.stderr)
         return res["best_valid_loss"]
 
-    study.optimize(objective, n_trials=trials, timeout=timeout, catch=())
+    if not quiet:
+        where = f"storage {storage}" if storage else "memory (one process)"
+        print(f"study {study.study_name!r} in {where}: {len(study.trials)} earlier trial(s); this worker "
+              f"runs {trials}", file=sys.stderr)
+    if trials:
+        study.optimize(objective, n_trials=trials, timeout=timeout, catch=())
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise GsitError(f"no trial of study {study.study_name!r} completed (all pruned or failed)")
@@ -300,18 +323,21 @@ def tune(
     )
 
     # ---- final phase: the only place the test split is read
-    if on_phase:
-        on_phase("final")
-    final_run = load_config(model, dataset, config,
-                            base + param_overrides(best.params) + [f"train.seeds={list(final_seeds)}"])
-    final_dir = out_dir / "final"
-    results = run_training(final_run, data, run_dir=final_dir, quiet=quiet, device=str(dev),
-                           command=["gsit", "tune", "--final", *param_overrides(best.params)])
+    results, final_dir = {"mean": None, "std": None}, None
+    if final:
+        if on_phase:
+            on_phase("final")
+        final_run = load_config(model, dataset, config,
+                                base + param_overrides(best.params) + [f"train.seeds={list(final_seeds)}"])
+        final_dir = out_dir / "final"
+        results = run_training(final_run, data, run_dir=final_dir, quiet=quiet, device=str(dev),
+                               command=["gsit", "tune", "--final", *param_overrides(best.params)])
     summary = {"model": model, "dataset": dataset, "study_name": study.study_name, "storage": storage,
                "space": space, "n_trials": len(study.trials), "n_complete": len(complete),
                "n_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
                "best_trial": best.number, "best_valid_loss": best.value, "best_params": best.params,
-               "search_seed": search_seed, "final_seeds": list(final_seeds), "final_run_dir": str(final_dir),
+               "search_seed": search_seed, "final_seeds": list(final_seeds) if final else [],
+               "final_run_dir": str(final_dir) if final_dir else None,
                "final_test_mean": results["mean"], "final_test_std": results["std"]}
     write_json_new(out_dir / "tune.json", summary)
     summary["out"] = str(out_dir)

@@ -21,6 +21,7 @@ from torch import nn
 from gsit.attention import DEFAULT_BACKEND, get_backend, graph_attention
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout
 from gsit.models.layers import ConvFrontEnd, attach_view, check_modal_inputs, xavier_linear_
+from gsit.models.pretrained import PretrainedMixin
 from gsit.models.text import encode_text, text_lengths_from_bert
 
 
@@ -308,7 +309,7 @@ class GraphFusion(nn.Module):
 
 
 # --------------------------------------------------------------------------- the model
-class GsiT(nn.Module):
+class GsiT(PretrainedMixin, nn.Module):
     """GsiT for regression (``output_dim=1``) or classification (``output_dim=C``).
 
     ``forward(inputs, lengths)``: ``inputs`` maps modality -> (B, T_m, D_m) float features, except text
@@ -317,6 +318,8 @@ class GsiT(nn.Module):
     fusion's graphs for one call (:meth:`GraphFusion.forward`).  Returns ``{"prediction": (B,
     output_dim), "features": (B, d)}``.
     """
+
+    config_class = GsiTConfig
 
     def __init__(self, config: GsiTConfig, text_encoder: nn.Module | None = None) -> None:
         super().__init__()

@@ -33,6 +33,7 @@ from torch import nn
 
 from gsit.errors import ConfigError, DataError
 from gsit.models.layers import NAN_POLICIES, ConvFrontEnd, attach_view, check_modal_inputs, xavier_linear_
+from gsit.models.pretrained import PretrainedMixin
 from gsit.models.text import encode_text
 
 MULT_MODALITIES = ("text", "audio", "vision")
@@ -284,7 +285,7 @@ class MulTFusion(nn.Module):
 
 
 # --------------------------------------------------------------------------- the model
-class MulT(nn.Module):
+class MulT(PretrainedMixin, nn.Module):
     """MMSA's MULT behind gsit's model interface.
 
     ``inputs``: ``{"text": (B, L, D_t) float features, or (B, 3, L) MMSA text_bert rows when a text encoder is
@@ -293,6 +294,8 @@ class MulT(nn.Module):
     Returns ``{"prediction": (B, output_dim), "features": (B, 6d)}`` where features is the residual block's
     output (the input of ``out_layer``).
     """
+
+    config_class = MulTConfig
 
     def __init__(self, config: MulTConfig, text_encoder: nn.Module | None = None) -> None:
         super().__init__()

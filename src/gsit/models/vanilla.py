@@ -10,10 +10,13 @@ from torch import nn
 from gsit.graph import GraphMask, ModalGraph
 from gsit.models.gsit import GraphEncoder, GsiTConfig, MultimodalEmbedding, last_steps, override_graphs
 from gsit.models.layers import attach_view
+from gsit.models.pretrained import PretrainedMixin
 
 
-class Vanilla(nn.Module):
+class Vanilla(PretrainedMixin, nn.Module):
     """GsiT's embedding, one encoder over the ``full`` graph (every block reads every block), GsiT's head."""
+
+    config_class = GsiTConfig
 
     def __init__(self, config: GsiTConfig, text_encoder: nn.Module | None = None) -> None:
         super().__init__()
