@@ -122,7 +122,8 @@ def load_run_config(run_dir: Path, data_path: str | None = None) -> RunConfig:
 
     def merged(section, values):
         return dataclasses.replace(section, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-    data = merged(base.data, raw["data"])
+    # runs from before data.text_kind existed read text as "auto" did then, whatever the preset says now
+    data = merged(base.data, {"text_kind": "auto", **raw["data"]})
     if data_path:
         data = dataclasses.replace(data, path=str(data_path))
     return RunConfig(model_name=raw["model_name"], model=raw["model"], train=merged(base.train, raw["train"]),

@@ -29,7 +29,7 @@ def build_for_profile(model_name: str, dataset: str, overrides=()) -> tuple[RunC
     dims = {m: shapes[m][1] for m in ("text", "audio", "vision")}
     output_dim = 20 if dataset == "mintrec" else 1
     cfg = build_model_config(run, input_dims=dims, output_dim=output_dim)
-    if model_name == "mult":
+    if model_name in ("mult", "mult_dagger"):
         from gsit.models.mult import MulT
         model = MulT(cfg)
     else:
@@ -47,7 +47,7 @@ def profile(model_name: str, dataset: str, overrides=(), *, flops: bool = True) 
     groups = model.parameter_groups()
     counts = {k: _count(v) for k, v in groups.items()}
     total_no_text = counts["front_end"] + counts["fusion"] + counts["head"]
-    if model_name == "mult":
+    if model_name in ("mult", "mult_dagger"):
         paper = total_no_text
         convention = "all but the text encoder (head included), as the paper counts MulT"
     else:
