@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from gsit.errors import ConfigError, DataError
-from gsit.models.mult import (MulT, MulTAttention, MulTConfig, MulTEncoder, future_mask, sinusoidal_positions,
-                              sinusoidal_table)
+from gsit.models.mult import (
+    MulT,
+    MulTAttention,
+    MulTConfig,
+    MulTEncoder,
+    future_mask,
+    sinusoidal_positions,
+    sinusoidal_table,
+)
 
 B, LENGTHS = 2, {"text": 12, "audio": 20, "vision": 15}
 

@@ -5,8 +5,8 @@ eval mode at MOSI's widths on unequal, zero-padded block lengths.
 
 * ``attention_semantics = "official_code"`` equals the official HEAD (the xFormers path: q pre-scaled by
   1/sqrt(hd) and scaled again by xFormers, no attention dropout);
-* ``attention_semantics = "paper"`` equals the official per-block "naive" path (1/sqrt(hd), attention dropout),
-  the paper's semantics;
+* ``attention_semantics = "paper"`` equals the official per-block "naive" path (1/sqrt(hd), attention
+  dropout), the paper's semantics;
 * negative control: crossing the two (a changed scale) must fail the comparison;
 * parameter counts agree per component (convs, fusion, head).
 """
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference.official_gsit import OfficialGsiT, build_adj_masked_matrix
 
 from gsit.models.gsit import GsiT, GsiTConfig
-from reference.official_gsit import OfficialGsiT, build_adj_masked_matrix
 
 TOL = 1e-6
 DIMS = {"text": 768, "vision": 20, "audio": 5}  # MOSI: BERT states, Facet, COVAREP

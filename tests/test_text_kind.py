@@ -104,8 +104,8 @@ def test_baseline_trains_on_frozen_features_of_an_mmsa_pickle(model, pickles, tm
 
 
 def test_gsit_on_features_only_pickle_asks_for_token_ids(pickles, tmp_path, capsys):
-    rc = cli.main(["train", "--quiet", "--model", "gsit", "--dataset", "mosi", "--data", str(pickles["features"]),
-                   "--run-dir", str(tmp_path / "run"), *QUICK])
+    rc = cli.main(["train", "--quiet", "--model", "gsit", "--dataset", "mosi", "--data",
+                   str(pickles["features"]), "--run-dir", str(tmp_path / "run"), *QUICK])
     err = capsys.readouterr().err
     assert rc == 2 and "text_kind=\"bert\" needs the key 'text_bert'" in err
     assert not (tmp_path / "run").exists()

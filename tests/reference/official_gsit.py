@@ -1,36 +1,40 @@
-"""A port of the official GsiT forward pass (drewjin/GsiT, commit 76332ba, ``src/MMSA-GsiT/models/custom/GSIT/``),
-for tests only: the reference that ``tests/test_parity_official_gsit.py`` compares gsit's GsiT with.
+"""A port of the official GsiT forward pass (drewjin/GsiT, commit 76332ba,
+``src/MMSA-GsiT/models/custom/GSIT/``), for tests only: the reference that
+``tests/test_parity_official_gsit.py`` compares gsit's GsiT with.
 
 Ported, module by module, keeping the official attribute names (so state_dict keys are the official ones):
 
 * ``GSIT.py`` lines 20-125 -- ``GsiT``: ``proj_l/proj_a/proj_v`` convs (k, no padding, no bias), the
-  concatenation along time in the order [text; vision; audio] (lines 96-107), ``CrossModalGraph``, the last time
-  step of each block (line 112), ``post_fusion_dropout``, ``post_fusion_layer_1`` (6d -> d), ReLU,
+  concatenation along time in the order [text; vision; audio] (lines 96-107), ``CrossModalGraph``, the last
+  time step of each block (line 112), ``post_fusion_dropout``, ``post_fusion_layer_1`` (6d -> d), ReLU,
   ``post_fusion_layer_2`` (d -> 1).  BERT (lines 29-30, 81-85) is left out: the port takes its
-  ``last_hidden_state`` (B, L, 768) as the text input, which is what gsit's GsiT receives from its text encoder.
+  ``last_hidden_state`` (B, L, 768) as the text input, which is what gsit's GsiT receives from its text
+  encoder.
 * ``modules/CMG/CMG.py`` lines 10-150 -- ``CrossModalGraph`` (non-bidirectional branch): forward and backward
   encoders of width d on the concatenated sequence, their outputs joined on features, the self encoder of
-  width 2d, the split back into blocks (line 148); lines 172-244 and 282-287 -- ``build_adj_masked_matrix`` and
-  ``get_mask_neginf_0``: the dense additive mask, 0 where allowed and -1e10 elsewhere, built row by row.
+  width 2d, the split back into blocks (line 148); lines 172-244 and 282-287 -- ``build_adj_masked_matrix``
+  and ``get_mask_neginf_0``: the dense additive mask, 0 where allowed and -1e10 elsewhere, built row by row.
 * ``modules/GraphAttentions/GraphFormer.py`` lines 12-199 -- ``GraphFormerEncoder`` (sqrt(D) scale, embedding
   dropout, ``ModuleList([layer] * layers)``: ONE layer object at every depth, final LayerNorm) and
   ``GraphFormerEncoderLayer`` (pre-LN, GELU FFN of width 4D, xavier-uniform ``Linear``s with zero biases).
 * ``modules/GraphAttentions/GraphMultiheadAttention.py`` lines 12-263 -- ``GraphAttention``: packed
   ``in_proj_weight`` (3D, D) and bias, ``q = q * head_dim ** -0.5`` (line 87), then one of the two paths:
 
-  - ``path="xformers"`` (lines 219-245, the code at HEAD): q/k/v split by block, the key/value lists permuted
-    ([V, A, T] forward, [A, T, V] backward, identity for self), ``fmha.BlockDiagonalMask.from_tensor_lists_qkv``
-    and ``memory_efficient_attention`` with its default softmax scale 1/sqrt(head_dim) -- so logits carry
-    1/head_dim in all -- and no attention dropout.  Its dense-mask equivalent is used here: every (sample, head)
-    row of queries of block i attends exactly the keys of the permuted block, which is what the -1e10 mask of
+  - ``path="xformers"`` (lines 219-245, the code at HEAD): q/k/v split by block, the key/value lists
+    permuted ([V, A, T] forward, [A, T, V] backward, identity for self),
+    ``fmha.BlockDiagonalMask.from_tensor_lists_qkv`` and ``memory_efficient_attention`` with its default
+    softmax scale 1/sqrt(head_dim) -- so logits carry 1/head_dim in all -- and no attention dropout.  Its
+    dense-mask equivalent is used here: every (sample, head) row of queries of block i attends exactly the
+    keys of the permuted block, which is what the -1e10 mask of
     ``build_adj_masked_matrix`` allows (T<-V, V<-A, A<-T forward; T<-A, V<-T, A<-V backward; block-diagonal
     self), so the port adds that mask to the logits;
   - ``path="naive"`` (lines 112-218, the Dec 2024 "Decomposition" path, switched off at HEAD by ``naive =
     False``): per block ``softmax(q_i k_j^T)`` (scale 1/sqrt(head_dim) once), dropout ``attn_dropout`` on the
     probabilities, ``@ v_j`` -- the paper's semantics; dense form as above.
 
-  One deliberate difference: the official softmax casts the logits to float32 (line 181; xFormers computes in
-  float32 as well); the port keeps the input dtype so that a float64 comparison is limited by float64 rounding.
+  One deliberate difference: the official softmax casts the logits to float32 (line 181; xFormers computes
+  in float32 as well); the port keeps the input dtype, so a float64 comparison is limited by float64
+  rounding.
 
 Dropout (embedding, residual, FFN, attention on the naive path, post-fusion) follows the official modules, so
 the port is also correct in training mode, but the parity test runs it in eval mode.
@@ -97,7 +101,8 @@ class GraphAttention(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, attn_dropout: float = 0.0, path: str = "xformers"):
         super().__init__()
-        self.embed_dim, self.num_heads, self.attn_dropout, self.path = embed_dim, num_heads, attn_dropout, path
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.attn_dropout, self.path = attn_dropout, path
         self.head_dim = embed_dim // num_heads
         self.scaling = self.head_dim ** -0.5
         self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))

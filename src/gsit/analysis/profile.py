@@ -29,15 +29,10 @@ def build_for_profile(model_name: str, dataset: str, overrides=()) -> tuple[RunC
     dims = {m: shapes[m][1] for m in ("text", "audio", "vision")}
     output_dim = 20 if dataset == "mintrec" else 1
     cfg = build_model_config(run, input_dims=dims, output_dim=output_dim)
-    if model_name in ("mult", "mult_dagger"):
-        from gsit.models.mult import MulT
-        model = MulT(cfg)
-    else:
+    if hasattr(cfg, "attention_backend"):  # GsiT-family: the portable backend for counting
         cfg = dataclasses.replace(cfg, attention_backend="pairs")
-        from gsit.models.gsit import GsiT
-        from gsit.models.vanilla import Vanilla
-        model = (GsiT if model_name == "gsit" else Vanilla)(cfg)
-    return run, model.eval()
+    from gsit.models.registry import model_class
+    return run, model_class(model_name)(cfg).eval()
 
 
 def profile(model_name: str, dataset: str, overrides=(), *, flops: bool = True) -> dict[str, Any]:

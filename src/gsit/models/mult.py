@@ -11,12 +11,12 @@ The story, for the three modalities in config order (MMSA's own order: text, aud
 5. the last time step of each mem output (padded or not: MMSA uses no padding information) is concatenated to
    ``last_hs`` (B, 6d); a residual block ``proj2(dropout(relu(proj1(h)))) + h`` and ``out_layer`` -> (B, out).
 
-Every encoder is MMSA's fairseq-derived ``TransformerEncoder``: inputs scaled by sqrt(D), sinusoidal positions
-only when asked (``positional``; MMSA >= 2.2.0 has none), embedding dropout, pre-LN layers in which the SAME first LayerNorm
-normalises the queries and the keys/values, a ReLU FFN of width 4D, and a final LayerNorm.  The GsiT
-repository's MulT-dagger variant (model ``mult_dagger``) is this model with ``share_layers=True`` and, on
-MOSI/MOSEI, d=128, 4 heads (SPEC §13).  ``tests/test_parity_mmsa.py`` checks this file against the ``mmsa``
-package itself (weights copied, float64).
+Every encoder is MMSA's fairseq-derived ``TransformerEncoder``: inputs scaled by sqrt(D), sinusoidal
+positions only when asked (``positional``; MMSA >= 2.2.0 has none), embedding dropout, pre-LN layers in which
+the SAME first LayerNorm normalises the queries and the keys/values, a ReLU FFN of width 4D, and a final
+LayerNorm.  The GsiT repository's MulT-dagger variant (model ``mult_dagger``) is this model with
+``share_layers=True`` and, on MOSI/MOSEI, d=128, 4 heads (SPEC §13).  ``tests/test_parity_mmsa.py`` checks
+this file against the ``mmsa`` package itself (weights copied, float64).
 
 Parameter arithmetic (SPEC §12): one layer of width D has 12D^2 + 13D parameters, an encoder adds a final
 LN (2D); fusion = 6 cross encoders (D=d) + 3 mem encoders (D=2d); head = 2(36d^2 + 6d) + 6d*out + out.
@@ -63,8 +63,9 @@ class MulTConfig:
     output_dropout: float = 0.5
     causal: bool = True          # MMSA "attn_mask" (true in its config): future mask, also between sequences
     #                              of unequal length
-    positional: bool = False     # sinusoidal positions: MMSA <= 2.1 and the original MulT add them; MMSA
-    #                              >= 2.2.0 (TransformerEncoder position_embedding=False) and MulT-dagger do not
+    # sinusoidal positions: MMSA <= 2.1 and the original MulT add them; MMSA >= 2.2.0 (its TransformerEncoder
+    # defaults to position_embedding=False) and MulT-dagger do not
+    positional: bool = False
     ffn_activation: str = "relu"
     output_dim: int = 1          # 1 = regression; num_classes for classification
     nan_policy: str = "auto"     # auto: check CPU inputs only (no GPU sync) | error: always | ignore
