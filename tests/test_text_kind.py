@@ -109,3 +109,16 @@ def test_gsit_on_features_only_pickle_asks_for_token_ids(pickles, tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 2 and "text_kind=\"bert\" needs the key 'text_bert'" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_ablation_mult_variant_reads_frozen_features_without_the_text_encoder(pickles, tmp_path):
+    """``gsit ablate --text-encoder DIR`` gives the encoder to the GsiT variants; the MulT variant follows its
+    preset (frozen features) and records the override as skipped."""
+    from gsit.analysis.ablate import run_ablation
+    out = run_ablation("mosi", data_path=str(pickles["both"]), out=tmp_path / "abl", seeds=(1,),
+                       variants=("mult",), text_encoder=str(tmp_path / "no-such-encoder"),
+                       overrides=tuple(QUICK[2:]))
+    row = out["rows"][0]
+    assert row["model"] == "mult" and any(o.startswith("data.text_encoder=") for o in row["skipped_overrides"])
+    facts = json.loads((tmp_path / "abl" / "mult" / "data.json").read_text())
+    assert facts["text_kind"] == "features"
