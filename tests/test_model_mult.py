@@ -1,5 +1,6 @@
-"""MulT (MMSA's MULT): parameter arithmetic, shapes, masks, positions, gradients, input errors, and parity of
-the attention and of whole encoders with references written from MMSA's (T, B, D) fairseq semantics."""
+"""MulT (MMSA's MULT): parameter arithmetic, shapes, masks, positions, gradients, input errors, and the
+attention against an einsum rewrite.  Parity with the real code -- whole models per preset, encoders with
+and without positions, the trainer loop -- is tested against the ``mmsa`` package in test_parity_mmsa.py."""
 
 from __future__ import annotations
 
@@ -330,62 +331,3 @@ def test_mult_cross_attention_matches_einsum_reference(causal):
     allowed = future_mask(11, 16) if causal else None
     got = attn(query, source, source, allowed)
     assert torch.allclose(got, einsum_attention(attn, query, source, source, allowed), atol=1e-5)
-
-
-def mmsa_encoder_reference(enc: MulTEncoder, x: torch.Tensor, source: torch.Tensor | None = None):
-    """Eval-mode MMSA ``TransformerEncoder.forward`` in its own (T, B, D) layout: bmm attention over
-    (B*H, T, hd) with an additive ``triu(-inf, 1 + |Tk - Tq|)`` future mask and fairseq position lookup."""
-
-    def embed(t):  # (T, B, D)
-        out = enc.embed_scale * t
-        if enc.positional:
-            T, Bt, D = t.shape
-            pos = torch.zeros_like(t)
-            for b in range(Bt):
-                for i in range(T):
-                    p = i + 1 if t[i, b, 0] != 0 else 0
-                    pos[i, b] = torch.tensor(reference_position_row(p, D), dtype=t.dtype)
-            out = out + pos
-        return out
-
-    h = embed(x.transpose(0, 1))
-    kv = None if source is None else embed(source.transpose(0, 1))
-    for layer in enc.depth_layers():
-        a, ln0, ln1 = layer.attn, layer.attn_norm, layer.ffn_norm
-        Tq, Bt, D = h.shape
-        H, hd = a.num_heads, a.head_dim
-        qn = ln0(h)
-        kn = qn if kv is None else ln0(kv)
-        Tk = kn.shape[0]
-        W, bias = a.in_proj_weight, a.in_proj_bias
-        q = (qn @ W[:D].T + bias[:D]) * hd ** -0.5
-        k = kn @ W[D:2 * D].T + bias[D:2 * D]
-        v = kn @ W[2 * D:].T + bias[2 * D:]
-        q = q.reshape(Tq, Bt * H, hd).transpose(0, 1)  # (B*H, Tq, hd)
-        k = k.reshape(Tk, Bt * H, hd).transpose(0, 1)
-        v = v.reshape(Tk, Bt * H, hd).transpose(0, 1)
-        w = torch.bmm(q, k.transpose(1, 2))  # (B*H, Tq, Tk)
-        if enc.causal:
-            w = w + torch.triu(torch.full((Tq, Tk), float("-inf"), dtype=w.dtype), 1 + abs(Tk - Tq))[None]
-        o = torch.bmm(torch.softmax(w, dim=-1), v).transpose(0, 1).reshape(Tq, Bt, D)
-        h = h + a.out_proj(o)
-        h = h + layer.fc2(torch.relu(layer.fc1(ln1(h))))
-    return enc.final_norm(h).transpose(0, 1)  # (B, Tq, D)
-
-
-@pytest.mark.parametrize("share", [False, True])
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("cross", [False, True])
-def test_mult_encoder_matches_mmsa_reference(share, causal, cross):
-    torch.manual_seed(0)
-    enc = MulTEncoder(**encoder_kwargs(share_layers=share, causal=causal, positional=True, embed_dropout=0.3,
-                                       attn_dropout=0.2)).double().eval()
-    for p in enc.parameters():  # LayerNorm and bias parameters off their trivial init values
-        with torch.no_grad():
-            p.add_(0.1 * torch.randn_like(p))
-    x, src = torch.randn(2, 7, 16, dtype=torch.double), torch.randn(2, 10, 16, dtype=torch.double)
-    x[1, 5:] = 0.0  # padded frames get no position
-    src[0, 8:] = 0.0
-    got = enc(x, src) if cross else enc(x)
-    expected = mmsa_encoder_reference(enc, x, src if cross else None)
-    assert torch.allclose(got, expected, atol=1e-10)

@@ -23,6 +23,7 @@ from gsit.data.spec import DATASETS as DATASET_SPECS
 from gsit.errors import ConfigError
 from gsit.models.registry import MODELS, model_config_class
 
+TEXT_KINDS = ("auto", "features", "bert")
 DATASETS = tuple(DATASET_SPECS)  # names a run may name (gsit.data.spec holds their facts)
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -76,6 +77,10 @@ class DataConfig:
     dataset: str = "synthetic"
     path: str = ""                     # "" = generate the synthetic dataset
     text_encoder: str = ""             # local BERT-family directory ("" = precomputed text features)
+    # which text input the model reads: "features" = the frozen pre-extracted ``text`` (N, L, D) (MMSA's MulT,
+    # use_bert=false); "bert" = ``text_bert`` token ids (N, 3, L) through a fine-tuned text encoder (GsiT);
+    # "auto" = token ids when the data has them, else features.  A kind the data lacks is an error.
+    text_kind: str = "auto"
     binary: bool = False               # MIntRec binary mode
     synthetic_size: str = "small"      # small | a preset name (mosi, mosei, sims)
     synthetic_task: str = "sign"       # sign: y = text cue x audio cue x vision magnitude | recall: associative recall
@@ -314,6 +319,12 @@ def load_config(model: str = "gsit", dataset: str = "synthetic", path: str | Pat
     data = _build(DataConfig, "data", {"dataset": dataset, **raw.get("data", {})})
     if data.dataset != dataset:
         raise ConfigError(f"[data] dataset={data.dataset!r} conflicts with --dataset {dataset!r}")
+    if data.text_kind not in TEXT_KINDS:
+        raise ConfigError(f"data.text_kind={data.text_kind!r}; allowed: {list(TEXT_KINDS)}")
+    if data.text_kind == "features" and data.text_encoder:
+        raise ConfigError(f"data.text_kind=\"features\" reads the frozen text features, so the text encoder "
+                          f"{data.text_encoder!r} would not be used; drop --text-encoder, or set "
+                          f"data.text_kind=\"bert\" to fine-tune it on the token ids")
     train = _build(TrainConfig, "train", raw.get("train", {}))
     for name, allowed in (("protocol", ("gsit", "mmsa_mult")), ("scheduler", ("none", "plateau")),
                           ("amp", ("none", "bf16")),

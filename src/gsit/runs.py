@@ -207,6 +207,8 @@ def load_run_config(run_dir: Path, data_path: str | None = None) -> RunConfig:
         del model_cfg
         raw["train"] = canonical_train_keys(raw["train"], f"{cfg_path} [train]")
         train = _build(type(base.train), "train", raw["train"])
+        # runs from before data.text_kind existed read text as "auto" did then, whatever the preset says now
+        raw["data"] = {"text_kind": "auto", **raw["data"]}
         data = _build(type(base.data), "data", raw["data"])
         check_ranges("train", train)
         check_ranges("data", data)

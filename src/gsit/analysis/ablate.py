@@ -107,6 +107,11 @@ def run_ablation(dataset: str, *, data_path: str | None = None, out: str | Path 
     for name in names:
         v = VARIANTS[name]
         use, skipped = variant_overrides(v, common)
+        encoder = [o for o in use if o.startswith("data.text_encoder=")]
+        if encoder and load_config(v.model, dataset, config,
+                                   [o for o in use if o not in encoder]).data.text_kind == "features":
+            # a variant whose preset reads the frozen text features (MulT, as MMSA) uses no text encoder
+            use, skipped = [o for o in use if o not in encoder], skipped + encoder
         run = load_config(v.model, dataset, config, use)
         key = json.dumps(dataclasses.asdict(run.data), sort_keys=True)
         if key not in data_cache:

@@ -40,6 +40,7 @@ __all__ = [
     "Split",
     "SplitDataset",
     "drop_unused_text",
+    "select_text_kind",
     "load_converted",
     "load_dataset",
     "load_mintrec",
@@ -148,7 +149,39 @@ def load_run_data(data_cfg, *, quiet: bool = True) -> MultimodalData:
         ds = None if data_cfg.dataset == "synthetic" else data_cfg.dataset
         data = load_dataset(data_cfg.path, dataset=ds, text_tokenizer_dir=data_cfg.text_encoder or None,
                             mintrec_binary=data_cfg.binary)
-    return apply_zero_modalities(drop_unused_text(data), data_cfg.zero_modalities)
+    return apply_zero_modalities(select_text_kind(data, getattr(data_cfg, "text_kind", "auto")),
+                                 data_cfg.zero_modalities)
+
+
+_TEXT_KEYS = {"features": ("text", "frozen pre-extracted text features (N, L, D)"),
+              "bert": ("text_bert", "token ids (N, 3, L)")}
+
+
+def select_text_kind(data: MultimodalData, kind: str = "auto") -> MultimodalData:
+    """Keep the text input ``kind`` names and release the other one, in place.
+
+    ``"features"``: the frozen ``text`` features (MMSA's MulT reads these: ``use_bert: false``);
+    ``"bert"``: the ``text_bert`` token ids, for a text encoder that is fine-tuned (GsiT);
+    ``"auto"``: token ids when present, else features (:func:`drop_unused_text`).
+    A kind that the data does not hold is a DataError naming what the data has."""
+    if kind == "auto":
+        return drop_unused_text(data)
+    if kind not in _TEXT_KEYS:
+        raise DataError(f"data.text_kind={kind!r}; allowed: ['auto', 'features', 'bert']")
+    key, what = _TEXT_KEYS[kind]
+    other_kind = "bert" if kind == "features" else "features"
+    other_key, _ = _TEXT_KEYS[other_kind]
+    for name, s in data.splits.items():
+        if getattr(s, key) is None:
+            has = other_key if getattr(s, other_key) is not None else "no text"
+            hint = (f"; the file has '{other_key}': set data.text_kind=\"{other_kind}\""
+                    + (" and pass --text-encoder DIR" if other_kind == "bert" else "")
+                    if has == other_key else "")
+            raise DataError(f"{data.source}: data.text_kind=\"{kind}\" needs the key '{key}' ({what}), which "
+                            f"split '{name}' does not have{hint}")
+    for s in data.splits.values():
+        setattr(s, other_key, None)
+    return data
 
 
 def drop_unused_text(data: MultimodalData) -> MultimodalData:

@@ -11,11 +11,12 @@ The story, for the three modalities in config order (MMSA's own order: text, aud
 5. the last time step of each mem output (padded or not: MMSA uses no padding information) is concatenated to
    ``last_hs`` (B, 6d); a residual block ``proj2(dropout(relu(proj1(h)))) + h`` and ``out_layer`` -> (B, out).
 
-Every encoder is MMSA's fairseq-derived ``TransformerEncoder``: inputs scaled by sqrt(D), optional
-sinusoidal positions (no parameters), embedding dropout, pre-LN layers in which the SAME first LayerNorm
-normalises the queries and the keys/values, a ReLU FFN of width 4D, and a final LayerNorm.  The GsiT
-repository's MulT-dagger variant is this model with ``share_layers=True``, ``positional=False``,
-``causal=True`` and d=128, 4 heads (SPEC §13).
+Every encoder is MMSA's fairseq-derived ``TransformerEncoder``: inputs scaled by sqrt(D), sinusoidal
+positions only when asked (``positional``; MMSA >= 2.2.0 has none), embedding dropout, pre-LN layers in which
+the SAME first LayerNorm normalises the queries and the keys/values, a ReLU FFN of width 4D, and a final
+LayerNorm.  The GsiT repository's MulT-dagger variant (model ``mult_dagger``) is this model with
+``share_layers=True`` and, on MOSI/MOSEI, d=128, 4 heads (SPEC §13).  ``tests/test_parity_mmsa.py`` checks
+this file against the ``mmsa`` package itself (weights copied, float64).
 
 Parameter arithmetic (SPEC §12): one layer of width D has 12D^2 + 13D parameters, an encoder adds a final
 LN (2D); fusion = 6 cross encoders (D=d) + 3 mem encoders (D=2d); head = 2(36d^2 + 6d) + 6d*out + out.
@@ -46,14 +47,15 @@ class MulTConfig:
     modalities: tuple[str, ...] = MULT_MODALITIES
     # Feature widths of the inputs (MOSI: BERT 768, COVAREP 5, Facet 20); text = the text encoder's width.
     input_dims: dict[str, int] = field(default_factory=lambda: {"text": 768, "audio": 5, "vision": 20})
-    d_model: int = 50            # MMSA MOSI: dst_feature_dim_nheads = [50, 10]
+    # defaults: mmsa==2.2.1 config_regression.json "mult" mosi
+    d_model: int = 50            # dst_feature_dim_nheads = [50, 10]
     num_heads: int = 10
     num_layers: int = 4          # MMSA "nlevels"; the mem encoders use max(num_layers, 3)
     share_layers: bool = False   # True: one layer reused at every depth (the GsiT repo's MulT-dagger)
     kernel_sizes: dict[str, int] = field(default_factory=lambda: {"text": 5, "audio": 5, "vision": 5})
     # Attention dropout is chosen by the KEY modality of a cross encoder (MMSA's get_network: "la" -> _a);
     # the mem encoders use attn_dropout.
-    attn_dropout: float = 0.2
+    attn_dropout: float = 0.3
     attn_dropout_a: float = 0.2
     attn_dropout_v: float = 0.0
     relu_dropout: float = 0.0
@@ -61,8 +63,11 @@ class MulTConfig:
     embed_dropout: float = 0.2
     text_dropout: float = 0.5
     output_dropout: float = 0.5
-    causal: bool = False         # MMSA "attn_mask": future mask, also between sequences of unequal length
-    positional: bool = True      # MMSA always adds sinusoidal positions; the GsiT repo's MulT-dagger has none
+    causal: bool = True          # MMSA "attn_mask" (true in its config): future mask, also between sequences
+    #                              of unequal length
+    # sinusoidal positions: MMSA <= 2.1 and the original MulT add them; MMSA >= 2.2.0 (its TransformerEncoder
+    # defaults to position_embedding=False) and MulT-dagger do not
+    positional: bool = False
     ffn_activation: str = "relu"
     output_dim: int = 1          # 1 = regression; num_classes for classification
     nan_policy: str = "auto"     # auto: check CPU inputs only (no GPU sync) | error: always | ignore

@@ -13,6 +13,9 @@ MODELS: dict[str, tuple[str, str, str]] = {
     "gsit": ("gsit.models.gsit", "GsiTConfig", "GsiT"),
     "vanilla": ("gsit.models.vanilla", "GsiTConfig", "Vanilla"),
     "mult": ("gsit.models.mult", "MulTConfig", "MulT"),
+    # MulT as the GsiT repository configures it (MulT-dagger, SPEC §13): the same class, its own presets
+    # (configs/mult_dagger_<dataset>.toml: depth-shared layers, d=128 and 4 heads on MOSI/MOSEI)
+    "mult_dagger": ("gsit.models.mult", "MulTConfig", "MulT"),
 }
 
 
