@@ -80,16 +80,20 @@ def make_bert(work: Path, tiny: bool) -> Path:
 
 
 def one_run(*, dataset: str, model: str, encoder: str, path: str, data: Path, bert: Path | None, work: Path,
-            device: str, epochs: int, amp: str, backend: str | None, timeout: float) -> dict:
+            device: str, epochs: int, amp: str, backend: str | None, timeout: float,
+            overrides: tuple[str, ...] = ()) -> dict:
     run_dir = work / f"run_{dataset}_{model}_{encoder}_{path}_{int(time.time() * 1000)}"
     cmd = [sys.executable, "-m", "gsit.cli", "train", "--quiet", "--model", model, "--dataset", dataset,
            "--data", str(data), "--device", device, "--seeds", "1111", "--run-dir", str(run_dir),
            f"train.max_epochs={epochs}", "train.early_stop=1000",
            f"train.execution={'eager' if path == 'eager' else 'auto'}"]
     if bert is not None:
-        cmd += ["--text-encoder", str(bert)]
+        cmd += ["--text-encoder", str(bert), 'data.text_kind="bert"']
+    else:  # precomputed 768-d text features (the GsiT presets default to token ids + an encoder)
+        cmd += ['data.text_kind="features"']
     if amp != "none":
         cmd += ["--amp", amp]
+    cmd += list(overrides)
     if backend and model != "mult":
         cmd += [f"model.attention_backend={backend}"]
     # a cold compiler cache per run: warmup_s is what a first run on a new machine pays
@@ -146,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--append", action="store_true", help="keep the rows already in --out")
     p.add_argument("--max-seconds", type=float, default=1e9, help="start no new run after this")
     p.add_argument("--timeout", type=float, default=900, help="per-run limit (s)")
+    p.add_argument("overrides", nargs="*", help="extra section.key=value overrides for every run (CPU smoke)")
     args = p.parse_args(argv)
     work = Path(args.work or (Path("/tmp") / f"gsit-bench-train-{os.getpid()}"))
     work.mkdir(parents=True, exist_ok=True)
@@ -169,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         row = one_run(dataset=dataset, model=model, encoder=encoder, path=path, data=data,
                                       bert=bert, work=work, device=args.device, epochs=args.epochs,
-                                      amp=args.amp, backend=args.backend, timeout=args.timeout)
+                                      amp=args.amp, backend=args.backend, timeout=args.timeout,
+                                      overrides=tuple(args.overrides))
                     except subprocess.TimeoutExpired:
                         row = {"dataset": dataset, "model": model, "text_encoder": encoder, "path": path,
                                "status": "failed", "error": f"timeout after {args.timeout} s"}

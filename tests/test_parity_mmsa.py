@@ -39,9 +39,8 @@ from torch import nn
 
 pytest.importorskip("MMSA", reason="mmsa==2.2.1 is not installed (pip install -e '.[test]')")
 
-from gsit.presets import DATASET_SHAPES  # noqa: E402
-
 from gsit.config import build_model_config, load_config  # noqa: E402
+from gsit.data.spec import DATASETS  # noqa: E402
 from gsit.models.mult import MulT, MulTEncoder  # noqa: E402
 
 mmsa_config = importlib.import_module("MMSA.config")
@@ -83,7 +82,7 @@ def mmsa_args(dataset: str, *, gsit_repo: bool = False) -> dict:
         args = dict(mmsa_config.get_config_regression("mult", dataset))
     if gsit_repo:
         args.update(GSIT_REPO_MULT_DIFF[dataset])
-    shapes = DATASET_SHAPES[dataset]
+    shapes = DATASETS[dataset].shapes
     args.update(feature_dims=[shapes["text"][1], shapes["audio"][1], shapes["vision"][1]],
                 train_mode="regression", num_classes=3, use_bert=False)
     return args
@@ -109,7 +108,7 @@ def expected_preset(args: dict, *, share: bool) -> tuple[dict, dict, dict]:
     # mode="min", factor=0.1, patience), clip_grad_value_(grad_clip), accumulation update_epochs, early_stop
     train = {"protocol": "mmsa_mult", "batch_size": args["batch_size"],
              "learning_rate": args["learning_rate"], "weight_decay": 0.0,
-             "update_epochs": args["update_epochs"], "early_stop": args["early_stop"],
+             "accumulation_steps": args["update_epochs"], "early_stop": args["early_stop"],
              "grad_clip": args["grad_clip"], "scheduler": "plateau", "plateau_patience": args["patience"],
              "plateau_factor": 0.1}
     return model, data, train
@@ -197,7 +196,7 @@ def copy_weights(src: MulT, dst: nn.Module) -> None:
 
 
 def gsit_model(model_name: str, dataset: str, overrides=()) -> MulT:
-    shapes = DATASET_SHAPES[dataset]
+    shapes = DATASETS[dataset].shapes
     run = load_config(model_name, dataset, overrides=list(overrides))
     cfg = build_model_config(run, input_dims={m: shapes[m][1] for m in ("text", "audio", "vision")},
                              output_dim=1)
@@ -212,7 +211,7 @@ def gsit_model(model_name: str, dataset: str, overrides=()) -> MulT:
 def inputs_for(dataset: str, batch: int = 3) -> dict[str, torch.Tensor]:
     """Real widths; lengths cut to keep the test fast, unequal across modalities (so the causal mask's
     |Tk - Tq| offset matters); zero padding at the end as in the MMSA pickles."""
-    shapes = DATASET_SHAPES[dataset]
+    shapes = DATASETS[dataset].shapes
     lengths = {"text": shapes["text"][0], "audio": min(shapes["audio"][0], 47),
                "vision": min(shapes["vision"][0], 29)}
     g = torch.Generator().manual_seed(2)
