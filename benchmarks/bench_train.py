@@ -2,7 +2,9 @@
 
     PYTHONPATH=src python benchmarks/bench_train.py --out benchmarks/results/train_NVIDIA-H200.csv
     PYTHONPATH=src python benchmarks/bench_train.py --datasets mosi --models gsit --encoders none \\
-        --device cpu --epochs 2 --scale 0.02 --out /tmp/t.csv          # CPU smoke (tests/test_bench_train.py)
+        --device cpu --epochs 2 --scale 0.02 --out /tmp/t.csv
+
+(the second is the CPU smoke run of tests/benchmarks/test_bench_train.py).
 
 Each row is ONE real ``gsit train`` run in a fresh process (so compilation and CUDA-graph capture are part
 of its first epoch), one seed, ``train.max_epochs = --epochs``, early stopping off, on generated data with

@@ -33,8 +33,8 @@ optimizer steps eagerly after the window's last batch; the partial window is nev
 ``backward()`` so that the accumulation happens inside the graph, in place.
 
 **Exactness.**  With dropout off, fp32 losses and metrics equal the eager path up to float summation order
-(GPU test ``tests/test_execution_gpu.py``).  With dropout on, the masks are drawn from the same generator
-but in a different order (per captured graph), so runs agree in distribution, not bit for bit.
+(GPU test ``tests/train/test_execution_gpu.py``).  With dropout on, the masks are drawn from the same
+generator but in a different order (per captured graph), so runs agree in distribution, not bit for bit.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ EXECUTIONS = ("auto", "eager", "compiled", "graphed", "compiled_graphed")
 # padding-aware mode: an input is cut to the smallest level x padded length that holds every valid step
 LENGTH_LEVELS = (0.125, 0.25, 0.5, 1.0)
 WARMUP_STEPS = 2
-# models whose compiled + captured step was checked against eager on a GPU (tests/test_execution_gpu.py);
+# models whose compiled + captured step was checked against eager on a GPU
+# (tests/train/test_execution_gpu.py);
 # ``auto`` keeps the others eager (MulT: its compile exceeded 150 s in benchmarks/bench_train.py)
 VERIFIED_FAST = ("gsit", "vanilla")  # eager runs of a step on a side stream before its capture (lazy initialisation)
 

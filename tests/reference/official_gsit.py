@@ -1,6 +1,6 @@
 """A port of the official GsiT forward pass (drewjin/GsiT, commit 76332ba,
 ``src/MMSA-GsiT/models/custom/GSIT/``), for tests only: the reference that
-``tests/test_parity_official_gsit.py`` compares gsit's GsiT with.
+``tests/models/test_parity_official_gsit.py`` compares gsit's GsiT with.
 
 Ported, module by module, keeping the official attribute names (so state_dict keys are the official ones):
 

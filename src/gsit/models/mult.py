@@ -15,8 +15,9 @@ Every encoder is MMSA's fairseq-derived ``TransformerEncoder``: inputs scaled by
 positions only when asked (``positional``; MMSA >= 2.2.0 has none), embedding dropout, pre-LN layers in which
 the SAME first LayerNorm normalises the queries and the keys/values, a ReLU FFN of width 4D, and a final
 LayerNorm.  The GsiT repository's MulT-dagger variant (model ``mult_dagger``) is this model with
-``share_layers=True`` and, on MOSI/MOSEI, d=128, 4 heads (SPEC §13).  ``tests/test_parity_mmsa.py`` checks
-this file against the ``mmsa`` package itself (weights copied, float64).
+``share_layers=True`` and, on MOSI/MOSEI, d=128, 4 heads (SPEC §13).
+``tests/models/test_parity_mmsa.py`` checks this file against the ``mmsa`` package itself (weights copied,
+float64).
 
 Parameter arithmetic (SPEC §12): one layer of width D has 12D^2 + 13D parameters, an encoder adds a final
 LN (2D); fusion = 6 cross encoders (D=d) + 3 mem encoders (D=2d); head = 2(36d^2 + 6d) + 6d*out + out.

@@ -404,7 +404,7 @@ class _EagerFunction(torch.autograd.Function):
     Why two autograd routes: the custom operators above are what torch.compile needs (one graph, no
     break); eagerly, the operator's Python dispatch (schema checks, argument packing) costs tens of
     microseconds per call, which a host-bound eager training step pays 24 times (forward and backward of
-    12 attention calls).  Both routes run the same kernels on the same tables; tests/test_attention_triton.py
+    12 attention calls).  Both routes run the same kernels on the same tables; tests/attention/test_triton.py
     checks that they agree (``test_compiled_fusion_is_one_graph_and_matches_eager``,
     ``test_eager_and_custom_op_routes_agree``)."""
 

@@ -128,7 +128,7 @@ def test_preset_values_equal_mmsa_config(model_name, dataset):
     assert got_model == model
     assert {k: getattr(run.data, k) for k in data} == data
     assert {k: getattr(run.train, k) for k in train} == train
-    first = (Path(__file__).resolve().parents[1] / "configs" / f"{model_name}_{dataset}.toml").read_text()
+    first = (Path(__file__).resolve().parents[2] / "configs" / f"{model_name}_{dataset}.toml").read_text()
     assert first.startswith(f"# gsit train --model {model_name} --dataset {dataset}")
     assert ("GsiT repository" if dagger else "MMSA") in first.splitlines()[0]
 

@@ -13,7 +13,7 @@ import pytest
 
 from gsit.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 MOSI_CSV = SHARED / "mosi" / "utterances.csv"
 MOSI_NPZ = SHARED / "mosi" / "bclstm_features.npz"
 MINTREC = SHARED / "mintrec"

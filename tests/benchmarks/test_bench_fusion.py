@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _load_bench():
@@ -100,7 +100,7 @@ def test_plot_writes_png(tmp_path):
     writer.add({**base, "backend": "triton", "mode": "eager", "length_mult": 1, "padding": "padded",
                 "status": "error: RuntimeError: boom"})  # not drawn
     spec = importlib.util.spec_from_file_location(
-        "plot", Path(__file__).resolve().parents[1] / "benchmarks" / "plot.py")
+        "plot", Path(__file__).resolve().parents[2] / "benchmarks" / "plot.py")
     plot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plot)
     rows = plot.read_rows(out)

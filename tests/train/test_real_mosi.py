@@ -21,7 +21,7 @@ import torch
 
 from gsit import cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MOSI = REPO.parent / "shared" / "data" / "mosi"
 TRAIN_MEAN_MAE = 1.464  # predicting the train-set mean label on the test split (shared/data/README.md)
 

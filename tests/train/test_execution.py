@@ -1,6 +1,6 @@
 """Static-shape execution (gsit.execution) on the CPU: padded last batches and length levels change no
 loss, gradient, parameter or prediction; the resolution of ``train.execution`` refuses what cannot run.
-The compiled and CUDA-graphed steps themselves are checked on a GPU (tests/test_execution_gpu.py)."""
+The compiled and CUDA-graphed steps themselves are checked on a GPU (tests/train/test_execution_gpu.py)."""
 
 from __future__ import annotations
 

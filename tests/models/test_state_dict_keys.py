@@ -14,7 +14,7 @@ from gsit.models.gsit import GsiT, GsiTConfig
 from gsit.models.mult import MulT, MulTConfig, MulTFusion
 from gsit.models.vanilla import Vanilla
 
-RECORDED = json.loads((Path(__file__).parent / "fixtures" / "state_dict_keys.json").read_text())
+RECORDED = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "state_dict_keys.json").read_text())
 BUILDERS = {
     "gsit": lambda: GsiT(GsiTConfig()),
     "gsit_unshared": lambda: GsiT(GsiTConfig(share_layers=False)),

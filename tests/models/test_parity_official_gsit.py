@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference.official_gsit import OfficialGsiT, build_adj_masked_matrix
 
 from gsit.models.gsit import GsiT, GsiTConfig
+from tests.reference.official_gsit import OfficialGsiT, build_adj_masked_matrix
 
 TOL = 1e-6
 DIMS = {"text": 768, "vision": 20, "audio": 5}  # MOSI: BERT states, Facet, COVAREP

@@ -13,7 +13,7 @@ import pytest
 
 from gsit import cli
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def _subparsers():

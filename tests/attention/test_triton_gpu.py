@@ -4,7 +4,7 @@ Error budget: for each of out, dq, dk, dv the Triton result's max error against 
 (run on the same, already rounded, inputs) must be at most twice the error of PyTorch's own
 low-precision computation (the ``pairs`` backend, SDPA, in the same dtype) plus a small absolute eps.
 
-Run: ``pytest -m gpu tests/test_attention_triton_gpu.py``; ``python tests/test_attention_triton_gpu.py``
+Run: ``pytest -m gpu tests/attention/test_triton_gpu.py``; ``python tests/attention/test_triton_gpu.py``
 prints a small benchmark (triton vs pairs vs reference, forward and forward+backward).
 """
 

@@ -3,7 +3,7 @@ path's losses, parameters and predictions (fp32: dropout off, to float round-off
 tolerance), compile and capture only during the first epoch, and work with padding-aware mode, length
 bucketing, the fused triton kernel and a fine-tuned BERT-family text encoder.
 
-Run: ``PYTHONPATH=src pytest -m gpu tests/test_execution_gpu.py``.
+Run: ``PYTHONPATH=src pytest -m gpu tests/train/test_execution_gpu.py``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from gsit.config import DataConfig
 from gsit.data import drop_unused_text, load_dataset, load_run_data, save_converted
 from gsit.data import mmsa as mmsa_mod
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPLITS = ("train", "valid", "test")
 
 

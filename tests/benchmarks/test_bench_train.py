@@ -8,7 +8,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train.py"
 
 
 def _load():

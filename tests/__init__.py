@@ -1,0 +1,1 @@
+"""The test suite: folders mirror src/gsit (attention, models, data, analysis) and its floors."""

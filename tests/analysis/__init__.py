@@ -1,0 +1,1 @@
+"""Tests of gsit.analysis: efficiency counts, ablation / robustness / attention maps / report, tune."""

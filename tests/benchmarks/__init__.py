@@ -1,0 +1,1 @@
+"""Tests of the scripts in benchmarks/ (CPU smoke runs: plumbing, not speed)."""

@@ -1,0 +1,1 @@
+"""Tests of the training floor: train, evaluate, runs, distributed, spread, execution, progress."""
