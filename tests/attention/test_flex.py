@@ -1,7 +1,8 @@
 """The FlexAttention backend against the reference oracle.
 
-On CPU, torch's FlexAttention runs forward only (it has no CPU backward), unfused: the CPU tests compare
-values under ``torch.no_grad()`` and check that ``check`` refuses inputs that need gradients.  The
+On CPU, torch's FlexAttention runs forward only (it has no CPU backward), unfused: its values under
+``torch.no_grad()`` are compared in the parity grid (test_backends.py); the CPU tests here check rows without
+keys, the cached block masks, and that ``check`` refuses dropout and inputs that need gradients.  The
 ``gpu``-marked tests compare values and all gradients on CUDA, through the compiled kernel, in fp32 and
 bf16, on awkward (non-tile-multiple) lengths, with and without padding.
 """
@@ -39,20 +40,7 @@ def _qkv(b, h, n, d, *, device, dtype=torch.float32, seed=0):
     return [torch.randn(b, h, n, d, generator=g).to(device, dtype) for _ in range(3)]
 
 
-# --------------------------------------------------------------------------- CPU: forward values, refusals
-@pytest.mark.parametrize("graph_name", GRAPHS)
-@pytest.mark.parametrize("padded", [False, True], ids=["nopad", "validlen"])
-def test_flex_forward_matches_reference_on_cpu(graph_name, padded):
-    mask = GraphMask(ModalGraph.named(graph_name), SMALL, _valid(SMALL, "cpu") if padded else None)
-    q, k, v = _qkv(2, 2, SMALL.total, 8, device="cpu")
-    with torch.no_grad():
-        ref = graph_attention(q, k, v, mask, backend="reference")
-        got = graph_attention(q, k, v, mask, backend="flex")
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
-    if padded:
-        assert (got.transpose(1, 2)[~mask.position_valid()] == 0).all(), "padded query rows must be zero"
-
-
+# --------------------------------------------------------------------------- CPU: rows, refusals, caching
 def test_flex_query_block_without_keys_returns_zeros_on_cpu():
     graph = ModalGraph.named("forward").without((A,))  # only text->vision remains
     mask = GraphMask(graph, SMALL)
