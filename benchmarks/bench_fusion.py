@@ -85,16 +85,39 @@ from gsit.models.gsit import GraphFusion
 from gsit.models.mult import MulTConfig, MulTFusion
 from gsit.models.registry import model_class
 
-CSV_COLUMNS = ("gpu", "torch", "triton", "cudnn", "cuda", "model", "backend", "mode", "dataset", "batch",
-               "length_mult", "dtype", "padding", "n_tokens", "check_rel_err", "status", "median_ms",
-               "p10_ms", "p90_ms", "peak_mem_mb", "compile_s", "note")
+CSV_COLUMNS = (
+    "gpu",
+    "torch",
+    "triton",
+    "cudnn",
+    "cuda",
+    "model",
+    "backend",
+    "mode",
+    "dataset",
+    "batch",
+    "length_mult",
+    "dtype",
+    "padding",
+    "n_tokens",
+    "check_rel_err",
+    "status",
+    "median_ms",
+    "p10_ms",
+    "p90_ms",
+    "peak_mem_mb",
+    "compile_s",
+    "note",
+)
 
 GSIT_MODALITIES = ("text", "vision", "audio")  # GsiTConfig's default concatenation order
 CONV_KERNEL = 5
 # conv-output lengths (raw padded length - kernel 5 + 1: mosi (46, 496, 371), mosei (46, 496, 496)), in
 # GSIT_MODALITIES order, from the dataset table
-DATASET_LENGTHS = {name: tuple(DATASETS[name].shapes[m][0] - CONV_KERNEL + 1 for m in GSIT_MODALITIES)
-                   for name in ("mosi", "mosei")}
+DATASET_LENGTHS = {
+    name: tuple(DATASETS[name].shapes[m][0] - CONV_KERNEL + 1 for m in GSIT_MODALITIES)
+    for name in ("mosi", "mosei")
+}
 # the padding experiment: MOSI raw padded lengths (50, 500, 375) and realistic mean valid lengths per modality
 MOSI_RAW_MAX = tuple(DATASETS["mosi"].shapes[m][0] for m in GSIT_MODALITIES)
 MOSI_RAW_MEAN = (14, 42, 38)
@@ -116,21 +139,21 @@ class BenchConfig:
     dtypes: tuple[str, ...] = ("bf16", "fp32")
     backends: tuple[str, ...] = BACKENDS
     modes: tuple[str, ...] = MODES
-    mult_model: bool = True           # include MulT rows
-    padding: bool = True              # include the padding experiment
+    mult_model: bool = True  # include MulT rows
+    padding: bool = True  # include the padding experiment
     padding_batch: int = 32
-    padding_batches: int = 8          # batches per padding row
+    padding_batches: int = 8  # batches per padding row
     d_model: int = 128
     num_heads: int = 4
     num_layers: int = 4
-    scale: int = 1                    # divide every segment length by this (tiny CPU smoke runs)
+    scale: int = 1  # divide every segment length by this (tiny CPU smoke runs)
     warmup: int = 3
     reps: int = 15
-    check_batch: int = 2              # samples checked against the fp32 oracle
+    check_batch: int = 2  # samples checked against the fp32 oracle
     tol: dict = field(default_factory=lambda: {"fp32": 1e-4, "bf16": 5e-2})
     mem_budget_gb: float | None = None  # dense reference skipped above this estimate; None: 80% of the GPU
     max_seconds: float | None = None  # stop starting rows after this; later rows are written as skipped
-    compile_reserve_s: float = 90.0   # a compile row starts only with this much budget left
+    compile_reserve_s: float = 90.0  # a compile row starts only with this much budget left
     only: tuple[tuple[str, tuple[str, ...]], ...] = ()
     seed: int = 0
 
@@ -138,6 +161,7 @@ class BenchConfig:
 @dataclass(frozen=True)
 class Job:
     """One CSV row: a variant on one case."""
+
     model: str
     backend: str
     mode: str
@@ -162,8 +186,9 @@ class SegmentedMulTFusion(nn.Module):
         super().__init__()
         self.fusion = fusion
 
-    def forward(self, x: torch.Tensor, layout: SequenceLayout,
-                valid: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, layout: SequenceLayout, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
         seg = {m: x[:, layout.segment(i)] for i, m in enumerate(layout.modalities)}  # m -> (B, T_m, d)
         return self.fusion(seg)  # (B, 6d)
 
@@ -173,15 +198,37 @@ def build_fusion(model: str, backend: str, cfg: BenchConfig) -> nn.Module:
     GsiT's :class:`GraphFusion`, or the fusion of the registry's ``mult`` model (built whole, as before)."""
     torch.manual_seed(cfg.seed)
     if model == "gsit":
-        module = GraphFusion(modalities=GSIT_MODALITIES, d_model=cfg.d_model, num_heads=cfg.num_heads,
-                             num_layers=cfg.num_layers, share_layers=True, structure="original",
-                             embed_dropout=0.0, attn_dropout=0.0, relu_dropout=0.0, res_dropout=0.0,
-                             attention_semantics="paper", attention_backend=backend)
+        module = GraphFusion(
+            modalities=GSIT_MODALITIES,
+            d_model=cfg.d_model,
+            num_heads=cfg.num_heads,
+            num_layers=cfg.num_layers,
+            share_layers=True,
+            structure="original",
+            embed_dropout=0.0,
+            attn_dropout=0.0,
+            relu_dropout=0.0,
+            res_dropout=0.0,
+            attention_semantics="paper",
+            attention_backend=backend,
+        )
     elif model == "mult":
-        mcfg = MulTConfig(d_model=cfg.d_model, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
-                          share_layers=True, causal=True, positional=False, attn_dropout=0.0,
-                          attn_dropout_a=0.0, attn_dropout_v=0.0, relu_dropout=0.0, res_dropout=0.0,
-                          embed_dropout=0.0, text_dropout=0.0, output_dropout=0.0)
+        mcfg = MulTConfig(
+            d_model=cfg.d_model,
+            num_heads=cfg.num_heads,
+            num_layers=cfg.num_layers,
+            share_layers=True,
+            causal=True,
+            positional=False,
+            attn_dropout=0.0,
+            attn_dropout_a=0.0,
+            attn_dropout_v=0.0,
+            relu_dropout=0.0,
+            res_dropout=0.0,
+            embed_dropout=0.0,
+            text_dropout=0.0,
+            output_dropout=0.0,
+        )
         module = SegmentedMulTFusion(model_class("mult")(mcfg).fusion)
     else:
         raise ValueError(f"unknown model {model!r}; known: gsit, mult")
@@ -195,15 +242,16 @@ class BenchInputs:
     gradient)."""
 
     layout: SequenceLayout
-    x: torch.Tensor                 # (B, N, d) fp32 on the device
-    upstream: torch.Tensor          # (B, M * 2d) fp32
-    valid: torch.Tensor | None      # (B, M) or None
+    x: torch.Tensor  # (B, N, d) fp32 on the device
+    upstream: torch.Tensor  # (B, M * 2d) fp32
+    valid: torch.Tensor | None  # (B, M) or None
     valid_tokens: int
 
 
 @dataclass
 class Case:
     """The inputs shared by every variant of one (model-independent) configuration."""
+
     key: tuple
     batches: list[BenchInputs]
 
@@ -224,8 +272,10 @@ def grid_case(dataset: str, batch: int, mult: int, cfg: BenchConfig) -> Case:
     seed = cfg.seed * 1000 + mult * 10 + (1 if dataset == "mosei" else 0)
     x = torch.cat([_randn((cb, n, d), seed), _randn((batch - cb, n, d), seed + 1)])
     g = torch.cat([_randn((cb, out_dim), seed + 2), _randn((batch - cb, out_dim), seed + 3)])
-    return Case(("grid", dataset, mult, layout.lengths),
-                [BenchInputs(layout, x.to(cfg.device), g.to(cfg.device), None, batch * n)])
+    return Case(
+        ("grid", dataset, mult, layout.lengths),
+        [BenchInputs(layout, x.to(cfg.device), g.to(cfg.device), None, batch * n)],
+    )
 
 
 def sample_valid_lengths(n: int, cfg: BenchConfig) -> np.ndarray:
@@ -254,17 +304,24 @@ def padding_cases(cfg: BenchConfig) -> dict[str, Case]:
         order = bucketed_order if padding == "aware_bucketed" else random_order
         batches = []
         for i in range(K):
-            idx = order[i * B:(i + 1) * B]
+            idx = order[i * B : (i + 1) * B]
             vl = torch.from_numpy(valid_all[idx])  # (B, M)
             if padding in ("padded", "aware_untrimmed"):
                 layout, x = full, x_all[idx]
             else:  # trim every segment to the batch's longest valid length
                 keep = tuple(int(vl[:, m].max()) for m in range(len(GSIT_MODALITIES)))
                 layout = SequenceLayout(GSIT_MODALITIES, keep)
-                x = torch.cat([x_all[idx][:, full.segment(m)][:, :keep[m]] for m in range(len(keep))], dim=1)
+                x = torch.cat([x_all[idx][:, full.segment(m)][:, : keep[m]] for m in range(len(keep))], dim=1)
             valid = None if padding == "padded" else vl.to(cfg.device)
-            batches.append(BenchInputs(layout, x.to(cfg.device), g_all[idx].to(cfg.device), valid,
-                                 int(vl.clamp(max=torch.tensor(layout.lengths)).sum())))
+            batches.append(
+                BenchInputs(
+                    layout,
+                    x.to(cfg.device),
+                    g_all[idx].to(cfg.device),
+                    valid,
+                    int(vl.clamp(max=torch.tensor(layout.lengths)).sum()),
+                )
+            )
         cases[padding] = Case(("padding", padding), batches)
     return cases
 
@@ -278,8 +335,9 @@ def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return (got - ref).norm().item() / denom if denom > 0 else (got - ref).norm().item()
 
 
-def run_oracle(model: str, batch: BenchInputs, cb: int, cfg: BenchConfig, *, backend: str = "reference"
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def run_oracle(
+    model: str, batch: BenchInputs, cb: int, cfg: BenchConfig, *, backend: str = "reference"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 eager output and input gradient of the first ``cb`` samples (GsiT: the dense reference backend
     unless told otherwise; MulT: the math SDPA kernel)."""
     module = build_fusion(model, backend, cfg).to(cfg.device)
@@ -287,6 +345,7 @@ def run_oracle(model: str, batch: BenchInputs, cb: int, cfg: BenchConfig, *, bac
     valid = None if batch.valid is None else batch.valid[:cb]
     if model == "mult":
         from torch.nn.attention import SDPBackend, sdpa_kernel
+
         with sdpa_kernel(SDPBackend.MATH):
             out = module(x, batch.layout, valid)
             out.backward(batch.upstream[:cb])
@@ -368,9 +427,11 @@ def make_runner(
 
     if mode in ("compile", "compile_cudagraph"):
         from torch._dynamo.utils import counters
+
         counters.clear()
-        compiled = torch.compile(module, dynamic=False,
-                                 mode="reduce-overhead" if mode == "compile_cudagraph" else None)
+        compiled = torch.compile(
+            module, dynamic=False, mode="reduce-overhead" if mode == "compile_cudagraph" else None
+        )
 
         def compiled_step():
             if mode == "compile_cudagraph":
@@ -398,8 +459,10 @@ def time_steps(step: Callable[[], None], cfg: BenchConfig) -> list[float]:
     for _ in range(cfg.warmup):
         step()
     if str(cfg.device).startswith("cuda"):
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                  for _ in range(cfg.reps)]
+        events = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            for _ in range(cfg.reps)
+        ]
         for start, end in events:
             start.record()
             step()
@@ -421,15 +484,20 @@ def _percentile(values: list[float], q: float) -> float:
 # --------------------------------------------------------------------------- environment
 def environment(device: str) -> dict[str, str]:
     from importlib import metadata
+
     try:
         triton_version = metadata.version("triton")
     except metadata.PackageNotFoundError:
         triton_version = ""
     cuda = str(device).startswith("cuda")
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {"gpu": torch.cuda.get_device_name(torch.device(device)) if cuda else "cpu",
-            "torch": torch.__version__, "triton": triton_version, "cudnn": str(cudnn or ""),
-            "cuda": str(torch.version.cuda or "")}
+    return {
+        "gpu": torch.cuda.get_device_name(torch.device(device)) if cuda else "cpu",
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cudnn": str(cudnn or ""),
+        "cuda": str(torch.version.cuda or ""),
+    }
 
 
 def default_out_path(results_dir: Path, device: str) -> Path:
@@ -498,8 +566,9 @@ def plan(cfg: BenchConfig) -> list[Job]:
                                 tier = 3
                             else:
                                 tier = 5
-                            jobs.append(Job(model, backend, mode, dataset, batch, mult, dtype, "padded",
-                                            tier))
+                            jobs.append(
+                                Job(model, backend, mode, dataset, batch, mult, dtype, "padded", tier)
+                            )
     if cfg.padding:
         dtype = "bf16" if "bf16" in cfg.dtypes else cfg.dtypes[0]
         for padding in PADDINGS:
@@ -509,13 +578,28 @@ def plan(cfg: BenchConfig) -> list[Job]:
                         continue  # MulT has no padding-aware mode
                     if not mode.startswith("compile"):
                         tier = 1
-                    elif backend == "triton" and mode == "compile_cudagraph" and padding in ("padded",
-                                                                                            "aware_bucketed"):
+                    elif (
+                        backend == "triton"
+                        and mode == "compile_cudagraph"
+                        and padding in ("padded", "aware_bucketed")
+                    ):
                         tier = 3.5
                     else:
                         tier = 5
-                    jobs.append(Job(model, backend, mode, "mosi", cfg.padding_batch, 1, dtype, padding, tier,
-                                    "padding"))
+                    jobs.append(
+                        Job(
+                            model,
+                            backend,
+                            mode,
+                            "mosi",
+                            cfg.padding_batch,
+                            1,
+                            dtype,
+                            padding,
+                            tier,
+                            "padding",
+                        )
+                    )
     jobs = [j for j in jobs if all(j.value(k) in vals for k, vals in cfg.only)]
     return sorted(jobs, key=lambda j: j.tier)  # stable: the grid order inside a tier
 
@@ -526,8 +610,11 @@ def _backend_refusal(job: Job, batch: BenchInputs, dtype: torch.dtype, cfg: Benc
     fwd, bwd = ModalGraph.structure("original", GSIT_MODALITIES)
     reasons: list[str] = []
     B, n = batch.x.shape[0], batch.layout.total
-    for graph, width in ((fwd, cfg.d_model), (bwd, cfg.d_model), (ModalGraph.named("self", GSIT_MODALITIES),
-                                                                   2 * cfg.d_model)):
+    for graph, width in (
+        (fwd, cfg.d_model),
+        (bwd, cfg.d_model),
+        (ModalGraph.named("self", GSIT_MODALITIES), 2 * cfg.d_model),
+    ):
         hd = width // cfg.num_heads
         q = torch.empty(B, cfg.num_heads, n, hd, device=cfg.device, dtype=dtype, requires_grad=True)
         mask = GraphMask(graph, batch.layout, batch.valid)
@@ -548,14 +635,23 @@ def run_job(job: Job, case: Case, oracle: Callable[[BenchInputs], tuple], cfg: B
     dtype = DTYPES[job.dtype]
     cuda = str(cfg.device).startswith("cuda")
     first = case.batches[0]
-    row = {"model": job.model, "backend": job.backend, "mode": job.mode, "dataset": job.dataset,
-           "batch": job.batch, "length_mult": job.length_mult, "dtype": job.dtype, "padding": job.padding,
-           "n_tokens": round(statistics.fmean(b.x.shape[0] * b.layout.total for b in case.batches))}
+    row = {
+        "model": job.model,
+        "backend": job.backend,
+        "mode": job.mode,
+        "dataset": job.dataset,
+        "batch": job.batch,
+        "length_mult": job.length_mult,
+        "dtype": job.dtype,
+        "padding": job.padding,
+        "n_tokens": round(statistics.fmean(b.x.shape[0] * b.layout.total for b in case.batches)),
+    }
     notes = [MULT_NOTE] if job.model == "mult" else []
     if job.padding != "padded" or len(case.batches) > 1:
         vt = statistics.fmean(b.valid_tokens for b in case.batches)
-        notes.append(f"{len(case.batches)} batches; valid tokens/batch {vt:.0f}; "
-                     f"median_ms = mean of per-batch medians")
+        notes.append(
+            f"{len(case.batches)} batches; valid tokens/batch {vt:.0f}; median_ms = mean of per-batch medians"
+        )
     module = runner = None
     try:
         if job.model == "gsit":
@@ -566,8 +662,10 @@ def run_job(job: Job, case: Case, oracle: Callable[[BenchInputs], tuple], cfg: B
                 need = max(reference_bytes(b.x.shape[0], b.layout.total, cfg.num_heads) for b in case.batches)
                 budget = memory_budget(cfg)
                 if need > budget:
-                    status = (f"skipped: dense reference needs ~{need / 2**30:.0f} GiB > budget "
-                              f"{budget / 2**30:.0f} GiB")
+                    status = (
+                        f"skipped: dense reference needs ~{need / 2**30:.0f} GiB > budget "
+                        f"{budget / 2**30:.0f} GiB"
+                    )
                     return {**row, "status": status, "note": "; ".join(notes)}
         # correctness first, on the first batch, in the variant's own mode and shape
         ref_out, ref_grad = oracle(first)
@@ -601,11 +699,17 @@ def run_job(job: Job, case: Case, oracle: Callable[[BenchInputs], tuple], cfg: B
             medians.append(statistics.median(times))
             all_times.append(times)
         if len(medians) == 1:
-            row.update(median_ms=medians[0], p10_ms=_percentile(all_times[0], 10),
-                       p90_ms=_percentile(all_times[0], 90))
+            row.update(
+                median_ms=medians[0],
+                p10_ms=_percentile(all_times[0], 10),
+                p90_ms=_percentile(all_times[0], 90),
+            )
         else:
-            row.update(median_ms=statistics.fmean(medians), p10_ms=_percentile(medians, 10),
-                       p90_ms=_percentile(medians, 90))
+            row.update(
+                median_ms=statistics.fmean(medians),
+                p10_ms=_percentile(medians, 10),
+                p90_ms=_percentile(medians, 90),
+            )
         if cuda:
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
         return {**row, "status": "ok", "note": "; ".join(notes)}
@@ -645,6 +749,7 @@ class Oracles:
                 self.cache[key] = run_oracle(model, batch, cb, cfg, backend=backend)
                 _cleanup(cfg.device)
             return self.cache[key]
+
         oracle.note = note
         return oracle
 
@@ -668,8 +773,10 @@ def run(cfg: BenchConfig, out_path: Path, *, log=_log) -> list[dict]:
     oracles = Oracles(cfg)
     jobs = plan(cfg)
     start = time.perf_counter()
-    log(f"[bench] {len(jobs)} rows planned on {env['gpu']} (torch {env['torch']}, triton {env['triton']}) "
-        f"-> {out_path}")
+    log(
+        f"[bench] {len(jobs)} rows planned on {env['gpu']} (torch {env['torch']}, triton {env['triton']}) "
+        f"-> {out_path}"
+    )
     cases: dict = {}
     padding = None
     for i, job in enumerate(jobs):
@@ -677,10 +784,17 @@ def run(cfg: BenchConfig, out_path: Path, *, log=_log) -> list[dict]:
         left = None if cfg.max_seconds is None else cfg.max_seconds - elapsed
         compiled = job.mode.startswith("compile")
         if left is not None and (left <= 0 or (compiled and left < cfg.compile_reserve_s)):
-            row = {"model": job.model, "backend": job.backend, "mode": job.mode, "dataset": job.dataset,
-                   "batch": job.batch, "length_mult": job.length_mult, "dtype": job.dtype,
-                   "padding": job.padding,
-                   "status": f"skipped: --max-seconds {cfg.max_seconds:g} budget ({elapsed:.0f} s used)"}
+            row = {
+                "model": job.model,
+                "backend": job.backend,
+                "mode": job.mode,
+                "dataset": job.dataset,
+                "batch": job.batch,
+                "length_mult": job.length_mult,
+                "dtype": job.dtype,
+                "padding": job.padding,
+                "status": f"skipped: --max-seconds {cfg.max_seconds:g} budget ({elapsed:.0f} s used)",
+            }
             writer.add({**env, **row})
             continue
         if job.experiment == "padding":
@@ -701,10 +815,12 @@ def run(cfg: BenchConfig, out_path: Path, *, log=_log) -> list[dict]:
         t0 = time.perf_counter()
         row = run_job(job, case, oracles.for_case(job.model, case, cb), cfg)
         writer.add({**env, **row})
-        log(f"[bench] {i + 1}/{len(jobs)} {job.model}/{job.backend}/{job.mode} {job.dataset} B={job.batch} "
+        log(
+            f"[bench] {i + 1}/{len(jobs)} {job.model}/{job.backend}/{job.mode} {job.dataset} B={job.batch} "
             f"x{job.length_mult} {job.dtype} {job.padding}: {row['status'][:160]} "
             f"median={_fmt(row.get('median_ms'))} ms err={_fmt(row.get('check_rel_err'))} "
-            f"({time.perf_counter() - t0:.1f} s)")
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
     log(f"[bench] done in {time.perf_counter() - start:.0f} s; {len(writer.rows)} rows in {out_path}")
     return writer.rows
 
@@ -716,17 +832,28 @@ def _csv_list(text: str, cast=str) -> tuple:
 
 def parse_args(argv: list[str] | None = None, *, results_dir: Path | None = None):
     p = argparse.ArgumentParser(
-        description="GsiT / MulT fusion-block benchmark (correctness first, then time)")
+        description="GsiT / MulT fusion-block benchmark (correctness first, then time)"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: x1, B=32, bf16, few reps "
-                        "(on CPU: B=2, fp32, eager, reference/pairs/MulT)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: x1, B=32, bf16, few reps (on CPU: B=2, fp32, eager, reference/pairs/MulT)",
+    )
     p.add_argument("--out", default=None, help="CSV path (default: benchmarks/results/<gpu-name>.csv)")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="stop starting rows after this many seconds (the rest are written as skipped)")
-    p.add_argument("--only", action="append", default=[],
-                   help="keep rows whose FIELD is one of the values: FIELD=V1,V2 (fields: model backend mode "
-                        "dataset batch length_mult dtype padding); repeatable")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="stop starting rows after this many seconds (the rest are written as skipped)",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="keep rows whose FIELD is one of the values: FIELD=V1,V2 (fields: model backend mode "
+        "dataset batch length_mult dtype padding); repeatable",
+    )
     p.add_argument("--datasets", default=None, help="comma list (default mosei,mosi)")
     p.add_argument("--batches", default=None, help="comma list (default 32,64)")
     p.add_argument("--mults", default=None, help="length multipliers (default 1,2,4,8)")
@@ -736,16 +863,24 @@ def parse_args(argv: list[str] | None = None, *, results_dir: Path | None = None
     p.add_argument("--no-mult", action="store_true", help="leave out the MulT rows")
     p.add_argument("--no-padding", action="store_true", help="leave out the padding experiment")
     p.add_argument("--padding-batches", type=int, default=None, help="batches per padding row (default 8)")
-    p.add_argument("--scale", type=int, default=None,
-                   help="divide every segment length by this (default 1; 16 with --quick on CPU)")
+    p.add_argument(
+        "--scale",
+        type=int,
+        default=None,
+        help="divide every segment length by this (default 1; 16 with --quick on CPU)",
+    )
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--check-batch", type=int, default=2)
     p.add_argument("--tol-fp32", type=float, default=1e-4)
     p.add_argument("--tol-bf16", type=float, default=5e-2)
     p.add_argument("--mem-budget-gb", type=float, default=None)
-    p.add_argument("--compile-reserve", type=float, default=90.0,
-                   help="seconds of budget a compile row needs to start (with --max-seconds)")
+    p.add_argument(
+        "--compile-reserve",
+        type=float,
+        default=90.0,
+        help="seconds of budget a compile row needs to start (with --max-seconds)",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -753,14 +888,32 @@ def parse_args(argv: list[str] | None = None, *, results_dir: Path | None = None
     if cuda and not torch.cuda.is_available():
         p.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA GPU (use --device cpu)")
     scale = args.scale if args.scale is not None else (16 if args.quick and not cuda else 1)
-    cfg = BenchConfig(device=args.device, scale=scale, check_batch=args.check_batch, seed=args.seed,
-                      tol={"fp32": args.tol_fp32, "bf16": args.tol_bf16}, mem_budget_gb=args.mem_budget_gb,
-                      max_seconds=args.max_seconds, compile_reserve_s=args.compile_reserve)
+    cfg = BenchConfig(
+        device=args.device,
+        scale=scale,
+        check_batch=args.check_batch,
+        seed=args.seed,
+        tol={"fp32": args.tol_fp32, "bf16": args.tol_bf16},
+        mem_budget_gb=args.mem_budget_gb,
+        max_seconds=args.max_seconds,
+        compile_reserve_s=args.compile_reserve,
+    )
     if args.quick and cuda:
         cfg = replace(cfg, mults=(1,), warmup=2, reps=5, padding_batches=2, batches=(32,), dtypes=("bf16",))
     elif args.quick:  # a CPU smoke run of the plumbing, well under a minute
-        cfg = replace(cfg, mults=(1,), warmup=1, reps=3, padding_batches=2, batches=(2,), dtypes=("fp32",),
-                      modes=("eager",), backends=("reference", "pairs"), padding_batch=2, datasets=("mosi",))
+        cfg = replace(
+            cfg,
+            mults=(1,),
+            warmup=1,
+            reps=3,
+            padding_batches=2,
+            batches=(2,),
+            dtypes=("fp32",),
+            modes=("eager",),
+            backends=("reference", "pairs"),
+            padding_batch=2,
+            datasets=("mosi",),
+        )
     overrides = {}
     if args.datasets:
         overrides["datasets"] = _csv_list(args.datasets)

@@ -81,8 +81,10 @@ def tile_config(spec) -> TileConfig:
 
 
 def tiles_str(c: TileConfig) -> str:
-    return (f"fwd{c.fwd_m}x{c.fwd_n}w{c.fwd_warps}s{c.fwd_stages}/dkdv{c.dkdv_m}x{c.dkdv_n}w{c.dkdv_warps}"
-            f"s{c.dkdv_stages}/dq{c.dq_m}x{c.dq_n}w{c.dq_warps}s{c.dq_stages}")
+    return (
+        f"fwd{c.fwd_m}x{c.fwd_n}w{c.fwd_warps}s{c.fwd_stages}/dkdv{c.dkdv_m}x{c.dkdv_n}w{c.dkdv_warps}"
+        f"s{c.dkdv_stages}/dq{c.dq_m}x{c.dq_n}w{c.dq_warps}s{c.dq_stages}"
+    )
 
 
 def time_ms(fn, warmup: int, reps: int) -> float:
@@ -117,8 +119,11 @@ def main(argv=None) -> int:
         return 2
     dev = "cuda"
     env = environment(dev)
-    out = Path(args.out) if args.out else (Path(__file__).resolve().parent / "results"
-                                          / (env["gpu"].replace(" ", "-") + "-kernel.csv"))
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(__file__).resolve().parent / "results" / (env["gpu"].replace(" ", "-") + "-kernel.csv"))
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
 
@@ -155,10 +160,12 @@ def main(argv=None) -> int:
             variants += [("triton", c) for c in dict.fromkeys(configs)]
             case_rows = []
             for backend, cfg in variants:
+
                 def call(q, k, v, backend=backend, cfg=cfg, mask=mask):
                     if backend == "pairs":
                         return graph_attention(q, k, v, mask, backend="pairs")
                     return graph_attention(q, k, v, mask, backend="triton", config=cfg)
+
                 row = dict(
                     env,
                     graph="forward",
@@ -190,6 +197,7 @@ def main(argv=None) -> int:
                         def step(q=q, k=k, v=v, do=do, call=call):
                             o = call(q, k, v)
                             torch.autograd.grad(o, (q, k, v), do)
+
                         row["fwd_bwd_ms"] = f"{time_ms(step, args.warmup, args.reps):.4g}"
                         row["peak_mem_mb"] = f"{torch.cuda.max_memory_allocated() / 2**20:.1f}"
                         row["status"] = "ok"

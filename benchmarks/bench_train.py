@@ -37,17 +37,43 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COLUMNS = ("dataset", "model", "text_encoder", "path", "execution", "attention_backend", "amp", "epoch_s",
-           "warmup_s", "recompiles_after_warmup", "peak_mem_mb", "test_MAE", "epochs", "train_samples",
-           "samples_per_s", "full_train_samples", "full_epoch_s", "status", "error", "gpu", "torch", "triton",
-           "transformers", "cuda")
+COLUMNS = (
+    "dataset",
+    "model",
+    "text_encoder",
+    "path",
+    "execution",
+    "attention_backend",
+    "amp",
+    "epoch_s",
+    "warmup_s",
+    "recompiles_after_warmup",
+    "peak_mem_mb",
+    "test_MAE",
+    "epochs",
+    "train_samples",
+    "samples_per_s",
+    "full_train_samples",
+    "full_epoch_s",
+    "status",
+    "error",
+    "gpu",
+    "torch",
+    "triton",
+    "transformers",
+    "cuda",
+)
 FULL_TRAIN = {"mosi": 1284, "mosei": 16326}
 
 
 def versions() -> dict[str, str]:
     import torch
-    out = {"torch": torch.__version__, "cuda": str(torch.version.cuda or ""),
-           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+
+    out = {
+        "torch": torch.__version__,
+        "cuda": str(torch.version.cuda or ""),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
     for mod in ("triton", "transformers"):
         try:
             out[mod] = __import__(mod).__version__
@@ -59,13 +85,17 @@ def versions() -> dict[str, str]:
 def make_data(work: Path, dataset: str, *, scale: float, mosei_train: int, kind: str) -> Path:
     """An MMSA pickle with the dataset's shapes (``kind``: features | bert text), made once per work dir."""
     from gsit.data.synthetic import make_synthetic, write_mmsa_pickle
+
     path = work / f"{dataset}_{kind}_{scale}_{mosei_train}.pkl"
     if path.exists():
         return path
     kw = {"preset": dataset, "scale": scale, "seed": 0, "text_kind": kind}
     if dataset == "mosei":
-        kw.update(n_train=max(2, int(mosei_train * scale)), n_valid=max(2, int(256 * scale)),
-                  n_test=max(2, int(256 * scale)))
+        kw.update(
+            n_train=max(2, int(mosei_train * scale)),
+            n_valid=max(2, int(256 * scale)),
+            n_test=max(2, int(256 * scale)),
+        )
     write_mmsa_pickle(make_synthetic(**kw), path)
     return path
 
@@ -73,22 +103,57 @@ def make_data(work: Path, dataset: str, *, scale: float, mosei_train: int, kind:
 def make_bert(work: Path, tiny: bool) -> Path:
     """A BERT-base-sized encoder with random weights, saved locally (``tiny``: 2 layers x 64, for CPU smoke)."""
     from transformers import BertConfig, BertModel
+
     path = work / ("bert-tiny-random" if tiny else "bert-base-random")
     if not (path / "config.json").is_file():
-        cfg = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128) \
-            if tiny else BertConfig()
+        cfg = (
+            BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+            if tiny
+            else BertConfig()
+        )
         BertModel(cfg).save_pretrained(str(path))
     return path
 
 
-def one_run(*, dataset: str, model: str, encoder: str, path: str, data: Path, bert: Path | None, work: Path,
-            device: str, epochs: int, amp: str, backend: str | None, timeout: float,
-            overrides: tuple[str, ...] = ()) -> dict:
+def one_run(
+    *,
+    dataset: str,
+    model: str,
+    encoder: str,
+    path: str,
+    data: Path,
+    bert: Path | None,
+    work: Path,
+    device: str,
+    epochs: int,
+    amp: str,
+    backend: str | None,
+    timeout: float,
+    overrides: tuple[str, ...] = (),
+) -> dict:
     run_dir = work / f"run_{dataset}_{model}_{encoder}_{path}_{int(time.time() * 1000)}"
-    cmd = [sys.executable, "-m", "gsit.cli", "train", "--quiet", "--model", model, "--dataset", dataset,
-           "--data", str(data), "--device", device, "--seeds", "1111", "--run-dir", str(run_dir),
-           f"train.max_epochs={epochs}", "train.early_stop=1000",
-           f"train.execution={'eager' if path == 'eager' else 'auto'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gsit.cli",
+        "train",
+        "--quiet",
+        "--model",
+        model,
+        "--dataset",
+        dataset,
+        "--data",
+        str(data),
+        "--device",
+        device,
+        "--seeds",
+        "1111",
+        "--run-dir",
+        str(run_dir),
+        f"train.max_epochs={epochs}",
+        "train.early_stop=1000",
+        f"train.execution={'eager' if path == 'eager' else 'auto'}",
+    ]
     if bert is not None:
         cmd += ["--text-encoder", str(bert), 'data.text_kind="bert"']
     else:  # precomputed 768-d text features (the GsiT presets default to token ids + an encoder)
@@ -99,10 +164,20 @@ def one_run(*, dataset: str, model: str, encoder: str, path: str, data: Path, be
     if backend and model != "mult":
         cmd += [f"model.attention_backend={backend}"]
     # a cold compiler cache per run: warmup_s is what a first run on a new machine pays
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "TORCHINDUCTOR_CACHE_DIR": str(run_dir) + "_inductor", "TRITON_CACHE_DIR": str(run_dir) + "_triton"}
-    row = {"dataset": dataset, "model": model, "text_encoder": encoder, "path": path, "amp": amp,
-           "attention_backend": backend if model != "mult" else "mult"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "TORCHINDUCTOR_CACHE_DIR": str(run_dir) + "_inductor",
+        "TRITON_CACHE_DIR": str(run_dir) + "_triton",
+    }
+    row = {
+        "dataset": dataset,
+        "model": model,
+        "text_encoder": encoder,
+        "path": path,
+        "amp": amp,
+        "attention_backend": backend if model != "mult" else "mult",
+    }
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -116,12 +191,22 @@ def one_run(*, dataset: str, model: str, encoder: str, path: str, data: Path, be
     cfg = json.loads((run_dir / "config.json").read_text())
     n_train = json.loads((run_dir / "data.json").read_text())["splits"]["train"]
     per_s = n_train / steady
-    return {**row, "execution": cfg.get("execution", {}).get("chosen", ""), "epoch_s": round(steady, 3),
-            "warmup_s": round(secs[0] - steady, 2), "recompiles_after_warmup": graphs[-1] - graphs[0],
-            "peak_mem_mb": max(float(r.get("peak_mem_mb") or 0) for r in rows),
-            "test_MAE": round(results["mean"]["MAE"], 4), "epochs": len(secs), "train_samples": n_train,
-            "samples_per_s": round(per_s, 1), "full_train_samples": FULL_TRAIN.get(dataset, n_train),
-            "full_epoch_s": round(FULL_TRAIN.get(dataset, n_train) / per_s, 2), "status": "ok", "error": ""}
+    return {
+        **row,
+        "execution": cfg.get("execution", {}).get("chosen", ""),
+        "epoch_s": round(steady, 3),
+        "warmup_s": round(secs[0] - steady, 2),
+        "recompiles_after_warmup": graphs[-1] - graphs[0],
+        "peak_mem_mb": max(float(r.get("peak_mem_mb") or 0) for r in rows),
+        "test_MAE": round(results["mean"]["MAE"], 4),
+        "epochs": len(secs),
+        "train_samples": n_train,
+        "samples_per_s": round(per_s, 1),
+        "full_train_samples": FULL_TRAIN.get(dataset, n_train),
+        "full_epoch_s": round(FULL_TRAIN.get(dataset, n_train) / per_s, 2),
+        "status": "ok",
+        "error": "",
+    }
 
 
 def write_csv(path: Path, rows: list[dict], env: dict) -> None:
@@ -174,24 +259,59 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"budget spent: skipping {dataset} {model} {encoder} {path}", flush=True)
                         continue
                     try:
-                        row = one_run(dataset=dataset, model=model, encoder=encoder, path=path, data=data,
-                                      bert=bert, work=work, device=args.device, epochs=args.epochs,
-                                      amp=args.amp, backend=args.backend, timeout=args.timeout,
-                                      overrides=tuple(args.overrides))
+                        row = one_run(
+                            dataset=dataset,
+                            model=model,
+                            encoder=encoder,
+                            path=path,
+                            data=data,
+                            bert=bert,
+                            work=work,
+                            device=args.device,
+                            epochs=args.epochs,
+                            amp=args.amp,
+                            backend=args.backend,
+                            timeout=args.timeout,
+                            overrides=tuple(args.overrides),
+                        )
                     except subprocess.TimeoutExpired:
-                        row = {"dataset": dataset, "model": model, "text_encoder": encoder, "path": path,
-                               "status": "failed", "error": f"timeout after {args.timeout} s"}
+                        row = {
+                            "dataset": dataset,
+                            "model": model,
+                            "text_encoder": encoder,
+                            "path": path,
+                            "status": "failed",
+                            "error": f"timeout after {args.timeout} s",
+                        }
                     rows.append(row)
                     write_csv(out, rows, env)
-                    print(json.dumps({k: row.get(k) for k in ("dataset", "model", "text_encoder", "path",
-                                                               "execution", "epoch_s", "warmup_s",
-                                                               "recompiles_after_warmup", "test_MAE",
-                                                               "status", "error")}), flush=True)
+                    print(
+                        json.dumps(
+                            {
+                                k: row.get(k)
+                                for k in (
+                                    "dataset",
+                                    "model",
+                                    "text_encoder",
+                                    "path",
+                                    "execution",
+                                    "epoch_s",
+                                    "warmup_s",
+                                    "recompiles_after_warmup",
+                                    "test_MAE",
+                                    "status",
+                                    "error",
+                                )
+                            }
+                        ),
+                        flush=True,
+                    )
     return 0 if all(r.get("status") == "ok" for r in rows) else 1
 
 
 def default_name() -> str:
     import torch
+
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return "train_" + re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") + ".csv"
 

@@ -86,8 +86,16 @@ def mosei_lengths(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     }
 
 
-def _features(rng, n: int, t: int, d: int, lengths: np.ndarray, amplitude: np.ndarray, direction: np.ndarray,
-              chunk: int = 1024) -> np.ndarray:
+def _features(
+    rng,
+    n: int,
+    t: int,
+    d: int,
+    lengths: np.ndarray,
+    amplitude: np.ndarray,
+    direction: np.ndarray,
+    chunk: int = 1024,
+) -> np.ndarray:
     """(n, t, d) float32 noise (0.5 sd) zero-padded after ``lengths``, with ``amplitude * direction`` added
     over the first half of every valid span; filled in row chunks (no float64 or full-size temporaries)."""
     x = np.empty((n, t, d), dtype=np.float32)
@@ -171,12 +179,17 @@ class _StreamingPickler(pickle.Pickler):
                 "n": obj.n,
                 "shapes": {k: list(v.shape) for k, v in d.items() if isinstance(v, np.ndarray)},
                 "dtypes": {k: str(v.dtype) for k, v in d.items() if isinstance(v, np.ndarray)},
-                "array_bytes": int(sum(v.nbytes for v in d.values() if isinstance(v, np.ndarray)
-                                       and v.dtype != object)),
+                "array_bytes": int(
+                    sum(v.nbytes for v in d.values() if isinstance(v, np.ndarray) and v.dtype != object)
+                ),
                 "lengths": {
-                    m: _length_stats(np.asarray(x)) for m, x in (
-                        ("text", d["text_bert"][:, 1].sum(axis=1)), ("audio", d["audio_lengths"]),
-                        ("vision", d["vision_lengths"]))},
+                    m: _length_stats(np.asarray(x))
+                    for m, x in (
+                        ("text", d["text_bert"][:, 1].sum(axis=1)),
+                        ("audio", d["audio_lengths"]),
+                        ("vision", d["vision_lengths"]),
+                    )
+                },
                 "generate_seconds": round(time.time() - t0, 2),
             }
             return dict, (), None, None, iter(list(d.items()))
@@ -184,8 +197,13 @@ class _StreamingPickler(pickle.Pickler):
 
 
 def _length_stats(x: np.ndarray) -> dict:
-    return {"mean": round(float(np.mean(x)), 1), "median": float(np.median(x)),
-            "p90": float(np.percentile(x, 90)), "max": int(np.max(x)), "min": int(np.min(x))}
+    return {
+        "mean": round(float(np.mean(x)), 1),
+        "median": float(np.median(x)),
+        "p90": float(np.percentile(x, 90)),
+        "max": int(np.max(x)),
+        "min": int(np.min(x)),
+    }
 
 
 def write_dataset(path: Path, sizes: dict[str, int], seed: int) -> dict:
@@ -197,8 +215,12 @@ def write_dataset(path: Path, sizes: dict[str, int], seed: int) -> dict:
         p = _StreamingPickler(fh, protocol=4)
         p.fast = True  # no memo: a memo would keep every written split alive until the end
         p.dump(top)
-    return {"splits": stats, "write_seconds": round(time.time() - t0, 1), "file_bytes": path.stat().st_size,
-            "writer_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB, 3)}
+    return {
+        "splits": stats,
+        "write_seconds": round(time.time() - t0, 1),
+        "file_bytes": path.stat().st_size,
+        "writer_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB, 3),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ RSS
@@ -300,8 +322,9 @@ def run_monitored(cmd: list[str], env: dict, interval: float, log_path: Path | N
     with contextlib.ExitStack() as stack:
         log = stack.enter_context(open(log_path, "w")) if log_path else None
         t0 = time.time()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=ROOT)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+        )
         sampler = RssSampler(proc.pid, interval)
         sampler.start()
         lines: list[tuple[float, str]] = []
@@ -329,8 +352,14 @@ def run_monitored(cmd: list[str], env: dict, interval: float, log_path: Path | N
         sampler.stop()
         for th in threads:
             th.join()
-    return {"rc": proc.returncode, "wall_s": wall, "stderr_lines": lines, "stdout": "".join(out_chunks),
-            "sampler": sampler, "ru_maxrss_bytes": usage.ru_maxrss * 1024}
+    return {
+        "rc": proc.returncode,
+        "wall_s": wall,
+        "stderr_lines": lines,
+        "stdout": "".join(out_chunks),
+        "sampler": sampler,
+        "ru_maxrss_bytes": usage.ru_maxrss * 1024,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -355,6 +384,7 @@ print(json.dumps({'seconds': sec, 'baseline_rss_kb': base, 'rss_after_kb': kb('V
 
 def machine() -> dict:
     import torch
+
     cpu = ""
     try:
         with open("/proc/cpuinfo") as fh:
@@ -362,11 +392,19 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     mem = _status_kb_file("/proc/meminfo", "MemTotal")
-    info = {"cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)), "cpu": cpu,
-            "mem_total_gb": round(mem * 1024 / GB, 1) if mem else None, "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": np.__version__, "platform": platform.platform()}
+    info = {
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "mem_total_gb": round(mem * 1024 / GB, 1) if mem else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
     try:
         import transformers
+
         info["transformers"] = transformers.__version__
     except ImportError:
         pass
@@ -400,8 +438,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--work", default=None, help="working folder for the data and the run (default: a temp dir)"
     )
-    p.add_argument("--train-size", type=int, default=MOSEI["train"],
-                   help="train samples (valid/test scale with it; default MOSEI's 16326)")
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=MOSEI["train"],
+        help="train samples (valid/test scale with it; default MOSEI's 16326)",
+    )
     p.add_argument("--seed", type=int, default=0, help="data seed")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads of the training process")
     p.add_argument("--batch-size", type=int, default=8, help="(the MOSEI preset's, 8)")
@@ -441,10 +483,14 @@ def main(argv=None) -> int:
     for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[k] = str(args.threads)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result: dict = {"what": "gsit train, one epoch on a MOSEI-sized synthetic MMSA pickle, CPU; RSS of the "
-                            "training process sampled from /proc (issue 6, item 5 'Load')",
-                    "date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-                    "limit_gb": args.limit_gb, "gb": "1e9 bytes"}
+    result: dict = {
+        "what": "gsit train, one epoch on a MOSEI-sized synthetic MMSA pickle, CPU; RSS of the "
+        "training process sampled from /proc (issue 6, item 5 'Load')",
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "limit_gb": args.limit_gb,
+        "gb": "1e9 bytes",
+    }
     try:
         if data_path.exists():
             print(f"reusing {data_path}", file=sys.stderr)
@@ -531,8 +577,9 @@ def main(argv=None) -> int:
             "the 2-core CPU; the data (sizes, padded shapes) is full MOSEI",
             "extra_overrides": list(args.overrides),
         }
-        result["command"] = " ".join([f"OMP_NUM_THREADS={args.threads}", "PYTHONPATH=src",
-                                      shlex.join(["python", *cmd[1:]])])
+        result["command"] = " ".join(
+            [f"OMP_NUM_THREADS={args.threads}", "PYTHONPATH=src", shlex.join(["python", *cmd[1:]])]
+        )
         print(f"training: {result['command']}", file=sys.stderr, flush=True)
         res = run_monitored(cmd, env, args.interval, log_path=work / "train_stderr.log")
         sampler: RssSampler = res["sampler"]
@@ -543,6 +590,7 @@ def main(argv=None) -> int:
         epoch_row = {}
         if epochs_csv.is_file():
             import csv
+
             with open(epochs_csv, newline="") as fh:
                 rows = list(csv.DictReader(fh))
             epoch_row = rows[-1] if rows else {}
@@ -589,8 +637,11 @@ def main(argv=None) -> int:
             data_path.unlink()
     out.write_text(json.dumps(result, indent=2) + "\n")
     t = result.get("train", {})
-    print(f"wrote {out}: peak RSS {t.get('peak_rss_gb')} GB (limit {args.limit_gb}), "
-          f"epoch completed {t.get('epoch_completed')}, pass {result.get('pass')}", file=sys.stderr)
+    print(
+        f"wrote {out}: peak RSS {t.get('peak_rss_gb')} GB (limit {args.limit_gb}), "
+        f"epoch completed {t.get('epoch_completed')}, pass {result.get('pass')}",
+        file=sys.stderr,
+    )
     return 0 if result.get("pass") else 1
 
 

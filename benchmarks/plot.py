@@ -30,15 +30,21 @@ def scaling_series(rows, *, dataset: str, batch: str, dtype: str) -> dict[str, l
     """variant -> [(length_mult, median_ms)] of the padded grid rows with status ok."""
     series = defaultdict(list)
     for r in rows:
-        if (r["status"] == "ok" and r["padding"] == "padded" and r["dataset"] == dataset
-                and r["batch"] == batch and r["dtype"] == dtype and "batches" not in r["note"]):
+        if (
+            r["status"] == "ok"
+            and r["padding"] == "padded"
+            and r["dataset"] == dataset
+            and r["batch"] == batch
+            and r["dtype"] == dtype
+            and "batches" not in r["note"]
+        ):
             name = f"{r['model']}/{r['backend']}/{r['mode']}"
             series[name].append((int(r["length_mult"]), float(r["median_ms"])))
     return {k: sorted(v) for k, v in sorted(series.items())}
 
 
 def padding_groups(rows) -> dict[str, dict[str, float]]:
-    """"backend/mode" -> padding -> median_ms for the padding experiment's rows (several batches each)."""
+    """ "backend/mode" -> padding -> median_ms for the padding experiment's rows (several batches each)."""
     groups = defaultdict(dict)
     for r in rows:
         if r["status"] == "ok" and "batches" in r["note"] and r["padding"] in PADDINGS:
@@ -48,6 +54,7 @@ def padding_groups(rows) -> dict[str, dict[str, float]]:
 
 def plot(rows, out: Path, *, dataset: str, batch: str, dtype: str) -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -98,8 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", default="32")
     p.add_argument("--dtype", default="bf16")
     args = p.parse_args(argv)
-    out = plot(read_rows(args.csv), args.out or args.csv.with_suffix(".png"), dataset=args.dataset,
-               batch=args.batch, dtype=args.dtype)
+    out = plot(
+        read_rows(args.csv),
+        args.out or args.csv.with_suffix(".png"),
+        dataset=args.dataset,
+        batch=args.batch,
+        dtype=args.dtype,
+    )
     print(f"wrote {out}")
     return 0
 

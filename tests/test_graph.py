@@ -45,8 +45,11 @@ def mask_from_pairs(mask: GraphMask, batch: int) -> torch.Tensor:
         for kj in key_mods:
             out[mask.layout.segment(qi), mask.layout.segment(kj)] = True
     # pairs() is the same list, spelt with names
-    names = [(mask.layout.modalities[qi], mask.layout.modalities[kj])
-             for qi, ks in mask.query_groups() for kj in ks]
+    names = [
+        (mask.layout.modalities[qi], mask.layout.modalities[kj])
+        for qi, ks in mask.query_groups()
+        for kj in ks
+    ]
     assert mask.pairs() == names
     valid = mask.position_valid()
     if valid is None:
@@ -125,14 +128,17 @@ def test_forward_backward_cover_each_cross_pair_exactly_once():
     assert len(fwd) + len(bwd) == 6
 
 
-@pytest.mark.parametrize("name, forward, backward", [
-    ("original", {(T, V), (V, A), (A, T)}, {(T, A), (V, T), (A, V)}),
-    ("structure1", {(V, A), (A, V), (T, A)}, {(T, V), (V, T), (A, T)}),
-    ("structure2", {(T, V), (V, T), (A, V)}, {(T, A), (A, T), (V, A)}),
-    ("structure3", {(T, V), (V, A), (A, V)}, {(T, A), (V, T), (A, T)}),
-    ("self_only", {(T, T), (V, V), (A, A)}, {(T, T), (V, V), (A, A)}),
-    ("bidirectional", CROSS_PAIRS, CROSS_PAIRS),
-])
+@pytest.mark.parametrize(
+    "name, forward, backward",
+    [
+        ("original", {(T, V), (V, A), (A, T)}, {(T, A), (V, T), (A, V)}),
+        ("structure1", {(V, A), (A, V), (T, A)}, {(T, V), (V, T), (A, T)}),
+        ("structure2", {(T, V), (V, T), (A, V)}, {(T, A), (A, T), (V, A)}),
+        ("structure3", {(T, V), (V, A), (A, V)}, {(T, A), (V, T), (A, T)}),
+        ("self_only", {(T, T), (V, V), (A, A)}, {(T, T), (V, V), (A, A)}),
+        ("bidirectional", CROSS_PAIRS, CROSS_PAIRS),
+    ],
+)
 def test_structure_edges_match_paper_table4(name, forward, backward):
     fwd, bwd = ModalGraph.structure(name)
     assert fwd.edges == forward
@@ -232,11 +238,14 @@ def test_graphmask_mismatched_layout_and_graph_is_an_error():
         GraphMask(ModalGraph.named("forward"), SequenceLayout((T, A, V), (1, 2, 3)))
 
 
-@pytest.mark.parametrize("bad", [
-    torch.zeros(2, 2, dtype=torch.long),  # wrong number of modalities
-    torch.zeros(2, dtype=torch.long),  # wrong rank
-    torch.zeros(2, 3, 1, dtype=torch.long),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        torch.zeros(2, 2, dtype=torch.long),  # wrong number of modalities
+        torch.zeros(2, dtype=torch.long),  # wrong rank
+        torch.zeros(2, 3, 1, dtype=torch.long),
+    ],
+)
 def test_graphmask_bad_valid_lengths_shape_is_an_error(bad):
     with pytest.raises(ValueError, match="valid_lengths"):
         GraphMask(ModalGraph.named("forward"), SequenceLayout(TVA, (1, 2, 3)), bad)
@@ -322,11 +331,18 @@ def layouts_and_lengths(draw):
     mods = tuple(draw(st.permutations(["text", "vision", "audio", "pose"]))[:m])
     lengths = tuple(draw(st.lists(st.integers(0, 9), min_size=m, max_size=m)))
     batch = draw(st.integers(1, 3))
-    valid = draw(st.one_of(st.none(), st.lists(
-        st.tuples(*[st.integers(0, n) for n in lengths]), min_size=batch, max_size=batch)))
-    edges = draw(st.one_of(
-        st.sampled_from(GRAPH_NAMES),
-        st.sets(st.tuples(st.sampled_from(mods), st.sampled_from(mods)), max_size=m * m)))
+    valid = draw(
+        st.one_of(
+            st.none(),
+            st.lists(st.tuples(*[st.integers(0, n) for n in lengths]), min_size=batch, max_size=batch),
+        )
+    )
+    edges = draw(
+        st.one_of(
+            st.sampled_from(GRAPH_NAMES),
+            st.sets(st.tuples(st.sampled_from(mods), st.sampled_from(mods)), max_size=m * m),
+        )
+    )
     return mods, lengths, valid, edges
 
 

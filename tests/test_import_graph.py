@@ -34,8 +34,10 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
-                           for a in node.names]
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods else node.module
+                    for a in node.names
+                ]
             else:
                 assert not (isinstance(node, ast.ImportFrom) and node.level), f"{path}: relative import"
                 continue
@@ -53,7 +55,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(m)
         for d in sorted(graph[m]):
             if state.get(d) == 1:
-                return stack[stack.index(d):] + [d]
+                return stack[stack.index(d) :] + [d]
             if d not in state and (found := visit(d)):
                 return found
         stack.pop()
@@ -77,8 +79,13 @@ def test_import_graph_has_no_cycle():
 
 
 def test_import_graph_lower_floors_never_import_upper_ones():
-    upward = sorted(f"{m} -> {d}" for m, deps in import_graph().items() if _under(m, LOWER)
-                    for d in deps if _under(d, UPPER))
+    upward = sorted(
+        f"{m} -> {d}"
+        for m, deps in import_graph().items()
+        if _under(m, LOWER)
+        for d in deps
+        if _under(d, UPPER)
+    )
     assert upward == []
 
 

@@ -396,15 +396,31 @@ def test_dispatch_and_primary_names():
     assert list(compute_metrics("MIntRec", [0, 1], [0, 1])) == CLS_KEYS
     assert list(compute_metrics("SIMSv2", [0.1, 0.2], [0.3, -0.2])) == SIMS_KEYS
     assert primary_metric_names("mosi") == [
-        "Has0_acc_2", "Non0_acc_2", "Has0_F1_score", "Non0_F1_score", "Mult_acc_7", "MAE", "Corr"
+        "Has0_acc_2",
+        "Non0_acc_2",
+        "Has0_F1_score",
+        "Non0_F1_score",
+        "Mult_acc_7",
+        "MAE",
+        "Corr",
     ]
     assert primary_metric_names("MOSEI") == primary_metric_names("mosi")
     assert primary_metric_names("sims") == [
-        "Mult_acc_2", "F1_score", "Mult_acc_3", "Mult_acc_5", "MAE", "Corr"
+        "Mult_acc_2",
+        "F1_score",
+        "Mult_acc_3",
+        "Mult_acc_5",
+        "MAE",
+        "Corr",
     ]
     assert primary_metric_names("simsv2") == primary_metric_names("sims")
     assert primary_metric_names("mintrec") == [
-        "acc", "f1_macro", "f1_weighted", "precision_macro", "precision_weighted", "recall_macro",
+        "acc",
+        "f1_macro",
+        "f1_weighted",
+        "precision_macro",
+        "precision_weighted",
+        "recall_macro",
         "recall_weighted",
     ]
     for ds in DATASET_TASK:

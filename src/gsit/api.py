@@ -40,19 +40,31 @@ def _override_list(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[
     if overrides is None:
         return []
     if isinstance(overrides, str):
-        raise ConfigError(f"overrides must be a dict or a list of 'section.key=value' strings, got the "
-                          f"string {overrides!r}")
+        raise ConfigError(
+            f"overrides must be a dict or a list of 'section.key=value' strings, got the string {overrides!r}"
+        )
     if isinstance(overrides, Mapping):
         from gsit.config_dump import toml_value
+
         return [f"{k}={toml_value(v)}" for k, v in overrides.items()]
     return [str(o) for o in overrides]
 
 
-def run(model: str = "gsit", dataset: str | None = None, data: str | Path | None = None, *,
-          seeds: Sequence[int] | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
-          config: str | Path | None = None, text_encoder: str | Path | None = None, out: str | Path = "runs",
-          run_dir: str | Path | None = None, results_csv: str | Path | None = None, device: str | None = None,
-          quiet: bool = True) -> dict[str, Any]:
+def run(
+    model: str = "gsit",
+    dataset: str | None = None,
+    data: str | Path | None = None,
+    *,
+    seeds: Sequence[int] | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    config: str | Path | None = None,
+    text_encoder: str | Path | None = None,
+    out: str | Path = "runs",
+    run_dir: str | Path | None = None,
+    results_csv: str | Path | None = None,
+    device: str | None = None,
+    quiet: bool = True,
+) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` over ``seeds`` exactly as ``gsit train`` does; returns the run's
     results: ``{"model", "dataset", "seeds", "mean": {metric: value}, "std": {...}, "per_seed": [...],
     "run_dir"}``.
@@ -71,6 +83,7 @@ def run(model: str = "gsit", dataset: str | None = None, data: str | Path | None
     from gsit.distributed import Dist
     from gsit.runs import new_run_dir
     from gsit.train import run_training
+
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise GsitError("gsit.run trains in one process; under torchrun use `gsit train` (DDP)")
     dataset = dataset or ("synthetic" if data is None else None)
@@ -96,17 +109,20 @@ def run(model: str = "gsit", dataset: str | None = None, data: str | Path | None
     if run_dir is not None:
         path = Path(run_dir)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise GsitError(f"run directory {str(path)!r} already exists and is not empty; runs are never "
-                            f"overwritten")
+            raise GsitError(
+                f"run directory {str(path)!r} already exists and is not empty; runs are never overwritten"
+            )
         cli += ["--run-dir", str(path)]
     else:
         path = new_run_dir(Path(out), cfg.model_name, dataset)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cli += _override_list(overrides)
-    results = run_training(cfg, loaded, run_dir=path, quiet=quiet, device=str(dev), command=cli,
-                           ctx=Dist(device=dev))
+    results = run_training(
+        cfg, loaded, run_dir=path, quiet=quiet, device=str(dev), command=cli, ctx=Dist(device=dev)
+    )
     if results_csv is not None:
         from gsit.formatting import append_dataset_csv
+
         append_dataset_csv(results_csv, results, path)
     return {**results, "run_dir": str(path)}
 
@@ -118,11 +134,17 @@ def _run_data_facts(run_dir: Path) -> SimpleNamespace:
         raise DataError(f"{str(run_dir)!r} has no data.json (not a complete run directory)")
     facts = json.loads(path.read_text())
     dims = facts["dims"]
-    return SimpleNamespace(task=facts["task"], num_classes=facts.get("num_classes"),
-                           text_kind=facts["text_kind"], text_dim=dims.get("text"), audio_dim=dims["audio"],
-                           vision_dim=dims["vision"],
-                           source=facts.get("source", ""), label_names=facts.get("label_names"),
-                           splits={})  # no rows: the checkpoint's token ids were checked at training
+    return SimpleNamespace(
+        task=facts["task"],
+        num_classes=facts.get("num_classes"),
+        text_kind=facts["text_kind"],
+        text_dim=dims.get("text"),
+        audio_dim=dims["audio"],
+        vision_dim=dims["vision"],
+        source=facts.get("source", ""),
+        label_names=facts.get("label_names"),
+        splits={},
+    )  # no rows: the checkpoint's token ids were checked at training
 
 
 def load_run(run_dir: str | Path, seed: int | None = None, *, device: str = "cpu"):
@@ -132,6 +154,7 @@ def load_run(run_dir: str | Path, seed: int | None = None, *, device: str = "cpu
     from gsit.build import build_model, load_text_encoder
     from gsit.checkpoint import load_model_weights
     from gsit.runs import load_run_config, run_seeds
+
     run_dir = Path(run_dir)
     run = load_run_config(run_dir)
     seed = run_seeds(run_dir, seed)[0]
@@ -147,6 +170,7 @@ def _as_batches(model, data, *, split: str, run=None):
     if isinstance(data, Mapping):
         return _check_arrays(model, data)
     from gsit.data import drop_unused_text, load_dataset, load_run_data
+
     if run is not None:
         loaded = load_run_data(dataclasses.replace(run.data, path=str(data)))
     else:
@@ -176,15 +200,19 @@ def _check_arrays(model, arrays: Mapping[str, Any]):
         bert = m == "text" and getattr(model, "text_encoder", None) is not None
         if bert:
             if a.shape[1] != 3 or a.dtype.kind not in "iuf":
-                raise DataError(f"arrays['text']: the model has a text encoder and reads MMSA text_bert "
-                                f"rows (N, 3, L) of token ids / mask / segments, got shape {a.shape} "
-                                f"dtype {a.dtype}")
+                raise DataError(
+                    f"arrays['text']: the model has a text encoder and reads MMSA text_bert "
+                    f"rows (N, 3, L) of token ids / mask / segments, got shape {a.shape} "
+                    f"dtype {a.dtype}"
+                )
         else:
             if a.dtype.kind != "f":
                 raise DataError(f"arrays[{m!r}]: expected float features, got dtype {a.dtype}")
             if a.shape[2] != cfg.input_dims[m]:
-                raise DataError(f"arrays[{m!r}]: feature width {a.shape[2]} != the model's input_dims[{m!r}] "
-                                f"{cfg.input_dims[m]} (shape {a.shape})")
+                raise DataError(
+                    f"arrays[{m!r}]: feature width {a.shape[2]} != the model's input_dims[{m!r}] "
+                    f"{cfg.input_dims[m]} (shape {a.shape})"
+                )
             a = a.astype(np.float32, copy=False)
         if n is not None and a.shape[0] != n:
             raise DataError(f"arrays[{m!r}] has {a.shape[0]} rows but the other modalities have {n}")
@@ -201,13 +229,21 @@ def _check_arrays(model, arrays: Mapping[str, Any]):
     return inputs, lengths
 
 
-def predict(model_or_run_dir, data: str | Path | Mapping[str, Any], *, seed: int | None = None,
-            split: str = "test", device: str = "cpu", batch_size: int = 64) -> np.ndarray:
+def predict(
+    model_or_run_dir,
+    data: str | Path | Mapping[str, Any],
+    *,
+    seed: int | None = None,
+    split: str = "test",
+    device: str = "cpu",
+    batch_size: int = 64,
+) -> np.ndarray:
     """Predictions of a model (or of a run directory's best checkpoint of ``seed``) for ``data``: a data path
     (rows of ``split``, read as training reads it) or arrays ``{"text": (N, L, Dt) features or (N, 3, L)
     token rows, "audio": (N, Ta, Da), "vision": (N, Tv, Dv), "lengths": {modality: (N,)} (optional)}``.
     Returns float32 (N,) for regression and (N, C) logits for classification, in row order."""
     import torch
+
     run = None
     if isinstance(model_or_run_dir, (str, Path)):
         model, run = load_run(model_or_run_dir, seed, device=device)
@@ -224,10 +260,14 @@ def predict(model_or_run_dir, data: str | Path | Mapping[str, Any], *, seed: int
     try:
         with torch.no_grad():
             for s in range(0, n, batch_size):
-                x = {m: torch.from_numpy(np.ascontiguousarray(a[s:s + batch_size])).to(dev)
-                     for m, a in inputs.items()}
-                lens = {m: torch.from_numpy(np.ascontiguousarray(a[s:s + batch_size])).to(dev)
-                        for m, a in lengths.items()}
+                x = {
+                    m: torch.from_numpy(np.ascontiguousarray(a[s : s + batch_size])).to(dev)
+                    for m, a in inputs.items()
+                }
+                lens = {
+                    m: torch.from_numpy(np.ascontiguousarray(a[s : s + batch_size])).to(dev)
+                    for m, a in lengths.items()
+                }
                 outs.append(model(x, lens)["prediction"].float().cpu().numpy())
     finally:
         model.train(was_training)
@@ -245,6 +285,7 @@ def export(run_dir: str | Path, out: str | Path, *, seed: int | None = None) -> 
     test metrics (mean ± std over the run's seeds), seeds, command and versions."""
     from gsit.checkpoint import atomic_write_bytes, atomic_write_json
     from gsit.runs import run_seeds
+
     run_dir, out = Path(run_dir), Path(out)
     if out.exists():
         raise GsitError(f"--out {str(out)!r} already exists; export never overwrites (choose a new folder)")
@@ -267,34 +308,57 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def model_card(run_dir: Path, run, model, seed: int) -> str:
     from gsit.formatting import format_metric
+
     results = _read_json(run_dir / "results.json") or {}
     facts = _read_json(run_dir / "data.json") or {}
     versions = _read_json(run_dir / "versions.json") or {}
     command = (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").is_file() else "?"
     arch = type(model).__name__
     n_params = sum(p.numel() for p in model.parameters())
-    lines = [f"# {arch} on {run.data.dataset}", "",
-             f"A {arch} model trained with gsit {versions.get('gsit', '?')} (GsiT, ACL 2025 reference "
-             f"implementation); this folder holds the best checkpoint (lowest validation loss) of seed "
-             f"{seed}.",
-             "", "```python", "import gsit", "model = gsit.from_pretrained(\"<this folder>\")",
-             "preds = gsit.predict(model, data=\"<data file>\")", "```", "", "## Data", ""]
+    lines = [
+        f"# {arch} on {run.data.dataset}",
+        "",
+        f"A {arch} model trained with gsit {versions.get('gsit', '?')} (GsiT, ACL 2025 reference "
+        f"implementation); this folder holds the best checkpoint (lowest validation loss) of seed "
+        f"{seed}.",
+        "",
+        "```python",
+        "import gsit",
+        'model = gsit.from_pretrained("<this folder>")',
+        'preds = gsit.predict(model, data="<data file>")',
+        "```",
+        "",
+        "## Data",
+        "",
+    ]
     if facts:
         widths = {m: int(w) for m, w in model.config.input_dims.items()}
-        text = ("MMSA text_bert token rows (N, 3, L) read by the included BERT-family encoder"
-                if facts.get("text_kind") == "bert" else "precomputed features")
-        lines += [f"- source: `{facts.get('source')}`", f"- task: {facts.get('task')}"
-                  + (f" ({facts.get('num_classes')} classes: {facts.get('label_names')})"
-                     if facts.get("task") == "classification" else ""),
-                  f"- inputs: text as {text}; feature widths {widths}; sequence lengths "
-                  f"{facts.get('seq_lengths')}",
-                  f"- split sizes: {facts.get('splits')}"]
+        text = (
+            "MMSA text_bert token rows (N, 3, L) read by the included BERT-family encoder"
+            if facts.get("text_kind") == "bert"
+            else "precomputed features"
+        )
+        lines += [
+            f"- source: `{facts.get('source')}`",
+            f"- task: {facts.get('task')}"
+            + (
+                f" ({facts.get('num_classes')} classes: {facts.get('label_names')})"
+                if facts.get("task") == "classification"
+                else ""
+            ),
+            f"- inputs: text as {text}; feature widths {widths}; sequence lengths {facts.get('seq_lengths')}",
+            f"- split sizes: {facts.get('splits')}",
+        ]
     lines += ["", "## Test metrics", ""]
     if results.get("mean"):
         n = results.get("n_seeds", len(results.get("per_seed", [])))
-        lines += [f"Mean ± population std over {n} seed(s) {results.get('seeds')}; Acc/F1 x100 with 2 "
-                  f"decimals, MAE/Corr/Loss with 3.", "",
-                  "| metric | mean ± std | this seed |", "|---|---|---|"]
+        lines += [
+            f"Mean ± population std over {n} seed(s) {results.get('seeds')}; Acc/F1 x100 with 2 "
+            f"decimals, MAE/Corr/Loss with 3.",
+            "",
+            "| metric | mean ± std | this seed |",
+            "|---|---|---|",
+        ]
         mine = next((r["test"] for r in results.get("per_seed", []) if r.get("seed") == seed), {})
         for k, v in results["mean"].items():
             sd = results["std"][k]
@@ -303,8 +367,22 @@ def model_card(run_dir: Path, run, model, seed: int) -> str:
             lines.append(f"| {k} | {format_metric(k, v, percent=True)}{spread} | {here} |")
     else:
         lines.append("(no results.json in the run directory)")
-    lines += ["", "## Training", "", f"- seeds: {results.get('seeds', '?')}; exported seed: {seed}",
-              f"- parameters: {n_params:,}", "- command:", "", "```", command, "```", "",
-              "- configuration: `gsit_run_config.json`", "", "## Versions", ""]
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"- seeds: {results.get('seeds', '?')}; exported seed: {seed}",
+        f"- parameters: {n_params:,}",
+        "- command:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "- configuration: `gsit_run_config.json`",
+        "",
+        "## Versions",
+        "",
+    ]
     lines += [f"- {k}: {v}" for k, v in versions.items()] or ["(no versions.json)"]
     return "\n".join(lines) + "\n"

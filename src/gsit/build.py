@@ -17,8 +17,10 @@ def data_input_dims(data, text_encoder) -> dict[str, int]:
     if text_encoder is not None:
         dims["text"] = int(text_encoder.out_dim)
     elif data.text_kind == "bert":
-        raise ConfigError(f"the data at {data.source!r} holds text as token ids (text_bert); pass a local BERT-family "
-                          f"model directory with --text-encoder DIR (nothing is downloaded)")
+        raise ConfigError(
+            f"the data at {data.source!r} holds text as token ids (text_bert); pass a local BERT-family "
+            f"model directory with --text-encoder DIR (nothing is downloaded)"
+        )
     else:
         dims["text"] = int(data.text_dim)
     return dims
@@ -31,6 +33,7 @@ def load_text_encoder(run: RunConfig, data):
         data_input_dims(data, None)  # raises the clear error
     try:  # transformers >= 5 draws a "Loading weights" progress bar on stderr: keep logs to gsit's own lines
         from transformers.utils import logging as hf_logging
+
         bar_was_on = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
     except Exception:  # pragma: no cover - no transformers: from_pretrained reports it
@@ -40,8 +43,11 @@ def load_text_encoder(run: RunConfig, data):
     finally:
         if hf_logging is not None and bar_was_on:
             hf_logging.enable_progress_bar()
-    check_token_ids(data, getattr(encoder.bert.config, "vocab_size", None),
-                    vocabulary=f" of the text encoder {run.data.text_encoder!r}")
+    check_token_ids(
+        data,
+        getattr(encoder.bert.config, "vocab_size", None),
+        vocabulary=f" of the text encoder {run.data.text_encoder!r}",
+    )
     return encoder
 
 
@@ -52,10 +58,12 @@ def preflight(run: RunConfig, data) -> None:
     n_train = len(data.splits["train"])
     n_batches = -(-n_train // t.batch_size)
     if t.accumulation_steps > n_batches:
-        raise ConfigError(f"train.accumulation_steps={t.accumulation_steps} is longer than the {n_batches} training "
-                          f"batch(es) of an epoch ({n_train} train rows / train.batch_size={t.batch_size}): "
-                          f"the optimizer would never step (the partial window is dropped); lower "
-                          f"train.accumulation_steps or train.batch_size")
+        raise ConfigError(
+            f"train.accumulation_steps={t.accumulation_steps} is longer than the {n_batches} training "
+            f"batch(es) of an epoch ({n_train} train rows / train.batch_size={t.batch_size}): "
+            f"the optimizer would never step (the partial window is dropped); lower "
+            f"train.accumulation_steps or train.batch_size"
+        )
     try:
         model = build_model(run, data, load_text_encoder(run, data))
     except (ValueError, TypeError) as e:
@@ -66,9 +74,11 @@ def preflight(run: RunConfig, data) -> None:
     lengths = data.seq_lengths
     for m, k in kernels.items():
         if m in lengths and lengths[m] < int(k):
-            raise ConfigError(f"model.kernel_sizes: the {m} conv kernel {int(k)} is longer than the data's "
-                              f"{m} sequences (length {lengths[m]}); set e.g. "
-                              f"model.kernel_sizes={{{m}=1, ...}}")
+            raise ConfigError(
+                f"model.kernel_sizes: the {m} conv kernel {int(k)} is longer than the data's "
+                f"{m} sequences (length {lengths[m]}); set e.g. "
+                f"model.kernel_sizes={{{m}=1, ...}}"
+            )
 
 
 def build_model(run: RunConfig, data, text_encoder=None) -> torch.nn.Module:

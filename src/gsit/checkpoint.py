@@ -89,7 +89,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(Path(path), (json.dumps(_plain(obj), indent=2, sort_keys=False) + "\n").encode())
 
 
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def atomic_save_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """Save ``tensors`` as safetensors at ``path`` atomically (temp sibling + fsync + rename)."""
     path = Path(path)
     tmp = None
@@ -134,13 +136,17 @@ def _check_fit(path: Path, tensors: dict[str, torch.Tensor], model: torch.nn.Mod
     missing = [k for k in own if k not in tensors]
     unexpected = [k for k in tensors if k not in own]
     if missing or unexpected:
-        raise DataError(f"checkpoint {str(path)!r} does not fit the model: missing {missing[:5]}, "
-                        f"unexpected {unexpected[:5]}")
+        raise DataError(
+            f"checkpoint {str(path)!r} does not fit the model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
     for k, v in own.items():
         if tuple(tensors[k].shape) != tuple(v.shape):
-            raise DataError(f"checkpoint {str(path)!r} does not fit the model: tensor {k!r} has shape "
-                            f"{tuple(tensors[k].shape)} but the model's has {tuple(v.shape)} (was the run "
-                            f"trained with other settings or data?)")
+            raise DataError(
+                f"checkpoint {str(path)!r} does not fit the model: tensor {k!r} has shape "
+                f"{tuple(tensors[k].shape)} but the model's has {tuple(v.shape)} (was the run "
+                f"trained with other settings or data?)"
+            )
 
 
 def load_model_weights(path: Path, model: torch.nn.Module) -> None:
@@ -170,6 +176,7 @@ def _staged(name: str) -> str:
 def _stamp(path: Path) -> dict[str, str]:
     """The metadata stamp of a safetensors file (empty when unreadable or unstamped)."""
     from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="pt") as fh:
             return dict(fh.metadata() or {})
@@ -177,8 +184,9 @@ def _stamp(path: Path) -> dict[str, str]:
         return {}
 
 
-def stage_epoch(seed_dir: Path, *, model, optimizer, scheduler, state: dict[str, Any],
-                improved: bool) -> dict[str, Any]:
+def stage_epoch(
+    seed_dir: Path, *, model, optimizer, scheduler, state: dict[str, Any], improved: bool
+) -> dict[str, Any]:
     """Step 1: write the staged tensor files for the epoch ``state["epoch"]``; returns the commit record
     (to be passed to :func:`commit_epoch` once the epoch's other files are written)."""
     seed_dir = Path(seed_dir)
@@ -194,8 +202,12 @@ def stage_epoch(seed_dir: Path, *, model, optimizer, scheduler, state: dict[str,
         best_id = state_id
     state["best_state_id"] = best_id
     meta["state"] = dict(state)
-    meta["commit"] = {"epoch": epoch, "state_id": state_id, "best_state_id": best_id,
-                      "best_epoch": int(state["best_epoch"])}
+    meta["commit"] = {
+        "epoch": epoch,
+        "state_id": state_id,
+        "best_state_id": best_id,
+        "best_epoch": int(state["best_epoch"]),
+    }
     return meta
 
 
@@ -221,8 +233,10 @@ def settle_seed_dir(seed_dir: Path, meta: dict[str, Any] | None) -> None:
 
 
 def _bad_state(path: Path, problem: str) -> DataError:
-    return DataError(f"resume state {str(path)!r}: {problem}; the seed cannot be resumed consistently "
-                     f"(move its directory away to retrain the seed)")
+    return DataError(
+        f"resume state {str(path)!r}: {problem}; the seed cannot be resumed consistently "
+        f"(move its directory away to retrain the seed)"
+    )
 
 
 def recover_seed_dir(seed_dir: Path) -> dict[str, Any] | None:
@@ -250,12 +264,15 @@ def recover_seed_dir(seed_dir: Path) -> dict[str, Any] | None:
             got = _stamp(seed_dir / name).get("state_id")
             if got != commit[key]:
                 epoch = commit["epoch"] if name == LAST else commit["best_epoch"]
-                raise _bad_state(seed_dir / name, f"is not the state that {LAST_JSON} committed (epoch {epoch})")
+                raise _bad_state(
+                    seed_dir / name, f"is not the state that {LAST_JSON} committed (epoch {epoch})"
+                )
     return meta
 
 
 def _check_meta(path: Path, meta: Any) -> None:
     """The fields of ``last.json`` that loading reads, with their types (one DataError naming the key)."""
+
     def need(obj, key, kinds, where):
         kinds = kinds if isinstance(kinds, tuple) else (kinds,)
         if not isinstance(obj, dict) or key not in obj:
@@ -263,6 +280,7 @@ def _check_meta(path: Path, meta: Any) -> None:
         if not isinstance(obj[key], kinds) or (isinstance(obj[key], bool) and bool not in kinds):
             raise _bad_state(path, f"key '{where}{key}' has the wrong type ({type(obj[key]).__name__})")
         return obj[key]
+
     need(meta, "state", dict, "")
     st = meta["state"]
     need(st, "epoch", int, "state.")
@@ -316,8 +334,10 @@ def _state_meta(model, optimizer, scheduler, state) -> dict[str, Any]:
         "state": state,
         "optimizer": opt_meta,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-                "python": _python_rng_to_json(random.getstate())},
+        "rng": {
+            "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python": _python_rng_to_json(random.getstate()),
+        },
     }
 
 
@@ -331,8 +351,9 @@ def save_training_state(path: Path, *, model, optimizer, scheduler, state: dict[
     atomic_write_json(path.with_suffix(".json"), meta)
 
 
-def load_training_state(path: Path, *, model, optimizer, scheduler, meta: dict[str, Any] | None = None
-                        ) -> dict[str, Any]:
+def load_training_state(
+    path: Path, *, model, optimizer, scheduler, meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and RNG states from ``path`` (+ its JSON, or ``meta`` as
     returned by :func:`recover_seed_dir`); returns the loop state."""
     path = Path(path)
@@ -344,7 +365,7 @@ def load_training_state(path: Path, *, model, optimizer, scheduler, meta: dict[s
         _check_meta(meta_path, meta)
     tensors = load_tensors(path)
     try:
-        model_part = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        model_part = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         _check_fit(path, model_part, model)
         model.load_state_dict(model_part)
         opt_state: dict[int, dict[str, Any]] = {}
@@ -371,8 +392,10 @@ def load_training_state(path: Path, *, model, optimizer, scheduler, meta: dict[s
     except DataError:
         raise
     except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
-        raise DataError(f"resume state {str(path)!r} does not fit this run ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:200]})") from None
+        raise DataError(
+            f"resume state {str(path)!r} does not fit this run ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]})"
+        ) from None
     return meta["state"]
 
 
@@ -381,8 +404,9 @@ def load_best_weights(seed_dir: Path, model, *, best_epoch: int | None = None) -
     path = Path(seed_dir) / BEST
     stamp = _stamp(path)
     if best_epoch is not None and "epoch" in stamp and stamp["epoch"] != str(best_epoch):
-        raise DataError(f"checkpoint {str(path)!r} holds epoch {stamp['epoch']}, but the best epoch is "
-                        f"{best_epoch}")
+        raise DataError(
+            f"checkpoint {str(path)!r} holds epoch {stamp['epoch']}, but the best epoch is {best_epoch}"
+        )
     load_model_weights(path, model)
 
 

@@ -25,10 +25,15 @@ def _doing(what: str) -> None:
 
 def _add_common_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gsit", help="gsit | mult | vanilla")
-    p.add_argument("--dataset", default=None,
-                   help="mosi | mosei | sims | simsv2 | mintrec | synthetic (default: synthetic without --data)")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="mosi | mosei | sims | simsv2 | mintrec | synthetic (default: synthetic without --data)",
+    )
     p.add_argument("--data", default=None, help="MMSA pickle, converted directory, or MIntRec directory")
-    p.add_argument("--text-encoder", default=None, help="local BERT-family model directory (never downloaded)")
+    p.add_argument(
+        "--text-encoder", default=None, help="local BERT-family model directory (never downloaded)"
+    )
     p.add_argument("--config", default=None, help="TOML file merged over the preset")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. model.d_model=64")
 
@@ -38,30 +43,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gsit.distributed import init_distributed
     from gsit.runs import check_new_run_dir, check_resume_data, check_resume_dir, shared_new_run_dir
     from gsit.train import run_execution, run_training
+
     dataset = args.dataset or ("synthetic" if args.data is None else None)
     if dataset is None:
         raise GsitError("--dataset is required with --data (mosi, mosei, sims, simsv2, mintrec, synthetic)")
     if args.resume and args.run_dir:
-        raise GsitError(f"--resume {args.resume!r} and --run-dir {args.run_dir!r} cannot be combined: "
-                        f"--resume continues the run in its own directory")
+        raise GsitError(
+            f"--resume {args.resume!r} and --run-dir {args.run_dir!r} cannot be combined: "
+            f"--resume continues the run in its own directory"
+        )
     _doing("reading the configuration")
     run = _load_run(args, dataset)
     if args.print_config:
         from gsit.config_dump import to_json, to_toml
+
         sys.stdout.write(to_json(run) if args.print_format == "json" else to_toml(run))
         return 0
     if args.tensorboard:
         from gsit.progress import require_tensorboard
+
         require_tensorboard()  # before any data is read or directory created
     if args.worker_of:
         from gsit.spread import train_worker
-        train_worker(run, Path(args.worker_of), [int(s) for s in args.worker_seeds.split(",")],
-                     device=args.device, quiet=args.quiet, tensorboard=args.tensorboard,
-                     log_every=args.log_every)
+
+        train_worker(
+            run,
+            Path(args.worker_of),
+            [int(s) for s in args.worker_seeds.split(",")],
+            device=args.device,
+            quiet=args.quiet,
+            tensorboard=args.tensorboard,
+            log_every=args.log_every,
+        )
         return 0
     devices = None
     if args.gpus:
         from gsit.spread import parse_devices
+
         devices = parse_devices(args.gpus)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise GsitError("--gpus starts one process per device itself; do not combine it with torchrun")
@@ -94,26 +112,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     _doing(f"training (run directory {run_dir})")
     if devices is None:
         try:
-            results = run_training(run, data, run_dir=run_dir, resume=bool(args.resume), quiet=args.quiet,
-                                   device=args.device, command=["gsit", *args.argv], ctx=ctx,
-                                   tensorboard=args.tensorboard, log_every=args.log_every)
+            results = run_training(
+                run,
+                data,
+                run_dir=run_dir,
+                resume=bool(args.resume),
+                quiet=args.quiet,
+                device=args.device,
+                command=["gsit", *args.argv],
+                ctx=ctx,
+                tensorboard=args.tensorboard,
+                log_every=args.log_every,
+            )
         except BaseException:
             if ctx.main and not args.resume:
                 from gsit.runs import discard_unstarted_run
+
                 discard_unstarted_run(run_dir, created=created)
             raise
     else:
         if not args.resume:  # the run's files, written once by this process (no seed is trained here)
-            run_training(run, data, run_dir=run_dir, quiet=args.quiet, command=["gsit", *args.argv],
-                         ctx=worker_ctx, only_seeds=[], write_summary=False,
-                         shown_device=f"{', '.join(devices)} (one worker process each)")
+            run_training(
+                run,
+                data,
+                run_dir=run_dir,
+                quiet=args.quiet,
+                command=["gsit", *args.argv],
+                ctx=worker_ctx,
+                only_seeds=[],
+                write_summary=False,
+                shown_device=f"{', '.join(devices)} (one worker process each)",
+            )
         elif not args.quiet:
             print(f"resuming {run_dir} on {', '.join(devices)} (one worker process each)", file=sys.stderr)
         data = None  # the workers read the data themselves
         from gsit.spread import train_on_devices
+
         results = train_on_devices(args.argv, run, run_dir, devices)
     if ctx.main:
         from gsit.formatting import append_dataset_csv, results_lines
+
         summary = "\n".join(results_lines(results, run_dir, percent=args.percent))
         print(summary)
         with open(run_dir / "train.log", "a", encoding="utf-8") as fh:  # the log holds all the console showed
@@ -127,6 +165,7 @@ def _load_run(args, dataset: str):
     import dataclasses
 
     from gsit.config import load_config
+
     overrides = list(args.overrides)
     if getattr(args, "seeds", None):
         try:
@@ -152,17 +191,24 @@ def _load_run(args, dataset: str):
 
 def _load_data(run, *, quiet: bool = True):
     from gsit.data import load_run_data
+
     return load_run_data(run.data, quiet=quiet)
 
 
 def cmd_eval(args) -> int:
     from gsit.evaluate import evaluate_run
+
     out = evaluate_run(args.run_dir, data_path=args.data, split=args.split, seed=args.seed)
     if args.percent:
         from gsit.formatting import percent_values
-        out = {**out, "mean": percent_values(out["mean"]), "std": percent_values(out["std"]),
-               "per_seed": [{**r, "test": percent_values(r["test"])} for r in out["per_seed"]],
-               "units": "Acc/F1 x100 (2 decimals), MAE/Corr/Loss 3 decimals"}
+
+        out = {
+            **out,
+            "mean": percent_values(out["mean"]),
+            "std": percent_values(out["std"]),
+            "per_seed": [{**r, "test": percent_values(r["test"])} for r in out["per_seed"]],
+            "units": "Acc/F1 x100 (2 decimals), MAE/Corr/Loss 3 decimals",
+        }
     print(json.dumps(out, indent=2))
     return 0
 
@@ -178,8 +224,15 @@ def _seed_choice(text: str | None):
 
 def cmd_predict(args) -> int:
     from gsit.evaluate import predict_run
-    res = predict_run(args.run_dir, data_path=args.data, out=args.out, split=args.split,
-                      seed=_seed_choice(args.seed), ensemble=args.ensemble)
+
+    res = predict_run(
+        args.run_dir,
+        data_path=args.data,
+        out=args.out,
+        split=args.split,
+        seed=_seed_choice(args.seed),
+        ensemble=args.ensemble,
+    )
     what = f"seeds {res['seeds']}" + (" and their ensemble mean" if args.ensemble else "")
     print(f"wrote {res['rows']} predictions to {args.out} ({res['samples']} samples x {what})")
     return 0
@@ -187,9 +240,12 @@ def cmd_predict(args) -> int:
 
 def cmd_export(args) -> int:
     from gsit.api import export
+
     out = export(args.run_dir, args.out, seed=args.seed)
-    print(f"wrote {out} (config.json, model.safetensors, README.md model card); load it with "
-          f"gsit.from_pretrained({str(out)!r})")
+    print(
+        f"wrote {out} (config.json, model.safetensors, README.md model card); load it with "
+        f"gsit.from_pretrained({str(out)!r})"
+    )
     return 0
 
 
@@ -197,6 +253,7 @@ def cmd_metrics(args) -> int:
     import numpy as np
 
     from gsit.metrics import compute_metrics
+
     arrays = []
     for path in (args.pred, args.true):
         p = Path(path)
@@ -215,29 +272,37 @@ def cmd_metrics(args) -> int:
 
 def cmd_profile(args) -> int:
     from gsit.analysis.profile import profile
+
     models = [args.model] if args.model else ["gsit", "mult", "vanilla"]
     datasets = [args.dataset] if args.dataset else ["mosi", "mosei", "sims"]
     rows = [profile(m, d, args.overrides) for m in models for d in datasets]
     if args.json:
         print(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
         return 0
-    print(f"{'model':8s} {'dataset':8s} {'conv':>10s} {'fusion':>11s} {'head':>10s} {'text enc':>10s} "
-          f"{'total':>11s} {'paper':>11s} {'GFLOPs/sample':>14s} {'attn GFLOPs':>12s} {'thop G (B=8)':>13s}")
+    print(
+        f"{'model':8s} {'dataset':8s} {'conv':>10s} {'fusion':>11s} {'head':>10s} {'text enc':>10s} "
+        f"{'total':>11s} {'paper':>11s} {'GFLOPs/sample':>14s} {'attn GFLOPs':>12s} {'thop G (B=8)':>13s}"
+    )
     for r in rows:
         p, f = r["params"], r["flops_per_sample"]
-        print(f"{r['model']:8s} {r['dataset']:8s} {p['front_end']:10,d} {p['fusion']:11,d} {p['head']:10,d} "
-              f"{p['text_encoder']:10,d} {p['total_without_text_encoder']:11,d} {p['paper_convention']:11,d} "
-              f"{f['total'] / 1e9:14.3f} {f['attention'] / 1e9:12.3f} "
-              f"{r['thop_macs_batch8']['paper_convention'] / 1e9:13.3f}")
-    print("paper convention: GsiT = fusion + conv (head excluded); MulT = all but the text encoder. "
-          "FLOPs: true forward FLOPs per sample at padded lengths, attention over allowed pairs only, no BERT. "
-          "thop: the paper's MAC convention for one batch of 8 (the paper's MulT row is "
-          "`gsit efficiency --model mult_dagger`).")
+        print(
+            f"{r['model']:8s} {r['dataset']:8s} {p['front_end']:10,d} {p['fusion']:11,d} {p['head']:10,d} "
+            f"{p['text_encoder']:10,d} {p['total_without_text_encoder']:11,d} {p['paper_convention']:11,d} "
+            f"{f['total'] / 1e9:14.3f} {f['attention'] / 1e9:12.3f} "
+            f"{r['thop_macs_batch8']['paper_convention'] / 1e9:13.3f}"
+        )
+    print(
+        "paper convention: GsiT = fusion + conv (head excluded); MulT = all but the text encoder. "
+        "FLOPs: true forward FLOPs per sample at padded lengths, attention over allowed pairs only, no BERT. "
+        "thop: the paper's MAC convention for one batch of 8 (the paper's MulT row is "
+        "`gsit efficiency --model mult_dagger`)."
+    )
     return 0
 
 
 def cmd_synth(args) -> int:
     from gsit.data.synthetic import make_synthetic, write_mmsa_pickle
+
     kw = {"seed": args.seed, "task": args.task}
     if args.task == "recall":
         kw["recall_keys"] = args.recall_keys
@@ -249,6 +314,7 @@ def cmd_synth(args) -> int:
         write_mmsa_pickle(data, out)
     else:
         from gsit.data.convert import save_converted
+
         save_converted(data, out)
     print(f"wrote {out} ({', '.join(f'{k} {len(v)}' for k, v in data.splits.items())})")
     return 0
@@ -257,6 +323,7 @@ def cmd_synth(args) -> int:
 def cmd_convert(args) -> int:
     from gsit.data import load_dataset
     from gsit.data.convert import save_converted
+
     data = load_dataset(args.input, dataset=args.dataset)
     save_converted(data, Path(args.out))
     print(f"wrote {args.out}")
@@ -266,8 +333,10 @@ def cmd_convert(args) -> int:
 def cmd_build_mosi(args) -> int:
     from gsit.data.convert import save_converted
     from gsit.data.mosi_real import build_mosi_from_csv
-    data = build_mosi_from_csv(args.csv, tokenizer_dir=args.tokenizer, features_npz=args.features,
-                               max_text_len=args.max_text_len)
+
+    data = build_mosi_from_csv(
+        args.csv, tokenizer_dir=args.tokenizer, features_npz=args.features, max_text_len=args.max_text_len
+    )
     save_converted(data, Path(args.out))
     print(f"wrote {args.out} ({', '.join(f'{k} {len(v)}' for k, v in data.splits.items())})")
     return 0
@@ -280,8 +349,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if ("default" in text.lower() or default in (None, False, argparse.SUPPRESS) or default == []
-                or not (action.option_strings or action.nargs in ("?", "*"))):
+        if (
+            "default" in text.lower()
+            or default in (None, False, argparse.SUPPRESS)
+            or default == []
+            or not (action.option_strings or action.nargs in ("?", "*"))
+        ):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -299,11 +372,15 @@ overrides (section.key=value, TOML values) may go anywhere after the subcommand,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gsit", description=__doc__.splitlines()[0], epilog=EPILOG,
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="gsit", description=__doc__.splitlines()[0], epilog=EPILOG, formatter_class=HelpFormatter
+    )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    parser.add_argument("--debug", action="store_true",
-                        help="print the traceback of an unexpected error (accepted anywhere on the line)")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback of an unexpected error (accepted anywhere on the line)",
+    )
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("train", help="train and test a model (no --data: GsiT on a synthetic dataset)")
@@ -313,30 +390,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=None, help="exact new run directory (must not exist or be empty)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a killed run")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
-    p.add_argument("--gpus", default=None, metavar="LIST",
-                   help="spread the seeds over these GPUs of this host, one process each (e.g. 0,1 or "
-                        "cuda:0,cuda:2); results gathered into one run directory")
+    p.add_argument(
+        "--gpus",
+        default=None,
+        metavar="LIST",
+        help="spread the seeds over these GPUs of this host, one process each (e.g. 0,1 or "
+        "cuda:0,cuda:2); results gathered into one run directory",
+    )
     p.add_argument("--worker-of", default=None, help=argparse.SUPPRESS)  # internal: a --gpus worker
     p.add_argument("--worker-seeds", default=None, help=argparse.SUPPRESS)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (static shapes)")
-    p.add_argument("--amp", default=None, choices=["none", "bf16"],
-                   help="mixed precision; overrides train.amp (default: the preset's, none)")
+    p.add_argument(
+        "--amp",
+        default=None,
+        choices=["none", "bf16"],
+        help="mixed precision; overrides train.amp (default: the preset's, none)",
+    )
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower on GPU)")
-    p.add_argument("--quiet", action="store_true", help="no progress on the console (RUN_DIR/train.log still "
-                                                         "gets every line)")
-    p.add_argument("--log-every", type=float, default=30.0, metavar="SECONDS",
-                   help="off a terminal, a progress line at most this often within an epoch")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="per-epoch scalars in RUN_DIR/tensorboard/ (needs the tensorboard package)")
-    p.add_argument("--percent", action="store_true",
-                   help="show Acc/F1 x100 with 2 decimals and MAE/Corr with 3 (the papers' convention)")
-    p.add_argument("--results-csv", default=None, metavar="DIR",
-                   help="append the run's mean/std row to DIR/<dataset>.csv (like MMSA's "
-                        "results/normal/<dataset>.csv: one table per dataset across runs)")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved configuration (a valid --config file) and exit; reads no data")
-    p.add_argument("--print-format", default="toml", choices=["toml", "json"],
-                   help="format of --print-config")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress on the console (RUN_DIR/train.log still gets every line)",
+    )
+    p.add_argument(
+        "--log-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="off a terminal, a progress line at most this often within an epoch",
+    )
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="per-epoch scalars in RUN_DIR/tensorboard/ (needs the tensorboard package)",
+    )
+    p.add_argument(
+        "--percent",
+        action="store_true",
+        help="show Acc/F1 x100 with 2 decimals and MAE/Corr with 3 (the papers' convention)",
+    )
+    p.add_argument(
+        "--results-csv",
+        default=None,
+        metavar="DIR",
+        help="append the run's mean/std row to DIR/<dataset>.csv (like MMSA's "
+        "results/normal/<dataset>.csv: one table per dataset across runs)",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration (a valid --config file) and exit; reads no data",
+    )
+    p.add_argument(
+        "--print-format", default="toml", choices=["toml", "json"], help="format of --print-config"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="re-score a run's best checkpoint")
@@ -344,8 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="data path (default: the run's)")
     p.add_argument("--split", default="test", help="train | valid | test")
     p.add_argument("--seed", type=int, default=None, help="score only this seed (default: every seed)")
-    p.add_argument("--percent", action="store_true",
-                   help="Acc/F1 x100 with 2 decimals, MAE/Corr/Loss with 3 (the papers' convention)")
+    p.add_argument(
+        "--percent",
+        action="store_true",
+        help="Acc/F1 x100 with 2 decimals, MAE/Corr/Loss with 3 (the papers' convention)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="write predictions with sample ids to CSV")
@@ -353,18 +463,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="data path (default: the run's)")
     p.add_argument("--out", required=True, help="new CSV file (never overwritten)")
     p.add_argument("--split", default="test", help="train | valid | test")
-    p.add_argument("--seed", default="all", help="'all' (one row per seed and sample, with a seed column) or "
-                                                 "one seed of the run")
-    p.add_argument("--ensemble", action="store_true",
-                   help="also write the mean over the chosen seeds (seed column 'ensemble'; classification: "
-                        "mean logits)")
+    p.add_argument(
+        "--seed",
+        default="all",
+        help="'all' (one row per seed and sample, with a seed column) or one seed of the run",
+    )
+    p.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="also write the mean over the chosen seeds (seed column 'ensemble'; classification: "
+        "mean logits)",
+    )
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="a run's checkpoint as a from_pretrained folder with a model card",
-                       description="Write OUT/ (must not exist): config.json + model.safetensors "
-                                   "(gsit.from_pretrained(OUT) loads it, no training data needed), the run's "
-                                   "configuration and a README.md model card (data, metrics, seeds, command, "
-                                   "versions).")
+    p = sub.add_parser(
+        "export",
+        help="a run's checkpoint as a from_pretrained folder with a model card",
+        description="Write OUT/ (must not exist): config.json + model.safetensors "
+        "(gsit.from_pretrained(OUT) loads it, no training data needed), the run's "
+        "configuration and a README.md model card (data, metrics, seeds, command, "
+        "versions).",
+    )
     p.add_argument("run_dir", help="a run directory written by gsit train")
     p.add_argument("--seed", type=int, default=None, help="which seed's best checkpoint (default: the first)")
     p.add_argument("--out", required=True, help="new folder (never overwritten)")
@@ -387,19 +506,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file (pkl) or new directory (npz)")
     p.add_argument("--preset", default="small", help="small | mosi | mosei | sims (sizes and shapes)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the generator")
-    p.add_argument("--format", default="pkl", choices=["pkl", "npz"],
-                   help="pkl: an MMSA pickle; npz: gsit's converted directory (npz + json)")
-    p.add_argument("--task", default="sign", choices=["sign", "recall"],
-                   help="sign: y = text cue x audio cue x vision magnitude (default); recall: the text names one "
-                        "of K audio segments and y is that segment's value (needs cross-modal attention)")
+    p.add_argument(
+        "--format",
+        default="pkl",
+        choices=["pkl", "npz"],
+        help="pkl: an MMSA pickle; npz: gsit's converted directory (npz + json)",
+    )
+    p.add_argument(
+        "--task",
+        default="sign",
+        choices=["sign", "recall"],
+        help="sign: y = text cue x audio cue x vision magnitude (default); recall: the text names one "
+        "of K audio segments and y is that segment's value (needs cross-modal attention)",
+    )
     p.add_argument("--recall-keys", type=int, default=4, help="recall: number of audio segments K")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("convert", help="convert an MMSA pickle to gsit's code-free format (npz + json)")
     p.add_argument("input", help="MMSA pickle (or MIntRec directory)")
     p.add_argument("--out", required=True, help="new output directory")
-    p.add_argument("--dataset", default=None,
-                   help="dataset name (mosi, mosei, sims, ...) recorded with the data")
+    p.add_argument(
+        "--dataset", default=None, help="dataset name (mosi, mosei, sims, ...) recorded with the data"
+    )
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("build-mosi", help="build a MOSI dataset from an utterance CSV with a local tokenizer")
@@ -411,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build_mosi)
 
     from gsit.analysis.commands import register as register_analysis
+
     register_analysis(sub)
     for p in sub.choices.values():
         p.formatter_class = HelpFormatter
@@ -451,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # recorded in a run's command.txt
     if args.version:
         from gsit import __version__
+
         print(__version__)
         return 0
     if args.command is None:
@@ -474,12 +604,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the last resort: one line, the traceback only with --debug
         if debug:
             import traceback
+
             traceback.print_exc()
         text = _os_error_text(e) if isinstance(e, OSError) else " ".join(str(e).split())
         if len(text) > 300:
             text = text[:297] + "..."
-        print(f"gsit: error: {_DOING[0]}: {type(e).__name__}: {text}"
-              f"{'' if debug else ' (run with --debug for the traceback)'}", file=sys.stderr)
+        print(
+            f"gsit: error: {_DOING[0]}: {type(e).__name__}: {text}"
+            f"{'' if debug else ' (run with --debug for the traceback)'}",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -30,30 +30,30 @@ PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    protocol: str = "gsit"             # gsit: Adam, three parameter groups (SPEC §9); mmsa_mult: MMSA's MulT trainer
+    protocol: str = "gsit"  # gsit: Adam, three parameter groups (SPEC §9); mmsa_mult: MMSA's MulT trainer
     batch_size: int = 8
     learning_rate_bert: float = 5e-5
     learning_rate_other: float = 5e-4
     weight_decay_bert: float = 1e-3
     weight_decay_other: float = 1e-3
-    learning_rate: float = 2e-3        # mmsa_mult protocol only
-    weight_decay: float = 0.0          # mmsa_mult protocol only
-    accumulation_steps: int = 8        # batches per optimizer step (summed gradients; the partial window is
-                                       # dropped); MMSA calls it update_epochs, accepted as an alias
-    early_stop: int = 8                # epochs without a 4-decimal validation-loss improvement
-    max_epochs: int = 0                # 0 = no cap (the paper); a cap for quick runs
-    grad_clip: float = 0.0             # clip_grad_value_; 0 = off (mmsa_mult: 0.6)
-    scheduler: str = "none"            # none | plateau (ReduceLROnPlateau on validation loss)
+    learning_rate: float = 2e-3  # mmsa_mult protocol only
+    weight_decay: float = 0.0  # mmsa_mult protocol only
+    accumulation_steps: int = 8  # batches per optimizer step (summed gradients; the partial window is
+    # dropped); MMSA calls it update_epochs, accepted as an alias
+    early_stop: int = 8  # epochs without a 4-decimal validation-loss improvement
+    max_epochs: int = 0  # 0 = no cap (the paper); a cap for quick runs
+    grad_clip: float = 0.0  # clip_grad_value_; 0 = off (mmsa_mult: 0.6)
+    scheduler: str = "none"  # none | plateau (ReduceLROnPlateau on validation loss)
     plateau_patience: int = 5
     plateau_factor: float = 0.1
     seeds: tuple[int, ...] = (1111, 1112, 1113, 1114, 1115)
-    amp: str = "none"                  # none | bf16
-    deterministic: bool = False        # torch.use_deterministic_algorithms + cuDNN deterministic
-    compile: bool = False              # legacy switch: with execution="auto", same as execution="compiled"
-    execution: str = "auto"            # auto | eager | compiled | graphed | compiled_graphed (gsit.execution)
-    eval_batch_size: int = 0           # 0 = batch_size
-    length_bucketing: bool = False     # batches of similar total length (pays with model.padding_aware)
-    modality_dropout: float = 0.0      # training-time probability of zeroing each non-text modality per sample
+    amp: str = "none"  # none | bf16
+    deterministic: bool = False  # torch.use_deterministic_algorithms + cuDNN deterministic
+    compile: bool = False  # legacy switch: with execution="auto", same as execution="compiled"
+    execution: str = "auto"  # auto | eager | compiled | graphed | compiled_graphed (gsit.execution)
+    eval_batch_size: int = 0  # 0 = batch_size
+    length_bucketing: bool = False  # batches of similar total length (pays with model.padding_aware)
+    modality_dropout: float = 0.0  # training-time probability of zeroing each non-text modality per sample
 
 
 # [train] keys accepted under another name (MMSA's), mapped to ours in TOML files, overrides and run dirs
@@ -75,17 +75,21 @@ def canonical_train_keys(values: dict[str, Any], where: str = "[train]") -> dict
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "synthetic"
-    path: str = ""                     # "" = generate the synthetic dataset
-    text_encoder: str = ""             # local BERT-family directory ("" = precomputed text features)
+    path: str = ""  # "" = generate the synthetic dataset
+    text_encoder: str = ""  # local BERT-family directory ("" = precomputed text features)
     # which text input the model reads: "features" = the frozen pre-extracted ``text`` (N, L, D) (MMSA's MulT,
     # use_bert=false); "bert" = ``text_bert`` token ids (N, 3, L) through a fine-tuned text encoder (GsiT);
     # "auto" = token ids when the data has them, else features.  A kind the data lacks is an error.
     text_kind: str = "auto"
-    binary: bool = False               # MIntRec binary mode
-    synthetic_size: str = "small"      # small | a preset name (mosi, mosei, sims)
-    synthetic_task: str = "sign"       # sign: y = text cue x audio cue x vision magnitude | recall: associative recall
-    synthetic_recall_keys: int = 4     # recall: number of (code, value) segments in the audio
-    zero_modalities: tuple[str, ...] = ()  # replace these modalities' features by zeros (e.g. a text-only control)
+    binary: bool = False  # MIntRec binary mode
+    synthetic_size: str = "small"  # small | a preset name (mosi, mosei, sims)
+    synthetic_task: str = (
+        "sign"  # sign: y = text cue x audio cue x vision magnitude | recall: associative recall
+    )
+    synthetic_recall_keys: int = 4  # recall: number of (code, value) segments in the audio
+    zero_modalities: tuple[
+        str, ...
+    ] = ()  # replace these modalities' features by zeros (e.g. a text-only control)
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,12 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "model": dict(self.model),
-                "train": dataclasses.asdict(self.train), "data": dataclasses.asdict(self.data)}
+        return {
+            "model_name": self.model_name,
+            "model": dict(self.model),
+            "train": dataclasses.asdict(self.train),
+            "data": dataclasses.asdict(self.data),
+        }
 
 
 def _check_type(where: str, key: str, value: Any, expected: Any) -> Any:
@@ -127,8 +135,9 @@ def _check_type(where: str, key: str, value: Any, expected: Any) -> Any:
             want = kinds.pop()
             for i, v in enumerate(value):
                 if type(v) is not want:
-                    raise ConfigError(f"{where}.{key}[{i}]: expected {_TYPE_WORDS.get(want, want.__name__)}, "
-                                      f"got {v!r}")
+                    raise ConfigError(
+                        f"{where}.{key}[{i}]: expected {_TYPE_WORDS.get(want, want.__name__)}, got {v!r}"
+                    )
         return tuple(value)
     if isinstance(default, dict):
         if not isinstance(value, dict):
@@ -157,7 +166,7 @@ def _finite(x: float) -> bool:
 # model dropouts are all in [0, 1] and conv kernels >= 1.
 _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "train.batch_size": (1, None, True, False),
-    "train.eval_batch_size": (0, None, True, False),       # 0 = batch_size
+    "train.eval_batch_size": (0, None, True, False),  # 0 = batch_size
     "train.learning_rate_bert": (0, None, False, False),
     "train.learning_rate_other": (0, None, False, False),
     "train.learning_rate": (0, None, False, False),
@@ -166,8 +175,8 @@ _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "train.weight_decay": (0, None, True, False),
     "train.accumulation_steps": (1, None, True, False),
     "train.early_stop": (1, None, True, False),
-    "train.max_epochs": (0, None, True, False),            # 0 = no cap
-    "train.grad_clip": (0, None, True, False),             # 0 = off
+    "train.max_epochs": (0, None, True, False),  # 0 = no cap
+    "train.grad_clip": (0, None, True, False),  # 0 = off
     "train.plateau_patience": (0, None, True, False),
     "train.plateau_factor": (0, 1, False, False),
     "train.modality_dropout": (0, 1, True, True),
@@ -191,8 +200,10 @@ def _check_value(name: str, value: Any, rule) -> None:
     ok = ok and (value >= lo if lo_ok else value > lo)
     ok = ok and (hi is None or (value <= hi if hi_ok else value < hi))
     if not ok:
-        raise ConfigError(f"{name}={value!r} is out of range: it must be "
-                          f"{_range_text(lo, hi, lo_ok, hi_ok, isinstance(value, int))}")
+        raise ConfigError(
+            f"{name}={value!r} is out of range: it must be "
+            f"{_range_text(lo, hi, lo_ok, hi_ok, isinstance(value, int))}"
+        )
 
 
 def check_ranges(section: str, cfg: Any) -> None:
@@ -211,19 +222,22 @@ def check_ranges(section: str, cfg: Any) -> None:
     if section == "train":
         for seed in cfg.seeds:
             if not 0 <= seed <= _SEED_MAX:
-                raise ConfigError(f"train.seeds: the seed {seed} is outside numpy's seed range "
-                                  f"[0, {_SEED_MAX}]")
+                raise ConfigError(
+                    f"train.seeds: the seed {seed} is outside numpy's seed range [0, {_SEED_MAX}]"
+                )
         dup = [s for i, s in enumerate(cfg.seeds) if s in cfg.seeds[:i]]
         if dup:
             raise ConfigError(f"train.seeds names the seed {dup[0]} twice (each seed has one directory)")
     if section == "model":
         if "num_heads" in values and values["d_model"] % values["num_heads"]:
-            raise ConfigError(f"model.d_model={values['d_model']} is not divisible by "
-                              f"model.num_heads={values['num_heads']}")
+            raise ConfigError(
+                f"model.d_model={values['d_model']} is not divisible by model.num_heads={values['num_heads']}"
+            )
         mods = values.get("modalities", ())
         if len(set(mods)) != len(mods) or any(m not in ("text", "audio", "vision") for m in mods):
-            raise ConfigError(f"model.modalities={list(mods)}: expected distinct names from "
-                              "'text', 'audio', 'vision'")
+            raise ConfigError(
+                f"model.modalities={list(mods)}: expected distinct names from 'text', 'audio', 'vision'"
+            )
 
 
 def _build(cls, where: str, values: dict[str, Any]):
@@ -280,8 +294,12 @@ def preset_path(model: str, dataset: str) -> Path:
     return PRESET_DIR / f"{model}_{dataset}.toml"
 
 
-def load_config(model: str = "gsit", dataset: str = "synthetic", path: str | Path | None = None,
-                overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_config(
+    model: str = "gsit",
+    dataset: str = "synthetic",
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> RunConfig:
     if model not in MODELS:
         raise ConfigError(f"unknown model {model!r}; known models: {list(MODELS)}")
     if dataset not in DATASETS:
@@ -314,21 +332,28 @@ def load_config(model: str = "gsit", dataset: str = "synthetic", path: str | Pat
     backend = getattr(model_cfg, "attention_backend", None)
     if backend is not None:
         if backend not in available_backends():
-            raise ConfigError(f"model.attention_backend={backend!r} is not a known attention backend; "
-                              f"known backends: {available_backends()}")
+            raise ConfigError(
+                f"model.attention_backend={backend!r} is not a known attention backend; "
+                f"known backends: {available_backends()}"
+            )
     data = _build(DataConfig, "data", {"dataset": dataset, **raw.get("data", {})})
     if data.dataset != dataset:
         raise ConfigError(f"[data] dataset={data.dataset!r} conflicts with --dataset {dataset!r}")
     if data.text_kind not in TEXT_KINDS:
         raise ConfigError(f"data.text_kind={data.text_kind!r}; allowed: {list(TEXT_KINDS)}")
     if data.text_kind == "features" and data.text_encoder:
-        raise ConfigError(f"data.text_kind=\"features\" reads the frozen text features, so the text encoder "
-                          f"{data.text_encoder!r} would not be used; drop --text-encoder, or set "
-                          f"data.text_kind=\"bert\" to fine-tune it on the token ids")
+        raise ConfigError(
+            f'data.text_kind="features" reads the frozen text features, so the text encoder '
+            f"{data.text_encoder!r} would not be used; drop --text-encoder, or set "
+            f'data.text_kind="bert" to fine-tune it on the token ids'
+        )
     train = _build(TrainConfig, "train", raw.get("train", {}))
-    for name, allowed in (("protocol", ("gsit", "mmsa_mult")), ("scheduler", ("none", "plateau")),
-                          ("amp", ("none", "bf16")),
-                          ("execution", ("auto", "eager", "compiled", "graphed", "compiled_graphed"))):
+    for name, allowed in (
+        ("protocol", ("gsit", "mmsa_mult")),
+        ("scheduler", ("none", "plateau")),
+        ("amp", ("none", "bf16")),
+        ("execution", ("auto", "eager", "compiled", "graphed", "compiled_graphed")),
+    ):
         if getattr(train, name) not in allowed:
             raise ConfigError(f"train.{name}={getattr(train, name)!r}; allowed: {list(allowed)}")
     if not train.seeds:
@@ -358,6 +383,8 @@ def build_model_config(run: RunConfig, *, input_dims: dict[str, int], output_dim
     mods = cfg.modalities
     missing = [m for m in mods if m not in input_dims]
     if missing:
-        raise ConfigError(f"model.modalities {list(mods)} name {missing}, which the data does not have "
-                          f"(data modalities: {sorted(input_dims)})")
+        raise ConfigError(
+            f"model.modalities {list(mods)} name {missing}, which the data does not have "
+            f"(data modalities: {sorted(input_dims)})"
+        )
     return dataclasses.replace(cfg, input_dims={m: int(input_dims[m]) for m in mods}, output_dim=output_dim)

@@ -20,10 +20,15 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 def resolved_config(run) -> dict[str, Any]:
     """``{"model_name", "model": every model key, "train": ..., "data": ...}`` of a RunConfig."""
     from gsit.config import _build, model_config_class
+
     model_cfg = _build(model_config_class(run.model_name), "model", run.model)
     model = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in _DATA_FACTS}
-    return {"model_name": run.model_name, "model": model, "train": dataclasses.asdict(run.train),
-            "data": dataclasses.asdict(run.data)}
+    return {
+        "model_name": run.model_name,
+        "model": model,
+        "train": dataclasses.asdict(run.train),
+        "data": dataclasses.asdict(run.data),
+    }
 
 
 def _key(k: str) -> str:

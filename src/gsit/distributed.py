@@ -35,6 +35,7 @@ def init_distributed(device: str | None) -> Dist:
     if world <= 1:
         return Dist(0, 1, torch.device(device or ("cuda" if want_cuda else "cpu")))
     import torch.distributed as dist
+
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
     timeout = datetime.timedelta(seconds=int(os.environ.get("GSIT_DIST_TIMEOUT", "300")))
@@ -53,6 +54,7 @@ def all_gather(obj: Any, ctx: Dist) -> list[Any]:
     if not ctx.enabled:
         return [obj]
     import torch.distributed as dist
+
     out: list[Any] = [None] * ctx.world
     dist.all_gather_object(out, obj)
     return out
@@ -62,9 +64,10 @@ def barrier(ctx: Dist) -> None:
     """Wait for every rank (no-op in one process)."""
     if ctx.enabled:
         import torch.distributed as dist
+
         dist.barrier()
 
 
 def rank_slice(batch: np.ndarray, ctx: Dist) -> np.ndarray:
     """This rank's fixed share of a global batch of row indices."""
-    return batch[ctx.rank::ctx.world]
+    return batch[ctx.rank :: ctx.world]

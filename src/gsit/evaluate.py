@@ -52,18 +52,19 @@ def batch_from(split, idx: np.ndarray, device: torch.device):
 
 
 @torch.no_grad()
-def predict_split(model, split, *, run: RunConfig, ctx: Dist, batch_size: int | None = None,
-                  runner=None) -> np.ndarray:
+def predict_split(
+    model, split, *, run: RunConfig, ctx: Dist, batch_size: int | None = None, runner=None
+) -> np.ndarray:
     """Predictions for every row of ``split`` in row order (gathered across DDP ranks).  ``runner``
     (:class:`gsit.execution.StepRunner`) runs compiled / CUDA-graphed steps instead of eager calls."""
     model.eval()
     bs = batch_size or run.train.eval_batch_size or run.train.batch_size
-    rows = np.arange(len(split))[ctx.rank::ctx.world]
+    rows = np.arange(len(split))[ctx.rank :: ctx.world]
     outs, idxs = [], []
     autocast = autocast_for(run, ctx)
     static = runner is not None and runner.execution.static
     for start in range(0, len(rows), bs):
-        idx = rows[start:start + bs]
+        idx = rows[start : start + bs]
         if static:  # predictions stay on the device until the end: no host sync per batch
             outs.append(runner.predict(split_dataset(split), idx).clone())
         else:
@@ -74,8 +75,10 @@ def predict_split(model, split, *, run: RunConfig, ctx: Dist, batch_size: int | 
         idxs.append(idx)
     if static and outs:
         outs = [torch.cat(outs).cpu().numpy()]
-    local = (np.concatenate(idxs) if idxs else np.zeros(0, dtype=np.int64),
-             np.concatenate(outs) if outs else np.zeros((0, 1), dtype=np.float32))
+    local = (
+        np.concatenate(idxs) if idxs else np.zeros(0, dtype=np.int64),
+        np.concatenate(outs) if outs else np.zeros((0, 1), dtype=np.float32),
+    )
     parts = all_gather(local, ctx)
     order = np.concatenate([p[0] for p in parts])
     preds = np.concatenate([p[1] for p in parts])
@@ -88,14 +91,15 @@ def split_loss(preds: np.ndarray, labels: np.ndarray, *, task: str, batch_size: 
     """MMSA's evaluation loss: the mean over batches of the batch loss, rounded to 4 decimals."""
     losses = []
     for s in range(0, len(labels), batch_size):
-        p = torch.from_numpy(preds[s:s + batch_size])
-        y = torch.from_numpy(np.asarray(labels[s:s + batch_size]))
+        p = torch.from_numpy(preds[s : s + batch_size])
+        y = torch.from_numpy(np.asarray(labels[s : s + batch_size]))
         losses.append(float(batch_loss(p, y, task)))
     return round(float(np.mean(losses)), 4)
 
 
-def evaluate_split(model, split, *, run: RunConfig, dataset: str, task: str, ctx: Dist,
-                   runner=None) -> dict[str, float]:
+def evaluate_split(
+    model, split, *, run: RunConfig, dataset: str, task: str, ctx: Dist, runner=None
+) -> dict[str, float]:
     """``Loss`` (MMSA's rounded batch-mean loss) and the dataset's metrics on ``split``."""
     preds = predict_split(model, split, run=run, ctx=ctx, runner=runner)
     bs = run.train.eval_batch_size or run.train.batch_size
@@ -115,16 +119,33 @@ def _run_and_data(run_dir: str | Path, data_path: str | None):
     return Path(run_dir), run.data.dataset, load_run_data(run.data)
 
 
-def evaluate_run(run_dir, *, data_path: str | None = None, split: str = "test", seed: int | None = None,
-                 device: str = "cpu") -> dict[str, Any]:
+def evaluate_run(
+    run_dir,
+    *,
+    data_path: str | None = None,
+    split: str = "test",
+    seed: int | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
     run_dir, dataset, data = _run_and_data(run_dir, data_path)
     if split not in data.splits:
         raise GsitError(f"split {split!r} not in the data (splits: {sorted(data.splits)})")
     per_seed = []
     for s in run_seeds(run_dir, seed):
         run, model = model_from_run_dir(run_dir, data, seed=s, device=device)
-        per_seed.append({"seed": s, "test": evaluate_split(model, data.splits[split], run=run, dataset=dataset,
-                                                           task=data.task, ctx=Dist(device=torch.device(device)))})
+        per_seed.append(
+            {
+                "seed": s,
+                "test": evaluate_split(
+                    model,
+                    data.splits[split],
+                    run=run,
+                    dataset=dataset,
+                    task=data.task,
+                    ctx=Dist(device=torch.device(device)),
+                ),
+            }
+        )
     return {"run_dir": str(run_dir), "split": split, **summarize(per_seed), "per_seed": per_seed}
 
 
@@ -133,9 +154,16 @@ def _short(x) -> str:
     return str(np.float32(x))
 
 
-def predict_run(run_dir, *, data_path: str | None, out: str, split: str = "test",
-                seed: int | str | None = "all", ensemble: bool = False,
-                device: str = "cpu") -> dict[str, Any]:
+def predict_run(
+    run_dir,
+    *,
+    data_path: str | None,
+    out: str,
+    split: str = "test",
+    seed: int | str | None = "all",
+    ensemble: bool = False,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Write ``out`` (a new CSV): one row per chosen seed and sample -- ``seed, id, prediction, label`` (and
     the logits for classification) -- plus, with ``ensemble``, rows with seed ``ensemble`` holding the mean
     prediction over the seeds (classification: the mean logits and their argmax).  ``seed``: ``"all"`` (or
@@ -162,8 +190,15 @@ def predict_run(run_dir, *, data_path: str | None, out: str, split: str = "test"
         w.writerow(["seed", "id", "prediction", "label", *[f"logit_{n}" for n in names]])
         for s, preds in blocks:
             for i in range(len(part)):
-                w.writerow([s, part.ids[i], names[int(np.argmax(preds[i]))], names[int(part.labels[i])],
-                            *[_short(v) for v in preds[i]]])
+                w.writerow(
+                    [
+                        s,
+                        part.ids[i],
+                        names[int(np.argmax(preds[i]))],
+                        names[int(part.labels[i])],
+                        *[_short(v) for v in preds[i]],
+                    ]
+                )
     else:
         w.writerow(["seed", "id", "prediction", "label"])
         for s, preds in blocks:

@@ -58,7 +58,10 @@ WARMUP_STEPS = 2
 # models whose compiled + captured step was checked against eager on a GPU
 # (tests/train/test_execution_gpu.py);
 # ``auto`` keeps the others eager (MulT: its compile exceeded 150 s in benchmarks/bench_train.py)
-VERIFIED_FAST = ("gsit", "vanilla")  # eager runs of a step on a side stream before its capture (lazy initialisation)
+VERIFIED_FAST = (
+    "gsit",
+    "vanilla",
+)  # eager runs of a step on a side stream before its capture (lazy initialisation)
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,15 @@ class Execution:
         return {"requested": self.requested, "chosen": self.mode, "reason": self.reason}
 
 
-def resolve_execution(requested: str, *, device: torch.device, world: int = 1, legacy_compile: bool = False,
-                      deterministic: bool = False, model_name: str = "gsit") -> Execution:
+def resolve_execution(
+    requested: str,
+    *,
+    device: torch.device,
+    world: int = 1,
+    legacy_compile: bool = False,
+    deterministic: bool = False,
+    model_name: str = "gsit",
+) -> Execution:
     """The execution mode for ``requested`` on ``device`` (``world`` processes); an impossible explicit
     request is an error, never a silent substitute."""
     if requested not in EXECUTIONS:
@@ -96,23 +106,43 @@ def resolve_execution(requested: str, *, device: torch.device, world: int = 1, l
         if legacy_compile:
             return Execution(requested, "compiled", "train.compile=true (--compile) asks for torch.compile")
         if not cuda:
-            return Execution(requested, "eager", f"device {device.type}: CUDA graphs need a GPU, and compiling "
-                             "for the CPU costs more than it saves on these model sizes")
+            return Execution(
+                requested,
+                "eager",
+                f"device {device.type}: CUDA graphs need a GPU, and compiling "
+                "for the CPU costs more than it saves on these model sizes",
+            )
         if world > 1:
-            return Execution(requested, "eager", f"DDP over {world} processes: the captured step bypasses "
-                             "DDP's gradient hooks, so DDP runs eager (train.execution=compiled is allowed)")
+            return Execution(
+                requested,
+                "eager",
+                f"DDP over {world} processes: the captured step bypasses "
+                "DDP's gradient hooks, so DDP runs eager (train.execution=compiled is allowed)",
+            )
         if model_name not in VERIFIED_FAST:
-            return Execution(requested, "eager", f"model {model_name!r}: its compiled/captured step has not "
-                             "been verified on a GPU yet (set train.execution=graphed or compiled to try it)")
-        return Execution(requested, "compiled_graphed", "one CUDA device: compiled model, whole step "
-                         "captured in CUDA graphs (the fastest exact execution)")
+            return Execution(
+                requested,
+                "eager",
+                f"model {model_name!r}: its compiled/captured step has not "
+                "been verified on a GPU yet (set train.execution=graphed or compiled to try it)",
+            )
+        return Execution(
+            requested,
+            "compiled_graphed",
+            "one CUDA device: compiled model, whole step "
+            "captured in CUDA graphs (the fastest exact execution)",
+        )
     if requested in ("graphed", "compiled_graphed"):
         if not cuda:
-            raise ConfigError(f"train.execution={requested!r} needs a CUDA device (device is {device}); "
-                              f"use 'eager' or 'compiled'")
+            raise ConfigError(
+                f"train.execution={requested!r} needs a CUDA device (device is {device}); "
+                f"use 'eager' or 'compiled'"
+            )
         if world > 1:
-            raise ConfigError(f"train.execution={requested!r} is single-process: under DDP ({world} "
-                              f"processes) use 'eager' or 'compiled'")
+            raise ConfigError(
+                f"train.execution={requested!r} is single-process: under DDP ({world} "
+                f"processes) use 'eager' or 'compiled'"
+            )
     if deterministic and requested != "eager":
         return Execution(requested, requested, "as requested (with --deterministic)")
     return Execution(requested, requested, "as requested")
@@ -143,8 +173,13 @@ def level_length(full: int, needed: int, levels: tuple[float, ...] = LENGTH_LEVE
     return full
 
 
-def cut_to_level(batch, *, modalities: tuple[str, ...], kernel_sizes: dict[str, int],
-                 levels: tuple[float, ...] = LENGTH_LEVELS):
+def cut_to_level(
+    batch,
+    *,
+    modalities: tuple[str, ...],
+    kernel_sizes: dict[str, int],
+    levels: tuple[float, ...] = LENGTH_LEVELS,
+):
     """Padding-aware mode: cut the CPU batch's time axes to one shared length level (see module doc).
     Text given as ``text_bert`` token rows (B, 3, L) is left whole (BERT runs on it first)."""
     fraction = 0.0
@@ -212,10 +247,23 @@ class StepRunner:
     parameters' ``.grad`` and returns the (unscaled) mean loss as a device scalar; ``predict(dataset, rows)``
     returns the (len(rows), C) predictions on the device.  Shapes are made static as the module doc says."""
 
-    def __init__(self, model: torch.nn.Module, execution: Execution, *, task: str, batch_size: int,
-                 eval_batch_size: int, amp: str, modality_dropout: float, grad_clip: float,
-                 padding_aware: bool, modalities: tuple[str, ...], kernel_sizes: dict[str, int],
-                 device: torch.device, train_module: torch.nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        execution: Execution,
+        *,
+        task: str,
+        batch_size: int,
+        eval_batch_size: int,
+        amp: str,
+        modality_dropout: float,
+        grad_clip: float,
+        padding_aware: bool,
+        modalities: tuple[str, ...],
+        kernel_sizes: dict[str, int],
+        device: torch.device,
+        train_module: torch.nn.Module | None = None,
+    ) -> None:
         self.model = model
         self.execution = execution
         self.task = task
@@ -235,8 +283,9 @@ class StepRunner:
         if execution.compiled:
             _raise_recompile_limit(2 * len(LENGTH_LEVELS) + 4)
             self.forward = torch.compile(self.train_module, dynamic=False)
-            self.eval_forward = (self.forward if self.train_module is model
-                                 else torch.compile(model, dynamic=False))
+            self.eval_forward = (
+                self.forward if self.train_module is model else torch.compile(model, dynamic=False)
+            )
         self._train_graphs: dict[tuple, _Captured] = {}
         self._eval_graphs: dict[tuple, _Captured] = {}
         self.captures = 0
@@ -344,9 +393,14 @@ class StepRunner:
         random streams see the warm-up or the capture: the accumulated gradients and the RNG states are
         restored afterwards, so capturing mid-window changes nothing."""
         dev = self.device
-        c = _Captured(None, {m: t.to(dev) for m, t in batch.inputs.items()},
-                      {m: t.to(dev) for m, t in batch.lengths.items()}, batch.labels.to(dev), weights.to(dev),
-                      torch.empty(0))
+        c = _Captured(
+            None,
+            {m: t.to(dev) for m, t in batch.inputs.items()},
+            {m: t.to(dev) for m, t in batch.lengths.items()},
+            batch.labels.to(dev),
+            weights.to(dev),
+            torch.empty(0),
+        )
         if training:
             self.ensure_grads()
         saved = [p.grad.clone() for p in self.params] if training else []
@@ -369,7 +423,6 @@ class StepRunner:
         torch.cuda.set_rng_state(cuda_rng, dev)
         self.captures += 1
         return c
-
 
     def graph_count(self) -> int:
         """Compiled graphs (Dynamo, whole process) plus captured CUDA graphs so far: constant once every
@@ -397,4 +450,5 @@ def _raise_recompile_limit(n: int) -> None:
 def dynamo_graph_count() -> int:
     """How many graphs Dynamo has compiled so far in this process (recompiles included)."""
     from torch._dynamo.utils import counters
+
     return int(counters["stats"].get("unique_graphs", 0))

@@ -42,8 +42,9 @@ def format_metric(name: str, value: float | None, *, percent: bool = False) -> s
     return f"{scale_metric(name, float(value), percent):.{metric_digits(name, percent)}f}"
 
 
-def format_mean_std(name: str, mean: float | None, std: float | None, n: int, *, percent: bool = False,
-                    sep: str = " ± ") -> str:
+def format_mean_std(
+    name: str, mean: float | None, std: float | None, n: int, *, percent: bool = False, sep: str = " ± "
+) -> str:
     """``mean ± std``; a single value (``n == 1``) has no spread and is shown alone."""
     text = format_metric(name, mean, percent=percent)
     if n > 1 and text != "n/a" and std is not None:
@@ -53,10 +54,12 @@ def format_mean_std(name: str, mean: float | None, std: float | None, n: int, *,
 
 def percent_values(metrics: dict[str, float], *, percent: bool = True) -> dict[str, float]:
     """``{metric: value}`` scaled and rounded as :func:`format_metric` shows them (for JSON output)."""
+
     def shown(k: str, v):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return v
         return round(scale_metric(k, float(v), percent), metric_digits(k, percent))
+
     return {k: shown(k, v) for k, v in metrics.items()}
 
 
@@ -75,8 +78,10 @@ def results_lines(results: dict, run_dir, *, percent: bool = False) -> list[str]
 
 def mmsa_pair(name: str, mean: float | None, std: float | None, n: int) -> str:
     """MMSA's ``"(mean, std)"`` cell in the paper convention (one seed: std 0)."""
-    return (f"({format_metric(name, mean, percent=True)}, "
-            f"{format_metric(name, std if n > 1 else 0.0, percent=True)})")
+    return (
+        f"({format_metric(name, mean, percent=True)}, "
+        f"{format_metric(name, std if n > 1 else 0.0, percent=True)})"
+    )
 
 
 def append_dataset_csv(folder, results: dict, run_dir):
@@ -91,6 +96,7 @@ def append_dataset_csv(folder, results: dict, run_dir):
     from pathlib import Path
 
     from gsit.errors import GsitError
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{results['dataset']}.csv"
@@ -106,8 +112,10 @@ def append_dataset_csv(folder, results: dict, run_dir):
             with open(path, newline="") as fh:
                 existing = next(csv.reader(fh), [])
             if existing != header:
-                raise GsitError(f"{str(path)!r} has the columns {existing}, not {header}; move it away to "
-                                f"start a new table")
+                raise GsitError(
+                    f"{str(path)!r} has the columns {existing}, not {header}; move it away to "
+                    f"start a new table"
+                )
         buf = io.StringIO()
         w = csv.writer(buf)
         if new:

@@ -65,8 +65,10 @@ class ModalGraph:
             raise ValueError(f"modality names must be unique, got {list(self.modalities)}")
         unknown = sorted({m for e in self.edges for m in e} - set(self.modalities))
         if unknown:
-            raise ValueError(f"graph {self.name!r}: edges name unknown modalities {unknown}; "
-                             f"known: {list(self.modalities)}")
+            raise ValueError(
+                f"graph {self.name!r}: edges name unknown modalities {unknown}; "
+                f"known: {list(self.modalities)}"
+            )
 
     # ----------------------------------------------------------------- named graphs
     @classmethod
@@ -87,13 +89,16 @@ class ModalGraph:
         elif name == "full":
             edges = {(x, y) for x in mods for y in mods}
         else:
-            raise ValueError(f"unknown graph {name!r}; known graphs: {list(GRAPH_NAMES)} "
-                             f"(paper structures via ModalGraph.structure: {list(STRUCTURE_NAMES)})")
+            raise ValueError(
+                f"unknown graph {name!r}; known graphs: {list(GRAPH_NAMES)} "
+                f"(paper structures via ModalGraph.structure: {list(STRUCTURE_NAMES)})"
+            )
         return cls(mods, frozenset(edges), name)
 
     @classmethod
-    def structure(cls, name: str, modalities: tuple[str, ...] = DEFAULT_MODALITIES
-                  ) -> tuple[ModalGraph, ModalGraph]:
+    def structure(
+        cls, name: str, modalities: tuple[str, ...] = DEFAULT_MODALITIES
+    ) -> tuple[ModalGraph, ModalGraph]:
         """The (forward, backward) encoder graphs of a paper mask structure (Table 4)."""
         mods = tuple(modalities)
         if name == "original" and set(mods) == {_T, _V, _A}:
@@ -151,8 +156,10 @@ class SequenceLayout:
 
     def __post_init__(self) -> None:
         if len(self.modalities) != len(self.lengths):
-            raise ValueError(f"layout: {len(self.modalities)} modalities {list(self.modalities)} but "
-                             f"{len(self.lengths)} lengths {list(self.lengths)}")
+            raise ValueError(
+                f"layout: {len(self.modalities)} modalities {list(self.modalities)} but "
+                f"{len(self.lengths)} lengths {list(self.lengths)}"
+            )
         if any(int(n) < 0 for n in self.lengths):
             raise ValueError(f"layout: negative segment length in {dict(zip(self.modalities, self.lengths))}")
 
@@ -236,8 +243,10 @@ class GraphMask:
 
     def __post_init__(self) -> None:
         if self.graph.modalities != self.layout.modalities:
-            raise ValueError(f"graph modalities {list(self.graph.modalities)} differ from layout modalities "
-                             f"{list(self.layout.modalities)}")
+            raise ValueError(
+                f"graph modalities {list(self.graph.modalities)} differ from layout modalities "
+                f"{list(self.layout.modalities)}"
+            )
         vl = self.valid_lengths
         if vl is not None:
             m = len(self.layout.modalities)
@@ -278,8 +287,11 @@ class GraphMask:
     # --------------------------------------------------------------- representations
     def dense_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
         """Boolean "may attend" mask: (N, N) without valid lengths, (B, N, N) with them."""
-        dev = device if device is not None else (self.valid_lengths.device if self.valid_lengths is not None
-                                                  else "cpu")
+        dev = (
+            device
+            if device is not None
+            else (self.valid_lengths.device if self.valid_lengths is not None else "cpu")
+        )
         static = _static_dense(self.graph, self.layout.lengths, str(dev))
         valid = self.position_valid(dev)
         if valid is None:
@@ -309,11 +321,14 @@ class GraphMask:
         adj = _adjacency_on(self.graph, str(device))
         valid = self.position_valid(device)
         if valid is None:
+
             def mask_mod(b, h, q_idx, kv_idx):
                 return adj[ids[q_idx], ids[kv_idx]]
         else:
+
             def mask_mod(b, h, q_idx, kv_idx):
                 return adj[ids[q_idx], ids[kv_idx]] & valid[b, q_idx] & valid[b, kv_idx]
+
         return mask_mod
 
     def with_graph(self, graph: ModalGraph) -> GraphMask:

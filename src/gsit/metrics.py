@@ -317,8 +317,10 @@ def classification_metrics(pred: Any, true: Any, num_classes: int | None = None)
         _check_pair(p_raw, t_raw.reshape(-1), p_raw.shape, t_raw.shape)
         _check_finite(p_raw, "pred", p_raw.shape)
         if num_classes is not None and p_raw.shape[1] != num_classes:
-            raise DataError(f"pred logits have {p_raw.shape[1]} classes (shape {p_raw.shape}), "
-                            f"expected num_classes={num_classes}")
+            raise DataError(
+                f"pred logits have {p_raw.shape[1]} classes (shape {p_raw.shape}), "
+                f"expected num_classes={num_classes}"
+            )
         p = np.argmax(p_raw, axis=1).astype(np.int64)
     elif p_raw.ndim <= 1 or (p_raw.ndim == 2 and p_raw.shape[1] == 1):
         p_flat = p_raw.reshape(-1)
@@ -333,8 +335,9 @@ def classification_metrics(pred: Any, true: Any, num_classes: int | None = None)
     if num_classes is not None:
         for arr, nm, shp in ((p, "pred", p_raw.shape), (t, "true", t_raw.shape)):
             if arr.max() >= num_classes:
-                raise DataError(f"{nm} holds class id {int(arr.max())} >= num_classes={num_classes} "
-                                f"(shape {shp})")
+                raise DataError(
+                    f"{nm} holds class id {int(arr.max())} >= num_classes={num_classes} (shape {shp})"
+                )
 
     precision, recall, f1, support = _prf_support(t, p)
     res = {

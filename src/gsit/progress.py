@@ -42,21 +42,35 @@ def stop_reason(*, epoch: int, best_epoch: int, early_stop: int, max_epochs: int
     """Why a seed's training loop ended after ``epoch``."""
     since = epoch - best_epoch
     if since >= early_stop:
-        return (f"early stop after epoch {epoch}: no validation improvement for {since} epochs "
-                f"(best epoch {best_epoch})")
+        return (
+            f"early stop after epoch {epoch}: no validation improvement for {since} epochs "
+            f"(best epoch {best_epoch})"
+        )
     if best_epoch == epoch:
-        return (f"epoch cap reached (train.max_epochs={max_epochs}) while still improving: the last epoch "
-                f"was the best; more epochs may help")
-    return (f"epoch cap reached (train.max_epochs={max_epochs}); best epoch {best_epoch}, {since} epoch(s) "
-            f"without improvement (early stop needs {early_stop})")
+        return (
+            f"epoch cap reached (train.max_epochs={max_epochs}) while still improving: the last epoch "
+            f"was the best; more epochs may help"
+        )
+    return (
+        f"epoch cap reached (train.max_epochs={max_epochs}); best epoch {best_epoch}, {since} epoch(s) "
+        f"without improvement (early stop needs {early_stop})"
+    )
 
 
 class Progress:
     """Console, log file and TensorBoard output of one training run (see the module docstring)."""
 
-    def __init__(self, quiet: bool, ctx, *, log_path: Path | None = None, every_s: float = 30.0,
-                 tensorboard_dir: Path | None = None, tty: bool | None = None,
-                 bar_interval: float = 0.1) -> None:
+    def __init__(
+        self,
+        quiet: bool,
+        ctx,
+        *,
+        log_path: Path | None = None,
+        every_s: float = 30.0,
+        tensorboard_dir: Path | None = None,
+        tty: bool | None = None,
+        bar_interval: float = 0.1,
+    ) -> None:
         self.main = ctx.main
         self.quiet = quiet or not ctx.main
         self.tty = sys.stderr.isatty() if tty is None else tty
@@ -68,7 +82,7 @@ class Progress:
         self._params_shown = False
         self._epoch_seconds: dict[int, list[float]] = {}
         self._seed_started = time.monotonic()
-        self._seeds_after = 0                 # seeds still to train after the current one
+        self._seeds_after = 0  # seeds still to train after the current one
         self._seed_durations: list[float] = []
         if self.tb_dir is not None:
             require_tensorboard()
@@ -87,10 +101,14 @@ class Progress:
         sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
         cap = f"{t.max_epochs}" if t.max_epochs > 0 else "none (early stop only, as the paper)"
         self.line(f"run directory: {run_dir}")
-        self.line(f"{run.model_name} on {run.data.dataset}: device {device}, seeds {list(t.seeds)}, "
-                  f"data {sizes} ({data.task})")
-        self.line(f"epoch cap: {cap}; early stop after {t.early_stop} epochs without a validation-loss "
-                  f"improvement; batch size {t.batch_size}")
+        self.line(
+            f"{run.model_name} on {run.data.dataset}: device {device}, seeds {list(t.seeds)}, "
+            f"data {sizes} ({data.task})"
+        )
+        self.line(
+            f"epoch cap: {cap}; early stop after {t.early_stop} epochs without a validation-loss "
+            f"improvement; batch size {t.batch_size}"
+        )
 
     def seed_start(self, run, seed: int, mine: list[int] | None = None) -> None:
         """A seed starts; ``mine``: the seeds this process trains, in order (default: all of the run's)."""
@@ -125,26 +143,48 @@ class Progress:
             if now - last >= self.every_s and i < n:
                 last = now
                 self.line(f"  {label} batch {i}/{n} loss {loss:.4f} ({fmt_seconds(now - start)})")
+
         return plain
 
     def _tqdm(self, label: str):
         from tqdm import tqdm
+
         bar = None
 
         def show(i: int, n: int, loss: float) -> None:
             nonlocal bar
             if bar is None:
-                bar = tqdm(total=n, desc=f"  {label}", leave=False, file=sys.stderr, unit="batch",
-                           dynamic_ncols=True, mininterval=self.bar_interval)
+                bar = tqdm(
+                    total=n,
+                    desc=f"  {label}",
+                    leave=False,
+                    file=sys.stderr,
+                    unit="batch",
+                    dynamic_ncols=True,
+                    mininterval=self.bar_interval,
+                )
             bar.update(i - bar.n)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if i >= n:
                 bar.close()
+
         return show
 
     # ---------------------------------------------------------------- epoch end
-    def epoch(self, *, seed: int, epoch: int, train_loss: float, valid: dict[str, float], improved: bool,
-              seconds: float, best_epoch: int, early_stop: int, max_epochs: int, lr: float) -> None:
+    def epoch(
+        self,
+        *,
+        seed: int,
+        epoch: int,
+        train_loss: float,
+        valid: dict[str, float],
+        improved: bool,
+        seconds: float,
+        best_epoch: int,
+        early_stop: int,
+        max_epochs: int,
+        lr: float,
+    ) -> None:
         times = self._epoch_seconds.setdefault(seed, [])
         times.append(seconds)
         per = sum(times) / len(times)
@@ -156,13 +196,18 @@ class Progress:
         more = ""
         if self._seeds_after:
             # later seeds: the mean duration of finished seeds, else this seed's elapsed time plus its bound
-            one = (sum(self._seed_durations) / len(self._seed_durations) if self._seed_durations
-                   else time.monotonic() - self._seed_started + seed_eta)
+            one = (
+                sum(self._seed_durations) / len(self._seed_durations)
+                if self._seed_durations
+                else time.monotonic() - self._seed_started + seed_eta
+            )
             more = f"; ~{fmt_seconds(seed_eta + self._seeds_after * one)} for the run"
-        self.line(f"  seed {seed} epoch {epoch}{total}  train {train_loss:.4f}  "
-                  f"valid loss {valid['Loss']:.4f}"
-                  f"{'  *' if improved else '   '}  {seconds:.1f} s/epoch  "
-                  f"ETA <= {fmt_seconds(seed_eta)} ({max(left, 0)} epoch(s) at most){more}")
+        self.line(
+            f"  seed {seed} epoch {epoch}{total}  train {train_loss:.4f}  "
+            f"valid loss {valid['Loss']:.4f}"
+            f"{'  *' if improved else '   '}  {seconds:.1f} s/epoch  "
+            f"ETA <= {fmt_seconds(seed_eta)} ({max(left, 0)} epoch(s) at most){more}"
+        )
         if self.tb_dir is not None:
             w = self._writer(seed)
             w.add_scalar("train/loss", train_loss, epoch)
@@ -173,8 +218,10 @@ class Progress:
             w.flush()
 
     def stopped(self, *, seed: int, epoch: int, best_epoch: int, early_stop: int, max_epochs: int) -> None:
-        self.line(f"  seed {seed}: " + stop_reason(epoch=epoch, best_epoch=best_epoch, early_stop=early_stop,
-                                                   max_epochs=max_epochs))
+        self.line(
+            f"  seed {seed}: "
+            + stop_reason(epoch=epoch, best_epoch=best_epoch, early_stop=early_stop, max_epochs=max_epochs)
+        )
 
     def test(self, seed: int, test: dict[str, float]) -> None:
         self._seed_durations.append(time.monotonic() - self._seed_started)
@@ -190,6 +237,7 @@ class Progress:
     def _writer(self, seed: int):
         if seed not in self._writers:
             from torch.utils.tensorboard import SummaryWriter
+
             self._writers[seed] = SummaryWriter(log_dir=str(self.tb_dir / f"seed-{seed}"))
         return self._writers[seed]
 

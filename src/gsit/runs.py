@@ -37,8 +37,12 @@ from gsit.models.registry import model_config_class
 
 def versions() -> dict[str, str]:
     """Versions of Python, torch, numpy, gsit, optional packages and the GPU, recorded in every run."""
-    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-           "platform": platform.platform()}
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
     out["gsit"] = __version__
     for mod in ("triton", "transformers", "safetensors"):
         try:
@@ -96,8 +100,14 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def write_results(run_dir: Path, run: RunConfig, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """``results.json`` (per seed + mean/std) and a one-row ``results.csv``."""
     summary = summarize(per_seed)
-    results = {"model": run.model_name, "dataset": run.data.dataset, "seeds": [r["seed"] for r in per_seed],
-               "n_seeds": len(per_seed), **summary, "per_seed": per_seed}
+    results = {
+        "model": run.model_name,
+        "dataset": run.data.dataset,
+        "seeds": [r["seed"] for r in per_seed],
+        "n_seeds": len(per_seed),
+        **summary,
+        "per_seed": per_seed,
+    }
     atomic_write_json(run_dir / "results.json", results)
     header = ["model", "dataset", "n_seeds"]
     row: list[Any] = [run.model_name, run.data.dataset, len(per_seed)]
@@ -114,12 +124,17 @@ def write_results(run_dir: Path, run: RunConfig, per_seed: list[dict[str, Any]])
 
 def data_facts(data) -> dict[str, Any]:
     """What a run was trained on (source, task, widths, lengths, split sizes), for ``data.json``."""
-    return {"source": str(data.source), "task": data.task, "num_classes": data.num_classes,
-            "label_names": data.label_names, "text_kind": data.text_kind,
-            "dims": {"text": data.text_dim, "audio": data.audio_dim, "vision": data.vision_dim},
-            "seq_lengths": data.seq_lengths,
-            "splits": {k: len(v) for k, v in data.splits.items()},
-            "fingerprint": data_fingerprint(data)}
+    return {
+        "source": str(data.source),
+        "task": data.task,
+        "num_classes": data.num_classes,
+        "label_names": data.label_names,
+        "text_kind": data.text_kind,
+        "dims": {"text": data.text_dim, "audio": data.audio_dim, "vision": data.vision_dim},
+        "seq_lengths": data.seq_lengths,
+        "splits": {k: len(v) for k, v in data.splits.items()},
+        "fingerprint": data_fingerprint(data),
+    }
 
 
 _FINGERPRINT_ROWS = 16
@@ -132,8 +147,17 @@ def data_fingerprint(data) -> dict[str, dict[str, str]]:
     data elsewhere matches; an edit confined to unsampled feature rows is not detected."""
     out: dict[str, dict[str, str]] = {}
     for name, split in sorted(data.splits.items()):
-        keys = ["ids", "labels", "text", "text_bert", "audio", "vision", "text_lengths", "audio_lengths",
-                "vision_lengths"]
+        keys = [
+            "ids",
+            "labels",
+            "text",
+            "text_bert",
+            "audio",
+            "vision",
+            "text_lengths",
+            "audio_lengths",
+            "vision_lengths",
+        ]
         entry = {}
         for key in keys:
             arr = getattr(split, key, None)
@@ -146,13 +170,18 @@ def data_fingerprint(data) -> dict[str, dict[str, str]]:
             else:
                 sample = arr
             h = hashlib.sha256(str(sample.dtype).encode())
-            h.update(np.ascontiguousarray(sample).tobytes() if sample.dtype.kind != "O"
-                     else "\x00".join(map(str, sample.tolist())).encode())
+            h.update(
+                np.ascontiguousarray(sample).tobytes()
+                if sample.dtype.kind != "O"
+                else "\x00".join(map(str, sample.tolist())).encode()
+            )
             entry[key] = f"{tuple(int(d) for d in arr.shape)} {arr.dtype} {h.hexdigest()[:16]}"
         for key, arr in sorted(split.extra_labels.items()):
             arr = np.asarray(arr)
-            entry[f"extra/{key}"] = f"{tuple(arr.shape)} {arr.dtype} " \
-                                    f"{hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16]}"
+            entry[f"extra/{key}"] = (
+                f"{tuple(arr.shape)} {arr.dtype} "
+                f"{hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16]}"
+            )
         out[name] = entry
     return out
 
@@ -172,12 +201,20 @@ def check_resume_data(run_dir: Path, data) -> None:
         a, b = old.get(split, {}), new.get(split, {})
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key):
-                what = ("is new" if key not in a else "is gone" if key not in b else
-                        f"changed from {a[key].rsplit(' ', 1)[0]} to {b[key].rsplit(' ', 1)[0]}"
-                        if a[key].rsplit(" ", 1)[0] != b[key].rsplit(" ", 1)[0] else "has different content")
-                raise GsitError(f"--resume {str(run_dir)!r}: the data at {data.source!r} is not the data "
-                                f"the run started on: split '{split}' key '{key}' {what}; resume with the same data "
-                                f"(or start a new run)")
+                what = (
+                    "is new"
+                    if key not in a
+                    else "is gone"
+                    if key not in b
+                    else f"changed from {a[key].rsplit(' ', 1)[0]} to {b[key].rsplit(' ', 1)[0]}"
+                    if a[key].rsplit(" ", 1)[0] != b[key].rsplit(" ", 1)[0]
+                    else "has different content"
+                )
+                raise GsitError(
+                    f"--resume {str(run_dir)!r}: the data at {data.source!r} is not the data "
+                    f"the run started on: split '{split}' key '{key}' {what}; resume with the same data "
+                    f"(or start a new run)"
+                )
 
 
 def load_run_config(run_dir: Path, data_path: str | None = None) -> RunConfig:
@@ -194,12 +231,14 @@ def load_run_config(run_dir: Path, data_path: str | None = None) -> RunConfig:
         raise ConfigError(f"{cfg_path}: holds a {type(raw).__name__}, but a JSON object is expected")
     unknown = sorted(set(raw) - {"model_name", "model", "train", "data", "execution"})
     if unknown:
-        raise ConfigError(f"{cfg_path}: unknown key {unknown[0]!r} (known: data, execution, model, model_name, "
-                          f"train)")
+        raise ConfigError(
+            f"{cfg_path}: unknown key {unknown[0]!r} (known: data, execution, model, model_name, train)"
+        )
     for key, kind in (("model_name", str), ("model", dict), ("train", dict), ("data", dict)):
         if not isinstance(raw.get(key), kind):
-            raise ConfigError(f"{cfg_path}: key {key!r} is missing or not a "
-                              f"{'string' if kind is str else 'JSON object'}")
+            raise ConfigError(
+                f"{cfg_path}: key {key!r} is missing or not a {'string' if kind is str else 'JSON object'}"
+            )
     dataset = raw["data"].get("dataset")
     try:
         base = load_config(raw["model_name"], dataset if isinstance(dataset, str) else "<missing>")
@@ -224,13 +263,18 @@ def load_run_config(run_dir: Path, data_path: str | None = None) -> RunConfig:
 
 def run_seeds(run_dir: Path, seed: int | None = None) -> list[int]:
     """Seeds with a best checkpoint in ``run_dir`` (only ``seed`` when given; an error if it has none)."""
-    seeds = sorted(int(p.name.split("-", 1)[1]) for p in Path(run_dir).glob("seed-*")
-                   if (p / "best.safetensors").is_file())
+    seeds = sorted(
+        int(p.name.split("-", 1)[1])
+        for p in Path(run_dir).glob("seed-*")
+        if (p / "best.safetensors").is_file()
+    )
     if not seeds:
         raise ConfigError(f"run directory {str(run_dir)!r} has no best checkpoint")
     if seed is not None:
         if seed not in seeds:
-            raise ConfigError(f"run directory {str(run_dir)!r} has no checkpoint for seed {seed}; seeds: {seeds}")
+            raise ConfigError(
+                f"run directory {str(run_dir)!r} has no checkpoint for seed {seed}; seeds: {seeds}"
+            )
         return [seed]
     return seeds
 
@@ -242,7 +286,6 @@ def model_from_run_dir(run_dir: Path, data, *, seed: int | None = None, device: 
     model = build_model(run, data, load_text_encoder(run, data))
     load_model_weights(Path(run_dir) / f"seed-{seed}" / "best.safetensors", model)
     return run, model.to(device).eval()
-
 
 
 def shared_new_run_dir(root: Path, model: str, dataset: str, ctx: Dist) -> Path:
@@ -261,8 +304,10 @@ def check_resume_dir(run_dir: Path, run: RunConfig) -> None:
         if isinstance(saved.get("train"), dict):  # a run saved before the rename holds MMSA's update_epochs
             saved["train"] = canonical_train_keys(saved["train"])
     if saved != json.loads(json.dumps(run.to_dict())):  # compare as stored (tuples become lists)
-        raise GsitError(f"--resume {str(run_dir)!r}: the run was started with a different configuration; "
-                        f"resume with the same arguments")
+        raise GsitError(
+            f"--resume {str(run_dir)!r}: the run was started with a different configuration; "
+            f"resume with the same arguments"
+        )
 
 
 def check_new_run_dir(run_dir: Path, ctx: Dist) -> None:
@@ -270,8 +315,10 @@ def check_new_run_dir(run_dir: Path, ctx: Dist) -> None:
     (other ranks would otherwise race rank 0's writes)."""
     taken = run_dir.exists() and any(run_dir.iterdir()) if ctx.main else None
     if all_gather(taken, ctx)[0]:
-        raise GsitError(f"run directory {str(run_dir)!r} already exists and is not empty; runs are never "
-                        f"overwritten (use --resume to continue it)")
+        raise GsitError(
+            f"run directory {str(run_dir)!r} already exists and is not empty; runs are never "
+            f"overwritten (use --resume to continue it)"
+        )
 
 
 _RUN_FILES = ("config.json", "command.txt", "versions.json", "data.json")

@@ -36,12 +36,15 @@ def parse_devices(text: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in items if not _DEVICE.match(t)]
     if not items or bad:
-        raise GsitError(f"--gpus {text!r}: expected comma-separated GPU indices (0,1) or devices "
-                        f"(cuda:0,cpu); bad: {bad or '(empty)'}")
+        raise GsitError(
+            f"--gpus {text!r}: expected comma-separated GPU indices (0,1) or devices "
+            f"(cuda:0,cpu); bad: {bad or '(empty)'}"
+        )
     devices = [f"cuda:{t}" if t.isdigit() else t for t in items]
     cuda = [d for d in devices if d.startswith("cuda")]
     if cuda:
         import torch
+
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         missing = [d for d in cuda if int(d.split(":")[1] if ":" in d else 0) >= n]
         if missing:
@@ -51,7 +54,7 @@ def parse_devices(text: str) -> list[str]:
 
 def deal_seeds(seeds: list[int], devices: list[str]) -> list[tuple[str, list[int]]]:
     """Round-robin: [(device, its seeds)], devices without a seed left out."""
-    plan = [(d, list(seeds[i::len(devices)])) for i, d in enumerate(devices)]
+    plan = [(d, list(seeds[i :: len(devices)])) for i, d in enumerate(devices)]
     return [(d, s) for d, s in plan if s]
 
 
@@ -60,10 +63,26 @@ def run_workers(argv: list[str], run_dir: Path, seeds: list[int], devices: list[
     plan = deal_seeds(list(seeds), devices)
     procs = []
     for device, mine in plan:
-        cmd = [sys.executable, "-m", "gsit.cli", *argv, "--worker-of", str(run_dir),
-               "--worker-seeds", ",".join(map(str, mine)), "--device", device]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cmd = [
+            sys.executable,
+            "-m",
+            "gsit.cli",
+            *argv,
+            "--worker-of",
+            str(run_dir),
+            "--worker-seeds",
+            ",".join(map(str, mine)),
+            "--device",
+            device,
+        ]
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         tail: deque[str] = deque(maxlen=20)
         label = f"[{device} seeds {','.join(map(str, mine))}]"
         thread = threading.Thread(target=_forward, args=(proc, label, tail), daemon=True)
@@ -76,10 +95,13 @@ def run_workers(argv: list[str], run_dir: Path, seeds: list[int], devices: list[
         if rc != 0:
             failed.append((device, mine, rc, list(tail)))
     if failed:
-        lines = "; ".join(f"{d} (seeds {s}) exited with code {rc}: {t[-1] if t else 'no output'}"
-                          for d, s, rc, t in failed)
-        raise GsitError(f"{len(failed)} of {len(procs)} worker(s) failed: {lines}. Finished seeds are kept "
-                        f"in {str(run_dir)!r}; continue with the same arguments plus --resume {run_dir}")
+        lines = "; ".join(
+            f"{d} (seeds {s}) exited with code {rc}: {t[-1] if t else 'no output'}" for d, s, rc, t in failed
+        )
+        raise GsitError(
+            f"{len(failed)} of {len(procs)} worker(s) failed: {lines}. Finished seeds are kept "
+            f"in {str(run_dir)!r}; continue with the same arguments plus --resume {run_dir}"
+        )
 
 
 def _forward(proc: subprocess.Popen, label: str, tail: deque) -> None:
@@ -95,6 +117,7 @@ def device_ctx(device: str):
     import torch
 
     from gsit.distributed import Dist
+
     return Dist(device=torch.device(device))
 
 
@@ -102,6 +125,7 @@ def train_on_devices(argv: list[str], run, run_dir: Path, devices: list[str]) ->
     """Train the run's seeds in one worker per device, then gather the per-seed results into the run's
     results.json (returned, as :func:`gsit.runs.write_results` returns it)."""
     from gsit.runs import write_results
+
     run_workers(argv, run_dir, list(run.train.seeds), devices)
     per_seed = []
     for s in run.train.seeds:
@@ -112,16 +136,36 @@ def train_on_devices(argv: list[str], run, run_dir: Path, devices: list[str]) ->
     return write_results(run_dir, run, per_seed)
 
 
-def train_worker(run, run_dir: Path, seeds: list[int], *, device: str | None, quiet: bool,
-                 tensorboard: bool, log_every: float) -> None:
+def train_worker(
+    run,
+    run_dir: Path,
+    seeds: list[int],
+    *,
+    device: str | None,
+    quiet: bool,
+    tensorboard: bool,
+    log_every: float,
+) -> None:
     """One worker: train ``seeds`` of the run in ``run_dir`` (started by the parent with the same
     configuration) on ``device``; finished seeds are skipped, interrupted ones resumed."""
     from gsit.data import load_run_data
     from gsit.distributed import init_distributed
     from gsit.runs import check_resume_dir
     from gsit.train import run_training
+
     check_resume_dir(run_dir, run)
     ctx = init_distributed(device)
     data = load_run_data(run.data, quiet=True)
-    run_training(run, data, run_dir=run_dir, resume=True, quiet=quiet, device=device, ctx=ctx,
-                 tensorboard=tensorboard, log_every=log_every, only_seeds=seeds, write_summary=False)
+    run_training(
+        run,
+        data,
+        run_dir=run_dir,
+        resume=True,
+        quiet=quiet,
+        device=device,
+        ctx=ctx,
+        tensorboard=tensorboard,
+        log_every=log_every,
+        only_seeds=seeds,
+        write_summary=False,
+    )

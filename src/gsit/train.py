@@ -67,8 +67,9 @@ def set_seed(seed: int, *, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True)
 
 
-def epoch_batches(n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
-                  sizes: np.ndarray | None = None) -> list[np.ndarray]:
+def epoch_batches(
+    n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: int, sizes: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Global batches of row indices; the permutation depends only on (seed, epoch), so a resumed run and
     every DDP rank see the same batches.  With ``sizes`` (per-row total valid length), rows are bucketed:
     each chunk of 32 batches is sorted by size before batching, and the batch order is shuffled."""
@@ -79,9 +80,13 @@ def epoch_batches(n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: i
         g, order = None, np.arange(n)
     if sizes is not None:
         chunk = 32 * batch_size
-        order = np.concatenate([c[np.argsort(sizes[c], kind="stable")] for c in
-                                (order[i:i + chunk] for i in range(0, n, chunk))])
-    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        order = np.concatenate(
+            [
+                c[np.argsort(sizes[c], kind="stable")]
+                for c in (order[i : i + chunk] for i in range(0, n, chunk))
+            ]
+        )
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if sizes is not None and g is not None:
         batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
     return batches
@@ -90,8 +95,9 @@ def epoch_batches(n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: i
 def total_lengths(split) -> np.ndarray:
     """Per-row sum of valid lengths over the modalities (for length bucketing)."""
     split.fill_lengths()
-    return (np.asarray(split.text_lengths) + np.asarray(split.audio_lengths)
-            + np.asarray(split.vision_lengths)).astype(np.int64)
+    return (
+        np.asarray(split.text_lengths) + np.asarray(split.audio_lengths) + np.asarray(split.vision_lengths)
+    ).astype(np.int64)
 
 
 _NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")
@@ -101,17 +107,29 @@ def make_optimizer(run: RunConfig, model: torch.nn.Module) -> torch.optim.Optimi
     """Adam with the paper's three parameter groups (SPEC §9), or MMSA MulT's single group."""
     t = run.train
     if t.protocol == "mmsa_mult":
-        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate,
-                                weight_decay=t.weight_decay)
+        return torch.optim.Adam(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=t.learning_rate,
+            weight_decay=t.weight_decay,
+        )
     bert = [(n, p) for n, p in model.named_parameters() if n.startswith("text_encoder.")]
     bert_ids = {id(p) for _, p in bert}
     groups = [
-        {"params": [p for n, p in bert if not any(nd in n for nd in _NO_DECAY)],
-         "weight_decay": t.weight_decay_bert, "lr": t.learning_rate_bert},
-        {"params": [p for n, p in bert if any(nd in n for nd in _NO_DECAY)],
-         "weight_decay": 0.0, "lr": t.learning_rate_bert},
-        {"params": [p for p in model.parameters() if id(p) not in bert_ids],
-         "weight_decay": t.weight_decay_other, "lr": t.learning_rate_other},
+        {
+            "params": [p for n, p in bert if not any(nd in n for nd in _NO_DECAY)],
+            "weight_decay": t.weight_decay_bert,
+            "lr": t.learning_rate_bert,
+        },
+        {
+            "params": [p for n, p in bert if any(nd in n for nd in _NO_DECAY)],
+            "weight_decay": 0.0,
+            "lr": t.learning_rate_bert,
+        },
+        {
+            "params": [p for p in model.parameters() if id(p) not in bert_ids],
+            "weight_decay": t.weight_decay_other,
+            "lr": t.learning_rate_other,
+        },
     ]
     return torch.optim.Adam([g for g in groups if g["params"]], betas=(0.9, 0.999), eps=1e-8)
 
@@ -119,8 +137,9 @@ def make_optimizer(run: RunConfig, model: torch.nn.Module) -> torch.optim.Optimi
 def make_scheduler(run: RunConfig, optimizer):
     """ReduceLROnPlateau on the validation loss for ``train.scheduler = \"plateau\"``, else none."""
     if run.train.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=run.train.plateau_factor,
-                                                          patience=run.train.plateau_patience)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=run.train.plateau_factor, patience=run.train.plateau_patience
+        )
     return None
 
 
@@ -135,18 +154,35 @@ def _modality_dropout(batch, p: float):
     return batch
 
 
-def train_epoch(model, optimizer, split, *, run: RunConfig, seed: int, epoch: int, task: str, ctx: Dist,
-                progress: Callable[[int, int, float], None] | None = None,
-                runner: StepRunner | None = None) -> float:
+def train_epoch(
+    model,
+    optimizer,
+    split,
+    *,
+    run: RunConfig,
+    seed: int,
+    epoch: int,
+    task: str,
+    ctx: Dist,
+    progress: Callable[[int, int, float], None] | None = None,
+    runner: StepRunner | None = None,
+) -> float:
     """One epoch of summed-gradient accumulation; returns the mean training loss over batches.  ``runner``
     (compiled / CUDA-graphed steps, :mod:`gsit.execution`) replaces the eager step below when given."""
     t = run.train
     model.train()
     if runner is not None and runner.execution.static:
-        return _train_epoch_static(runner, optimizer, split, run=run, seed=seed, epoch=epoch, ctx=ctx,
-                                   progress=progress)
-    batches = epoch_batches(len(split), t.batch_size, shuffle=True, seed=seed, epoch=epoch,
-                            sizes=total_lengths(split) if t.length_bucketing else None)
+        return _train_epoch_static(
+            runner, optimizer, split, run=run, seed=seed, epoch=epoch, ctx=ctx, progress=progress
+        )
+    batches = epoch_batches(
+        len(split),
+        t.batch_size,
+        shuffle=True,
+        seed=seed,
+        epoch=epoch,
+        sizes=total_lengths(split) if t.length_bucketing else None,
+    )
     # the running loss stays on the device (float64 where supported: the same sums as Python floats), so a
     # GPU step never waits for the host; it is read when the progress bar moves and once at the end
     acc_dtype = torch.float32 if ctx.device.type == "mps" else torch.float64
@@ -179,13 +215,20 @@ def train_epoch(model, optimizer, split, *, run: RunConfig, seed: int, epoch: in
     return float(sum(losses)) / max(count, 1)
 
 
-def _train_epoch_static(runner: StepRunner, optimizer, split, *, run: RunConfig, seed: int, epoch: int,
-                        ctx: Dist, progress) -> float:
+def _train_epoch_static(
+    runner: StepRunner, optimizer, split, *, run: RunConfig, seed: int, epoch: int, ctx: Dist, progress
+) -> float:
     """:func:`train_epoch` with static-shape steps (same batches, same windows, same loss)."""
     t = run.train
     dataset = split_dataset(split)
-    batches = epoch_batches(len(split), t.batch_size, shuffle=True, seed=seed, epoch=epoch,
-                            sizes=total_lengths(split) if t.length_bucketing else None)
+    batches = epoch_batches(
+        len(split),
+        t.batch_size,
+        shuffle=True,
+        seed=seed,
+        epoch=epoch,
+        sizes=total_lengths(split) if t.length_bucketing else None,
+    )
     total_t, count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
     every = max(1, len(batches) // 50)
     for i, batch_idx in enumerate(batches):
@@ -207,29 +250,53 @@ def _train_epoch_static(runner: StepRunner, optimizer, split, *, run: RunConfig,
     return float(sum(losses)) / max(count, 1)
 
 
-def make_runner(run: RunConfig, model, execution: Execution, *, task: str, ctx: Dist,
-                train_module=None) -> StepRunner:
+def make_runner(
+    run: RunConfig, model, execution: Execution, *, task: str, ctx: Dist, train_module=None
+) -> StepRunner:
     """The step runner of ``execution`` for ``model`` (static batch = this rank's share of a batch)."""
     t = run.train
     cfg = getattr(model, "config", None)
-    return StepRunner(model, execution, task=task, batch_size=-(-t.batch_size // ctx.world),
-                      eval_batch_size=t.eval_batch_size or t.batch_size, amp=t.amp,
-                      modality_dropout=t.modality_dropout, grad_clip=t.grad_clip,
-                      padding_aware=bool(getattr(cfg, "padding_aware", False)),
-                      modalities=tuple(getattr(cfg, "modalities", ("text", "vision", "audio"))),
-                      kernel_sizes=dict(getattr(cfg, "kernel_sizes", {})), device=ctx.device,
-                      train_module=train_module)
+    return StepRunner(
+        model,
+        execution,
+        task=task,
+        batch_size=-(-t.batch_size // ctx.world),
+        eval_batch_size=t.eval_batch_size or t.batch_size,
+        amp=t.amp,
+        modality_dropout=t.modality_dropout,
+        grad_clip=t.grad_clip,
+        padding_aware=bool(getattr(cfg, "padding_aware", False)),
+        modalities=tuple(getattr(cfg, "modalities", ("text", "vision", "audio"))),
+        kernel_sizes=dict(getattr(cfg, "kernel_sizes", {})),
+        device=ctx.device,
+        train_module=train_module,
+    )
 
 
 def run_execution(run: RunConfig, ctx: Dist) -> Execution:
     """``train.execution`` resolved for this device and process count."""
-    return resolve_execution(run.train.execution, device=ctx.device, world=ctx.world,
-                             legacy_compile=run.train.compile, deterministic=run.train.deterministic,
-                             model_name=run.model_name)
+    return resolve_execution(
+        run.train.execution,
+        device=ctx.device,
+        world=ctx.world,
+        legacy_compile=run.train.compile,
+        deterministic=run.train.deterministic,
+        model_name=run.model_name,
+    )
 
 
-def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, resume: bool,
-               progress: Progress, dataset: str, stop_after_epoch: int | None = None) -> dict[str, Any]:
+def train_seed(
+    run: RunConfig,
+    data,
+    *,
+    seed: int,
+    seed_dir: Path,
+    ctx: Dist,
+    resume: bool,
+    progress: Progress,
+    dataset: str,
+    stop_after_epoch: int | None = None,
+) -> dict[str, Any]:
     """Train one seed to early stop, reload the best weights and evaluate the test split once."""
     t = run.train
     task = data.task
@@ -241,8 +308,11 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
     scheduler = make_scheduler(run, optimizer)
     train_model = model
     if ctx.enabled:
-        train_model = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                          find_unused_parameters=True)
+        train_model = DDP(
+            model,
+            device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
     execution = run_execution(run, ctx)
     runner = make_runner(run, model, execution, task=task, ctx=ctx, train_module=train_model)
     state = {"epoch": 0, "best_valid": math.inf, "best_epoch": 0, "done": False, "best_state_id": None}
@@ -259,8 +329,9 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
                 raise problem
             raise GsitError(f"seed {seed}: rank 0 could not recover {str(seed_dir)!r}")
         if (seed_dir / "last.json").is_file():
-            state = load_training_state(seed_dir / LAST, model=model, optimizer=optimizer,
-                                        scheduler=scheduler, meta=meta)
+            state = load_training_state(
+                seed_dir / LAST, model=model, optimizer=optimizer, scheduler=scheduler, meta=meta
+            )
             state.setdefault("best_state_id", None)
             progress.line(f"  seed {seed}: resumed after epoch {state['epoch']}")
     if ctx.main:
@@ -275,11 +346,21 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
             # start of epoch E, after epoch E-1's checkpoint was written (tests of worker failure under DDP)
             os._exit(13)
         t0 = time.time()
-        train_loss = train_epoch(train_model, optimizer, data.splits["train"], run=run, seed=seed, epoch=epoch,
-                                 task=task, ctx=ctx, progress=progress.batch(seed, epoch, t.max_epochs),
-                                 runner=runner)
-        valid = evaluate_split(model, data.splits["valid"], run=run, dataset=dataset, task=task, ctx=ctx,
-                               runner=runner)
+        train_loss = train_epoch(
+            train_model,
+            optimizer,
+            data.splits["train"],
+            run=run,
+            seed=seed,
+            epoch=epoch,
+            task=task,
+            ctx=ctx,
+            progress=progress.batch(seed, epoch, t.max_epochs),
+            runner=runner,
+        )
+        valid = evaluate_split(
+            model, data.splits["valid"], run=run, dataset=dataset, task=task, ctx=ctx, runner=runner
+        )
         improved = valid["Loss"] <= state["best_valid"] - 1e-6
         if improved:
             state["best_valid"], state["best_epoch"] = valid["Loss"], epoch
@@ -289,48 +370,96 @@ def train_seed(run: RunConfig, data, *, seed: int, seed_dir: Path, ctx: Dist, re
         state["done"] = (epoch - state["best_epoch"] >= t.early_stop) or (0 < t.max_epochs <= epoch)
         seconds = time.time() - t0
         if ctx.main:
-            row = {"epoch": epoch, "train_loss": round(train_loss, 6), "seconds": round(seconds, 2),
-                   "lr": optimizer.param_groups[-1]["lr"], **{f"valid_{k}": v for k, v in valid.items()},
-                   "best_epoch": state["best_epoch"], "graphs": runner.graph_count()}
+            row = {
+                "epoch": epoch,
+                "train_loss": round(train_loss, 6),
+                "seconds": round(seconds, 2),
+                "lr": optimizer.param_groups[-1]["lr"],
+                **{f"valid_{k}": v for k, v in valid.items()},
+                "best_epoch": state["best_epoch"],
+                "graphs": runner.graph_count(),
+            }
             if ctx.device.type == "cuda":
                 row["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(ctx.device) / 2**20, 1)
             # one commit point per epoch: stage the tensors, write the row, then commit (gsit.checkpoint)
-            meta = stage_epoch(seed_dir, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
-                               improved=improved)
+            meta = stage_epoch(
+                seed_dir,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                state=state,
+                improved=improved,
+            )
             append_epoch_row(seed_dir / "epochs.csv", row)
             commit_epoch(seed_dir, meta)
         barrier(ctx)
-        progress.epoch(seed=seed, epoch=epoch, train_loss=train_loss, valid=valid, improved=improved,
-                       seconds=seconds, best_epoch=state["best_epoch"], early_stop=t.early_stop,
-                       max_epochs=t.max_epochs, lr=optimizer.param_groups[-1]["lr"])
+        progress.epoch(
+            seed=seed,
+            epoch=epoch,
+            train_loss=train_loss,
+            valid=valid,
+            improved=improved,
+            seconds=seconds,
+            best_epoch=state["best_epoch"],
+            early_stop=t.early_stop,
+            max_epochs=t.max_epochs,
+            lr=optimizer.param_groups[-1]["lr"],
+        )
         if stop_after_epoch is not None and epoch >= stop_after_epoch and not state["done"]:
             raise KeyboardInterrupt(f"stopped after epoch {epoch} (test hook)")
-    progress.stopped(seed=seed, epoch=state["epoch"], best_epoch=state["best_epoch"], early_stop=t.early_stop,
-                     max_epochs=t.max_epochs)
+    progress.stopped(
+        seed=seed,
+        epoch=state["epoch"],
+        best_epoch=state["best_epoch"],
+        early_stop=t.early_stop,
+        max_epochs=t.max_epochs,
+    )
     load_best_weights(seed_dir, model, best_epoch=state["best_epoch"])
-    test = evaluate_split(model, data.splits["test"], run=run, dataset=dataset, task=task, ctx=ctx,
-                          runner=runner)
+    test = evaluate_split(
+        model, data.splits["test"], run=run, dataset=dataset, task=task, ctx=ctx, runner=runner
+    )
     progress.test(seed, test)
-    result = {"seed": seed, "best_epoch": state["best_epoch"], "epochs": state["epoch"],
-              "valid_loss": state["best_valid"], "test": test}
+    result = {
+        "seed": seed,
+        "best_epoch": state["best_epoch"],
+        "epochs": state["epoch"],
+        "valid_loss": state["best_valid"],
+        "test": test,
+    }
     if ctx.main:
         atomic_write_json(seed_dir / "results.json", result)
     return result
 
 
-def run_training(run: RunConfig, data, *, run_dir: Path, resume: bool = False, quiet: bool = False,
-                 device: str | None = None, command: list[str] | None = None,
-                 ctx: Dist | None = None, tensorboard: bool = False, log_every: float = 30.0,
-                 only_seeds: list[int] | None = None, write_summary: bool = True,
-                 shown_device: str | None = None) -> dict[str, Any]:
+def run_training(
+    run: RunConfig,
+    data,
+    *,
+    run_dir: Path,
+    resume: bool = False,
+    quiet: bool = False,
+    device: str | None = None,
+    command: list[str] | None = None,
+    ctx: Dist | None = None,
+    tensorboard: bool = False,
+    log_every: float = 30.0,
+    only_seeds: list[int] | None = None,
+    write_summary: bool = True,
+    shown_device: str | None = None,
+) -> dict[str, Any]:
     """Train every seed of ``run`` into ``run_dir`` (skipping seeds already finished when resuming) and
     write the mean/std results.  Progress (:mod:`gsit.progress`) goes to stderr and ``run_dir/train.log``;
     ``tensorboard``: per-epoch scalars under ``run_dir/tensorboard/``; ``log_every``: seconds between plain
     progress lines within an epoch when stderr is not a terminal.  ``only_seeds``: train only these seeds of
     the run (a ``--gpus`` worker); ``write_summary=False``: leave the run's results.json to the caller."""
     ctx = ctx or init_distributed(device)
-    progress = Progress(quiet, ctx, log_path=run_dir / "train.log", every_s=log_every,
-                        tensorboard_dir=run_dir / "tensorboard" if tensorboard else None)
+    progress = Progress(
+        quiet,
+        ctx,
+        log_path=run_dir / "train.log",
+        every_s=log_every,
+        tensorboard_dir=run_dir / "tensorboard" if tensorboard else None,
+    )
     execution = run_execution(run, ctx)
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -353,8 +482,17 @@ def run_training(run: RunConfig, data, *, run_dir: Path, resume: bool = False, q
             per_seed.append(json.loads(done.read_text()))
             continue
         progress.seed_start(run, seed, todo)
-        per_seed.append(train_seed(run, data, seed=seed, seed_dir=seed_dir, ctx=ctx, resume=resume,
-                                   progress=progress, dataset=run.data.dataset))
+        per_seed.append(
+            train_seed(
+                run,
+                data,
+                seed=seed,
+                seed_dir=seed_dir,
+                ctx=ctx,
+                resume=resume,
+                progress=progress,
+                dataset=run.data.dataset,
+            )
+        )
     results = write_results(run_dir, run, per_seed) if ctx.main and write_summary else {"per_seed": per_seed}
     return results
-

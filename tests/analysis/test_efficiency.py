@@ -19,6 +19,7 @@ def test_thop_macs_gsit_mosi_reproduces_paper():
 
     def enc(w):
         return n * (4 * (9 * w * w + 8 * w) + 4 * w)
+
     assert r["front_end"] == 8 * 128 * (46 * 768 * 5 + 496 * 20 * 5 + 371 * 5 * 5)
     assert r["fusion"] == 8 * (2 * enc(d) + enc(2 * d))
     assert r["paper_convention"] == r["fusion_plus_conv"]
@@ -44,8 +45,11 @@ def test_thop_rules_count_modules_per_call_and_skip_functional_ops():
             self.w = nn.Parameter(torch.randn(4, 4))
 
         def parameter_groups(self):
-            return {"front_end": list(self.conv.parameters()), "fusion": [self.w, *self.ln.parameters()],
-                    "head": list(self.fc.parameters())}
+            return {
+                "front_end": list(self.conv.parameters()),
+                "fusion": [self.w, *self.ln.parameters()],
+                "head": list(self.fc.parameters()),
+            }
 
         def forward(self, inputs):
             h = self.conv(inputs["x"].transpose(1, 2)).transpose(1, 2)  # (2, 6, 4)
@@ -65,11 +69,15 @@ def test_thop_rules_count_modules_per_call_and_skip_functional_ops():
 
 
 def test_format_efficiency_table():
-    row = {"model": "gsit", "dataset": "mosi",
-           "params": {"total_without_text_encoder": 1793409, "paper_convention": 1694848},
-           "flops_per_sample": {"total": 11.2e9, "attention": 2.5e9},
-           "thop": {"total": 26225029120, "paper_convention": 26224241664, "batch": 8},
-           "paper_flops_g": 26.224, "paper_params_m": 1.695}
+    row = {
+        "model": "gsit",
+        "dataset": "mosi",
+        "params": {"total_without_text_encoder": 1793409, "paper_convention": 1694848},
+        "flops_per_sample": {"total": 11.2e9, "attention": 2.5e9},
+        "thop": {"total": 26225029120, "paper_convention": 26224241664, "batch": 8},
+        "paper_flops_g": 26.224,
+        "paper_params_m": 1.695,
+    }
     text = format_efficiency([row])
     assert "1,694,848" in text and "26.224" in text and "thop" in text
 
@@ -77,6 +85,7 @@ def test_format_efficiency_table():
 @pytest.mark.slow
 def test_efficiency_cli_prints_every_model(capsys):
     from gsit.cli import main
+
     assert main(["efficiency", "--dataset", "mosi"]) == 0
     out = capsys.readouterr().out
     assert "mult_dagger" in out and "26.294" in out and "26.224" in out
@@ -85,17 +94,30 @@ def test_efficiency_cli_prints_every_model(capsys):
 def test_step_cost_measures_a_training_step_and_changes_the_weights():
     """step_cost times real training steps of the chosen backend; the table shows them."""
     from gsit.analysis.efficiency import step_cost
-    res = step_cost("gsit", "mosi", batch=2, device="cpu", warmup=1, reps=2,
-                    overrides=("model.d_model=16", "model.num_layers=1"))
+
+    res = step_cost(
+        "gsit",
+        "mosi",
+        batch=2,
+        device="cpu",
+        warmup=1,
+        reps=2,
+        overrides=("model.d_model=16", "model.num_layers=1"),
+    )
     assert res["reps"] == 2 and res["backend"] == "pairs" and res["device"] == "cpu"
     assert 0 < res["p10_ms"] <= res["median_ms"] <= res["p90_ms"]
     assert res["peak_mem_mb"] is None  # not tracked on CPU
     with pytest.raises(ValueError, match="unknown attention backend"):
         step_cost("gsit", "mosi", batch=2, backend="nope", overrides=("model.d_model=16",))
-    row = {"model": "gsit", "dataset": "mosi",
-           "params": {"total_without_text_encoder": 1793409, "paper_convention": 1694848},
-           "flops_per_sample": {"total": 11.2e9, "attention": 2.5e9},
-           "thop": {"total": 26225029120, "paper_convention": 26224241664, "batch": 8},
-           "paper_flops_g": 26.224, "paper_params_m": 1.695, "step": res}
+    row = {
+        "model": "gsit",
+        "dataset": "mosi",
+        "params": {"total_without_text_encoder": 1793409, "paper_convention": 1694848},
+        "flops_per_sample": {"total": 11.2e9, "attention": 2.5e9},
+        "thop": {"total": 26225029120, "paper_convention": 26224241664, "batch": 8},
+        "paper_flops_g": 26.224,
+        "paper_params_m": 1.695,
+        "step": res,
+    }
     text = format_efficiency([row])
     assert "step ms (B)" in text and "Adam" in text

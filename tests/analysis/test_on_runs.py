@@ -45,8 +45,15 @@ def tiny_pickle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ablation(tiny_pickle, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("runs") / "ablation"
-    return run_ablation("synthetic", data_path=str(tiny_pickle), out=out, seeds=(1, 2),
-                        variants=("original", "text_only"), overrides=TINY_OVERRIDES, device="cpu")
+    return run_ablation(
+        "synthetic",
+        data_path=str(tiny_pickle),
+        out=out,
+        seeds=(1, 2),
+        variants=("original", "text_only"),
+        overrides=TINY_OVERRIDES,
+        device="cpu",
+    )
 
 
 def _row(result: dict, variant: str) -> dict:
@@ -57,8 +64,9 @@ def _row(result: dict, variant: str) -> dict:
 
 
 def test_ablate_variant_overrides_skip_unknown_model_keys():
-    use, skipped = variant_overrides(VARIANTS["mult"], ("model.structure=\"self_only\"", "model.d_model=16",
-                                                        "train.max_epochs=2"))
+    use, skipped = variant_overrides(
+        VARIANTS["mult"], ('model.structure="self_only"', "model.d_model=16", "train.max_epochs=2")
+    )
     assert skipped == ['model.structure="self_only"']
     assert use == ["model.d_model=16", "train.max_epochs=2"]
     use, _ = variant_overrides(VARIANTS["self_only"], ('model.structure="structure1"',))
@@ -74,6 +82,7 @@ def test_ablate_parse_variants_rejects_unknown():
 def test_ablate_generated_synthetic_data_defaults_to_the_recall_task(tmp_path):
     from gsit.config import load_config
     from gsit.data import load_run_data
+
     recall = ['data.synthetic_task="recall"']
     assert synthetic_task_overrides("synthetic", None) == recall
     assert synthetic_task_overrides("synthetic", "x.pkl") == []
@@ -137,8 +146,14 @@ def test_ablate_refuses_existing_output(ablation, tiny_pickle):
 
 
 def test_ablate_every_variant_trains_one_epoch(tiny_pickle, tmp_path):
-    res = run_ablation("synthetic", data_path=str(tiny_pickle), out=tmp_path / "all", seeds=(3,),
-                       overrides=("model.d_model=8", "model.num_heads=2", "train.max_epochs=1"), device="cpu")
+    res = run_ablation(
+        "synthetic",
+        data_path=str(tiny_pickle),
+        out=tmp_path / "all",
+        seeds=(3,),
+        overrides=("model.d_model=8", "model.num_heads=2", "train.max_epochs=1"),
+        device="cpu",
+    )
     assert [r["variant"] for r in res["rows"]] == list(parse_variants(None))
     assert all(np.isfinite(r["mean"]["MAE"]) for r in res["rows"])
     mult = next(r for r in res["rows"] if r["variant"] == "mult")
@@ -152,6 +167,7 @@ def test_robustness_removing_a_cue_modality_hurts_more_than_vision(ablation, tmp
     import matplotlib.image as mpimg
 
     from gsit.analysis.robustness import lookup, run_robustness
+
     run_dir = Path(ablation["out"]) / "original"
     res = run_robustness(run_dir, out=tmp_path / "rob", rates=(0.3, 0.6), metric="MAE")
     rows = {(r["condition"], r["policy"], r["rate"]) for r in res["rows"]}
@@ -175,8 +191,10 @@ def test_robustness_removing_a_cue_modality_hurts_more_than_vision(ablation, tmp
 
 def test_robustness_masking_rules():
     from gsit.analysis.robustness import masked_split, mean_split, training_means, zeroed_split
-    data = make_synthetic(n_train=20, n_valid=4, n_test=6, text_len=8, audio_len=10, vision_len=10,
-                          text_kind="bert", seed=1)
+
+    data = make_synthetic(
+        n_train=20, n_valid=4, n_test=6, text_len=8, audio_len=10, vision_len=10, text_kind="bert", seed=1
+    )
     test = data.splits["test"]
     test.fill_lengths()
     z = zeroed_split(test, ("text", "audio"))
@@ -184,7 +202,7 @@ def test_robustness_masking_rules():
     for i in range(len(test)):
         n = int(mask[i].sum())
         assert ids[i, 0] == 101 and ids[i, n - 1] == test.text_bert[i, 0, n - 1]  # [CLS] and last kept
-        assert (ids[i, 1:n - 1] == 100).all() and (ids[i, n:] == 0).all()  # [UNK], padding untouched
+        assert (ids[i, 1 : n - 1] == 100).all() and (ids[i, n:] == 0).all()  # [UNK], padding untouched
     assert not z.audio.any() and np.array_equal(z.vision, test.vision)
     half = masked_split(test, ("audio",), rate=0.5, seed=0)
     again = masked_split(test, ("audio",), rate=0.5, seed=0)
@@ -204,8 +222,16 @@ def test_dropped_from_graph_restores_and_isolates_modality(seed):
 
     from gsit.analysis.robustness import dropped_from_graph
     from gsit.models.gsit import GsiT, GsiTConfig
-    cfg = GsiTConfig(input_dims={"text": 6, "vision": 5, "audio": 4}, d_model=8, num_heads=2, num_layers=2,
-                     embed_dropout=0.0, attn_dropout=0.0, text_dropout=0.0)
+
+    cfg = GsiTConfig(
+        input_dims={"text": 6, "vision": 5, "audio": 4},
+        d_model=8,
+        num_heads=2,
+        num_layers=2,
+        embed_dropout=0.0,
+        attn_dropout=0.0,
+        text_dropout=0.0,
+    )
     model = GsiT(cfg).eval()
     x = {"text": torch.randn(2, 9, 6), "vision": torch.randn(2, 10, 5), "audio": torch.randn(2, 11, 4)}
     before = model(x)["prediction"]
@@ -231,6 +257,7 @@ def test_attention_map_forward_adjacency_and_png(ablation, tmp_path):
     import matplotlib.image as mpimg
 
     from gsit.analysis.attention_map import run_attention_map
+
     run_dir = Path(ablation["out"]) / "original"
     res = run_attention_map(run_dir, sample=3, out=tmp_path / "att.png")
     mods, lengths = res["modalities"], res["lengths"]
@@ -262,6 +289,7 @@ def test_report_tables_and_curves(ablation, tmp_path):
     import matplotlib.image as mpimg
 
     from gsit.analysis.report import report
+
     res = report(Path(ablation["out"]), out=tmp_path / "rep")
     out = Path(res["out"])
     keys = {(r["model"], r["dataset"], r["variant"]) for r in res["rows"]}
@@ -282,8 +310,10 @@ def test_report_tables_and_curves(ablation, tmp_path):
 def test_report_variant_from_config_diff(tmp_path):
     from gsit.analysis.report import variant_of
     from gsit.config import load_config
-    cfg = load_config("gsit", "synthetic", overrides=["model.d_model=16", "train.seeds=[1]",
-                                                      'data.path="x.pkl"']).to_dict()
+
+    cfg = load_config(
+        "gsit", "synthetic", overrides=["model.d_model=16", "train.seeds=[1]", 'data.path="x.pkl"']
+    ).to_dict()
     assert variant_of(tmp_path, cfg) == "model.d_model=16"
     assert variant_of(tmp_path, load_config("gsit", "synthetic").to_dict()) == "default"
 
@@ -298,9 +328,15 @@ def test_ablate_self_only_and_modality_dropout_on_default_synthetic(tmp_path):
     multiply per-modality summaries, so self-only is only weakly worse and Acc-2 saturates for both);
     modality dropout 0.3: intact MAE 0.617, but zeroing vision costs +0.014 MAE instead of +0.553."""
     from gsit.analysis.robustness import lookup, robustness
-    res = run_ablation("synthetic", out=tmp_path / "abl", seeds=(1, 2),
-                       variants=("original", "self_only", "modality_dropout"), device="cpu",
-                       overrides=('data.synthetic_task="sign"',))
+
+    res = run_ablation(
+        "synthetic",
+        out=tmp_path / "abl",
+        seeds=(1, 2),
+        variants=("original", "self_only", "modality_dropout"),
+        device="cpu",
+        overrides=('data.synthetic_task="sign"',),
+    )
     assert _row(res, "original")["mean"]["MAE"] < _row(res, "self_only")["mean"]["MAE"]
     cost = {}
     for v in ("original", "modality_dropout"):
@@ -316,8 +352,13 @@ def test_ablate_recall_task_ranks_self_only_and_text_only_below_original(tmp_pat
     queries audio) can retrieve the value, so Original must beat Self-Only and the text-only control by more
     than their stds.  Measured (benchmarks/results/ablation_synthetic_recall.md): MAE Original 0.60 +- 0.05,
     Self-Only 1.35 +- 0.04, text-only 1.62 +- 0.01 (about 9 minutes on two busy CPU cores)."""
-    res = run_ablation("synthetic", out=tmp_path / "abl", seeds=(1111, 1112, 1113),
-                       variants=("original", "self_only", "text_only"), device="cpu")
+    res = run_ablation(
+        "synthetic",
+        out=tmp_path / "abl",
+        seeds=(1111, 1112, 1113),
+        variants=("original", "self_only", "text_only"),
+        device="cpu",
+    )
     orig, self_only, text = (_row(res, v) for v in ("original", "self_only", "text_only"))
     assert all(r["n_seeds"] == 3 for r in (orig, self_only, text))
     for other in (self_only, text):

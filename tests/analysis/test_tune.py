@@ -44,12 +44,17 @@ class RecordingSplit:
 
 def test_parse_space_nested_toml_and_errors(tmp_path):
     p = tmp_path / "space.toml"
-    p.write_text('[model.d_model]\ntype = "categorical"\nchoices = [16, 32]\n\n'
-                 '[train.learning_rate_other]\ntype = "float"\nlow = 1e-4\nhigh = 1e-2\nlog = true\n')
+    p.write_text(
+        '[model.d_model]\ntype = "categorical"\nchoices = [16, 32]\n\n'
+        '[train.learning_rate_other]\ntype = "float"\nlow = 1e-4\nhigh = 1e-2\nlog = true\n'
+    )
     from gsit.analysis.tune import load_space
+
     space = load_space(p)
-    assert space == {"model.d_model": {"type": "categorical", "choices": [16, 32]},
-                     "train.learning_rate_other": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    assert space == {
+        "model.d_model": {"type": "categorical", "choices": [16, 32]},
+        "train.learning_rate_other": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    }
     for bad, msg in (
         ({"model": {"d_model": {"type": "gauss"}}}, "type"),
         ({"model": {"d_model": {"type": "int", "low": 5, "high": 2}}}, "low < high"),
@@ -89,12 +94,25 @@ def test_tune_never_reads_test_before_final_phase(tmp_path):
         state["phase"] = name
         state["phases"].append(name)
 
-    space = {"model.d_model": {"type": "categorical", "choices": [8, 16]},
-             "train.learning_rate_other": {"type": "float", "low": 1e-3, "high": 5e-3, "log": True}}
+    space = {
+        "model.d_model": {"type": "categorical", "choices": [8, 16]},
+        "train.learning_rate_other": {"type": "float", "low": 1e-3, "high": 5e-3, "log": True},
+    }
     storage = f"sqlite:///{tmp_path / 'tune.db'}"
-    res = tune("synthetic", trials=4, space=space, storage=storage, study_name="tiny", out=tmp_path / "tune",
-               overrides=("model.num_heads=2", "train.max_epochs=2"), final_seeds=(1, 2), trial_max_epochs=3,
-               device="cpu", data=data, on_phase=on_phase)
+    res = tune(
+        "synthetic",
+        trials=4,
+        space=space,
+        storage=storage,
+        study_name="tiny",
+        out=tmp_path / "tune",
+        overrides=("model.num_heads=2", "train.max_epochs=2"),
+        final_seeds=(1, 2),
+        trial_max_epochs=3,
+        device="cpu",
+        data=data,
+        on_phase=on_phase,
+    )
     assert state["phases"] == ["search", "final"]
     assert [r for r in state["reads"] if r[0] != "final"] == []  # nothing before the final phase
     assert any(attr == "labels" for _, attr in state["reads"])  # ... and the final run did score it
@@ -116,6 +134,11 @@ def test_tune_never_reads_test_before_final_phase(tmp_path):
 
 def test_tune_rejects_unknown_config_key_before_training(tmp_path):
     with pytest.raises(ConfigError, match="unknown keys"):
-        tune("synthetic", trials=1, space={"model.nope": {"type": "int", "low": 1, "high": 2}},
-             out=tmp_path / "t", data=make_synthetic(**TINY))
+        tune(
+            "synthetic",
+            trials=1,
+            space={"model.nope": {"type": "int", "low": 1, "high": 2}},
+            out=tmp_path / "t",
+            data=make_synthetic(**TINY),
+        )
     assert not (tmp_path / "t").exists()

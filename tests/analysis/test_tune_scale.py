@@ -13,28 +13,39 @@ from gsit.data.synthetic import make_synthetic  # noqa: E402
 from gsit.errors import ConfigError  # noqa: E402
 
 TINY = {"n_train": 48, "n_valid": 16, "n_test": 16, "text_len": 6, "audio_len": 7, "vision_len": 7, "seed": 0}
-SPACE = {"model.d_model": {"type": "categorical", "choices": [8, 16]},
-         "train.learning_rate_other": {"type": "float", "low": 1e-3, "high": 5e-3, "log": True}}
+SPACE = {
+    "model.d_model": {"type": "categorical", "choices": [8, 16]},
+    "train.learning_rate_other": {"type": "float", "low": 1e-3, "high": 5e-3, "log": True},
+}
 FIXED = ("model.num_heads=2", "model.num_layers=1", "train.max_epochs=1", "train.batch_size=16")
 
 
 def test_command_line_keys_are_not_searched():
     said = []
-    kept = without_fixed_keys(SPACE, ["model.d_model=32", "train.seeds=[1]"], explicit=False,
-                              parse=parse_override, say=said.append)
+    kept = without_fixed_keys(
+        SPACE, ["model.d_model=32", "train.seeds=[1]"], explicit=False, parse=parse_override, say=said.append
+    )
     assert list(kept) == ["train.learning_rate_other"] and "model.d_model" in said[0]
     with pytest.raises(ConfigError, match=r"\['model.d_model'\] are also set on the command line"):
         without_fixed_keys(SPACE, ["model.d_model=32"], explicit=True, parse=parse_override)
     with pytest.raises(ConfigError, match="nothing is left to search"):
-        without_fixed_keys(SPACE, ["model.d_model=32", "train.learning_rate_other=0.1"], explicit=False,
-                           parse=parse_override)
+        without_fixed_keys(
+            SPACE, ["model.d_model=32", "train.learning_rate_other=0.1"], explicit=False, parse=parse_override
+        )
     assert without_fixed_keys(SPACE, FIXED, explicit=True, parse=parse_override) == SPACE
 
 
 def test_explicit_space_clash_fails_before_training(tmp_path):
     with pytest.raises(ConfigError, match="model.d_model"):
-        tune("synthetic", trials=1, space=SPACE, out=tmp_path / "t", overrides=(*FIXED, "model.d_model=8"),
-             data=make_synthetic(**TINY), device="cpu")
+        tune(
+            "synthetic",
+            trials=1,
+            space=SPACE,
+            out=tmp_path / "t",
+            overrides=(*FIXED, "model.d_model=8"),
+            data=make_synthetic(**TINY),
+            device="cpu",
+        )
     assert not (tmp_path / "t").exists()
 
 

@@ -52,8 +52,17 @@ def _cases():
                         for dtype in DTYPES:
                             mode = "grad" if autograd else "nograd"
                             pad = "padded" if padded else "dense"
-                            cases.append(pytest.param(backend, graph, layout, padded, dtype, autograd,
-                                                      id=f"{backend}-{graph}-{layout}-{pad}-{dtype}-{mode}"))
+                            cases.append(
+                                pytest.param(
+                                    backend,
+                                    graph,
+                                    layout,
+                                    padded,
+                                    dtype,
+                                    autograd,
+                                    id=f"{backend}-{graph}-{layout}-{pad}-{dtype}-{mode}",
+                                )
+                            )
     return cases
 
 
@@ -83,8 +92,11 @@ def _run(backend: str, q, k, v, mask: GraphMask, upstream, autograd: bool):
 @pytest.mark.parametrize("backend,graph,layout,padded,dtype,autograd", _cases())
 def test_backend_matches_reference(backend, graph, layout, padded, dtype, autograd):
     lengths, valid = LAYOUTS[layout]
-    mask = GraphMask(ModalGraph.named(graph, MODALITIES), SequenceLayout(MODALITIES, lengths),
-                     torch.tensor(valid) if padded else None)
+    mask = GraphMask(
+        ModalGraph.named(graph, MODALITIES),
+        SequenceLayout(MODALITIES, lengths),
+        torch.tensor(valid) if padded else None,
+    )
     (q, k, v), upstream = _inputs(sum(lengths), DTYPES[dtype], seed=sum(lengths) + len(graph))
     probe = [t.detach().requires_grad_(autograd) for t in (q, k, v)]
     with torch.set_grad_enabled(autograd):

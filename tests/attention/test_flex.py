@@ -25,7 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without to
 T, V, A = "text", "vision", "audio"
 TVA = (T, V, A)
 GRAPHS = ("forward", "backward", "self", "bidirectional")
-SMALL = SequenceLayout(TVA, (7, 19, 13))      # CPU: the unfused eager path materialises (B, H, N, N)
+SMALL = SequenceLayout(TVA, (7, 19, 13))  # CPU: the unfused eager path materialises (B, H, N, N)
 RAGGED = SequenceLayout(TVA, (46, 113, 203))  # GPU: partial 128-tiles and segment borders inside tiles
 
 
@@ -48,7 +48,7 @@ def test_flex_query_block_without_keys_returns_zeros_on_cpu():
     with torch.no_grad():
         out = graph_attention(q, k, v, mask, backend="flex")
         ref = graph_attention(q, k, v, mask, backend="reference")
-    assert (out[:, :, SMALL.lengths[0]:] == 0).all()
+    assert (out[:, :, SMALL.lengths[0] :] == 0).all()
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -141,6 +141,7 @@ def test_flex_padding_aware_does_not_recompile_per_batch_on_gpu():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     from torch._dynamo.utils import counters
+
     dev = "cuda"
     graph = ModalGraph.named("forward")
     q, k, v = _qkv(2, 2, RAGGED.total, 32, device=dev)

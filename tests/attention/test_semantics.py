@@ -43,7 +43,7 @@ def per_pair_attention(q, k, v, layout: SequenceLayout, graph: ModalGraph, scale
         qi = q[:, :, layout.segment(i)]  # (B, H, Lq, D)
         keys = [j for j, km in enumerate(layout.modalities) if (qm, km) in graph.edges]
         if not keys or qi.shape[2] == 0:
-            pieces.append(torch.zeros_like(qi[..., :v.shape[-1]]))
+            pieces.append(torch.zeros_like(qi[..., : v.shape[-1]]))
             continue
         kj = torch.cat([k[:, :, layout.segment(j)] for j in keys], dim=2)  # (B, H, Lk, D)
         vj = torch.cat([v[:, :, layout.segment(j)] for j in keys], dim=2)
@@ -103,8 +103,9 @@ def test_masked_attention_equals_per_pair_cross_modal_attention(backend, graph_n
     torch.testing.assert_close(out, per_pair_attention(q, k, v, RAGGED, graph, 8**-0.5), atol=1e-5, rtol=1e-5)
 
 
-def hand_written_encoder(enc: GraphEncoder, x: torch.Tensor, layout: SequenceLayout, graph: ModalGraph,
-                         num_heads: int) -> torch.Tensor:
+def hand_written_encoder(
+    enc: GraphEncoder, x: torch.Tensor, layout: SequenceLayout, graph: ModalGraph, num_heads: int
+) -> torch.Tensor:
     """SPEC §4 with the encoder's weights, written without gsit's attention code: sqrt(D) scale, the ONE
     shared pre-LN layer applied ``num_layers`` times with per-pair cross-modal attention, final LN."""
     layer = enc.layers[0]
@@ -114,9 +115,9 @@ def hand_written_encoder(enc: GraphEncoder, x: torch.Tensor, layout: SequenceLay
     for _ in range(enc.num_layers):
         h = F.layer_norm(x, (D,), layer.attn_norm.weight, layer.attn_norm.bias)
         w, b = layer.attn.in_proj_weight, layer.attn.in_proj_bias
-        q, k, v = (h @ w[i * D:(i + 1) * D].T + b[i * D:(i + 1) * D] for i in range(3))
+        q, k, v = (h @ w[i * D : (i + 1) * D].T + b[i * D : (i + 1) * D] for i in range(3))
         q, k, v = (t.reshape(B, N, num_heads, hd).transpose(1, 2) for t in (q, k, v))  # (B, H, N, hd)
-        att = per_pair_attention(q, k, v, layout, graph, hd ** -0.5)  # (B, H, N, hd)
+        att = per_pair_attention(q, k, v, layout, graph, hd**-0.5)  # (B, H, N, hd)
         att = att.transpose(1, 2).reshape(B, N, D) @ layer.attn.out_proj.weight.T + layer.attn.out_proj.bias
         x = x + att
         h = F.layer_norm(x, (D,), layer.ffn_norm.weight, layer.ffn_norm.bias)
@@ -133,8 +134,9 @@ def test_graph_encoder_equals_hand_written_per_pair_layers(graph_name, seed):
     outs = {}
     for backend in BACKENDS:
         torch.manual_seed(1)  # identical weights for both backends
-        enc = GraphEncoder(d_model=16, num_heads=2, num_layers=3, share_layers=True,
-                           attention_backend=backend).eval()
+        enc = GraphEncoder(
+            d_model=16, num_heads=2, num_layers=3, share_layers=True, attention_backend=backend
+        ).eval()
         outs[backend] = enc(x, GraphMask(graph, layout))
     expected = hand_written_encoder(enc, x, layout, graph, num_heads=2)
     torch.testing.assert_close(outs["reference"], expected, atol=1e-5, rtol=1e-5)
@@ -210,10 +212,12 @@ def test_attention_default_scale_is_inverse_sqrt_head_dim(backend, seed):
     q, k, v = make_qkv(2, 2, layout.total, 8, grad=False)
     mask = GraphMask(graph, layout)
     default = graph_attention(q, k, v, mask, backend=backend)
-    torch.testing.assert_close(default, graph_attention(q, k, v, mask, backend=backend, scale=8 ** -0.5),
-                               atol=0, rtol=0)
-    torch.testing.assert_close(default, per_pair_attention(q, k, v, layout, graph, 8 ** -0.5),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        default, graph_attention(q, k, v, mask, backend=backend, scale=8**-0.5), atol=0, rtol=0
+    )
+    torch.testing.assert_close(
+        default, per_pair_attention(q, k, v, layout, graph, 8**-0.5), atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -224,4 +228,4 @@ def test_attention_explicit_scale_multiplies_logits(backend, scale, seed):
     q, k, v = make_qkv(2, 2, layout.total, 8, grad=False)
     out = graph_attention(q, k, v, GraphMask(graph, layout), backend=backend, scale=scale)
     torch.testing.assert_close(out, per_pair_attention(q, k, v, layout, graph, scale), atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(out, per_pair_attention(q, k, v, layout, graph, 8 ** -0.5), atol=1e-4)
+    assert not torch.allclose(out, per_pair_attention(q, k, v, layout, graph, 8**-0.5), atol=1e-4)

@@ -53,6 +53,7 @@ def _run(q, k, v, mask, fn, do):
 def _compare(q, k, v, mask, *, fn=None, scale=None, atol=ATOL, rtol=RTOL, seed=1):
     """Triton (via ``fn``, default the registry) vs the reference: outputs and dq, dk, dv."""
     if fn is None:
+
         def fn(q, k, v, m):
             return graph_attention(q, k, v, m, backend="triton", scale=scale)
 
@@ -80,14 +81,21 @@ CASES = [
 
 # head dim 32 is exercised with padding only (the costlier, more general path) to keep the file fast; three
 # modalities at head dim 16 without padding are in the parity grid (test_backends.py), so not repeated here
-MATRIX = [(c, d, padded) for c in range(len(CASES)) for d in (16, 32) for padded in (False, True)
-          if (d == 16 or padded) and (c == 1 or d == 32 or padded)]
+MATRIX = [
+    (c, d, padded)
+    for c in range(len(CASES))
+    for d in (16, 32)
+    for padded in (False, True)
+    if (d == 16 or padded) and (c == 1 or d == 32 or padded)
+]
 
 
 @pytest.mark.parametrize("graph", ["forward", "backward", "self", "bidirectional"])
-@pytest.mark.parametrize("case,d,padded", MATRIX,
-                         ids=[f"{'3mod' if c == 0 else '4mod'}-d{d}-{'padded' if p else 'dense'}"
-                              for c, d, p in MATRIX])
+@pytest.mark.parametrize(
+    "case,d,padded",
+    MATRIX,
+    ids=[f"{'3mod' if c == 0 else '4mod'}-d{d}-{'padded' if p else 'dense'}" for c, d, p in MATRIX],
+)
 def test_matches_reference(graph, case, padded, d):
     mods, lengths, valid = CASES[case]
     mask = _mask(graph, mods, lengths, valid if padded else None)
@@ -109,8 +117,10 @@ def test_rows_without_keys_are_zero_with_finite_grads():
     assert (grads[0][0, :, 0:5] == 0).all()
     # a modality that reads nothing at all, and a zero-length segment
     g = ModalGraph.named("bidirectional", MODS4).without(("extra",))
-    mask = GraphMask(ModalGraph(MODS4, g.edges - {("text", "audio")} | {("extra", "text")}, "custom"),
-                     SequenceLayout(MODS4, (6, 0, 9, 5)))
+    mask = GraphMask(
+        ModalGraph(MODS4, g.edges - {("text", "audio")} | {("extra", "text")}, "custom"),
+        SequenceLayout(MODS4, (6, 0, 9, 5)),
+    )
     q, k, v = _qkv(1, 2, 20, 16, seed=4)
     _compare(q, k, v, mask)
 
@@ -119,8 +129,20 @@ def test_many_tiles_online_softmax_and_tile_shapes():
     """Segments spanning several tiles, large logits (online-softmax rescaling), uneven tile shapes."""
     mask = _mask("bidirectional", MODS3, (40, 7, 37), [[33, 7, 0], [40, 2, 37]])
     q, k, v = _qkv(2, 1, 84, 16, seed=5, std=3.0)
-    cfg = TileConfig(fwd_m=32, fwd_n=16, dkdv_m=16, dkdv_n=32, dq_m=16, dq_n=32,
-                     fwd_warps=1, fwd_stages=1, dkdv_warps=1, dkdv_stages=1, dq_warps=1, dq_stages=1)
+    cfg = TileConfig(
+        fwd_m=32,
+        fwd_n=16,
+        dkdv_m=16,
+        dkdv_n=32,
+        dq_m=16,
+        dq_n=32,
+        fwd_warps=1,
+        fwd_stages=1,
+        dkdv_warps=1,
+        dkdv_stages=1,
+        dq_warps=1,
+        dq_stages=1,
+    )
     _compare(q, k, v, mask, fn=lambda q, k, v, m: fused_graph_attention(q, k, v, m, config=cfg))
     q, k, v = _qkv(1, 1, 84, 16, seed=5, std=3.0)
     full = GraphMask(ModalGraph.named("full", MODS3), mask.layout, mask.valid_lengths[:1])
@@ -130,10 +152,23 @@ def test_many_tiles_online_softmax_and_tile_shapes():
 def test_full_graph_five_modalities_and_custom_edges():
     mods = ("a", "b", "c", "d", "e")
     lengths = (4, 9, 1, 17, 6)
-    edges = {("a", "e"), ("a", "b"), ("b", "b"), ("c", "a"), ("c", "d"), ("d", "c"), ("e", "a"), ("e", "b"),
-             ("e", "c"), ("e", "d")}
-    mask = GraphMask(ModalGraph(mods, frozenset(edges), "custom"), SequenceLayout(mods, lengths),
-                     torch.tensor([[4, 3, 1, 0, 6], [1, 9, 0, 17, 2]], device=DEVICE))
+    edges = {
+        ("a", "e"),
+        ("a", "b"),
+        ("b", "b"),
+        ("c", "a"),
+        ("c", "d"),
+        ("d", "c"),
+        ("e", "a"),
+        ("e", "b"),
+        ("e", "c"),
+        ("e", "d"),
+    }
+    mask = GraphMask(
+        ModalGraph(mods, frozenset(edges), "custom"),
+        SequenceLayout(mods, lengths),
+        torch.tensor([[4, 3, 1, 0, 6], [1, 9, 0, 17, 2]], device=DEVICE),
+    )
     q, k, v = _qkv(2, 2, sum(lengths), 16, seed=6)
     _compare(q, k, v, mask)
     q, k, v = _qkv(1, 1, 12, 16, seed=7)
@@ -173,7 +208,7 @@ def test_dropout_matches_reference_with_the_kernel_mask():
     assert 0.55 < keep.float().mean().item() < 0.85
 
     def ref(q, k, v, m):
-        return torch.matmul(attention_weights(q, k, m, scale=16 ** -0.5) * keep / (1 - p), v)
+        return torch.matmul(attention_weights(q, k, m, scale=16**-0.5) * keep / (1 - p), v)
 
     def tri(q, k, v, m):
         return fused_graph_attention(q, k, v, m, dropout_p=p, seed=seed)
@@ -241,13 +276,15 @@ def test_check_reports_missing_triton(monkeypatch):
 
 
 def test_package_imports_without_triton():
-    code = ("import sys; sys.modules['triton'] = None; import torch\n"
-            "from gsit.graph import GraphMask, ModalGraph, SequenceLayout\n"
-            "import gsit.attention.triton as t\n"
-            "lay = SequenceLayout(('text', 'vision', 'audio'), (1, 2, 3))\n"
-            "m = GraphMask(ModalGraph.named('forward'), lay)\n"
-            "q = torch.zeros(1, 1, 6, 16)\n"
-            "print(t.check(q, q, q, m, dropout_p=0.0))\n")
+    code = (
+        "import sys; sys.modules['triton'] = None; import torch\n"
+        "from gsit.graph import GraphMask, ModalGraph, SequenceLayout\n"
+        "import gsit.attention.triton as t\n"
+        "lay = SequenceLayout(('text', 'vision', 'audio'), (1, 2, 3))\n"
+        "m = GraphMask(ModalGraph.named('forward'), lay)\n"
+        "q = torch.zeros(1, 1, 6, 16)\n"
+        "print(t.check(q, q, q, m, dropout_p=0.0))\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -264,9 +301,17 @@ def test_small_tiles_helper():
 # ------------------------------------------------------------------------------ torch.compile
 def _fusion(backend: str, attn_dropout: float = 0.0):
     from gsit.models.gsit import GraphFusion
+
     torch.manual_seed(0)
-    return GraphFusion(modalities=MODS3, d_model=16, num_heads=2, num_layers=2, attention_backend=backend,
-                       embed_dropout=0.0, attn_dropout=attn_dropout).to(DEVICE)
+    return GraphFusion(
+        modalities=MODS3,
+        d_model=16,
+        num_heads=2,
+        num_layers=2,
+        attention_backend=backend,
+        embed_dropout=0.0,
+        attn_dropout=attn_dropout,
+    ).to(DEVICE)
 
 
 @pytest.mark.parametrize("aware", [False, True])
@@ -312,17 +357,31 @@ def test_eager_path_and_custom_operator_give_identical_results(dropout):
     """Eager calls skip the custom-operator layer (an autograd.Function over the same launches); the
     operator, used under torch.compile, must give bit-identical outputs and gradients."""
     from gsit.attention.triton import function as F
+
     mask = _mask("forward", MODS3, (5, 9, 7), valid=[[5, 9, 7], [2, 0, 6]])
     q, k, v = _qkv(2, 2, 21, 16, seed=31)
     do = torch.randn(2, 2, 21, 16, generator=torch.Generator().manual_seed(32)).to(DEVICE)
     lengths = (5, 9, 7)
-    ln = F._Launch(mask.graph.key_sets, lengths, None, 0.25, dropout,
-                   F._seed_tensor(7, DEVICE) if dropout else None, F.default_config(16, q.dtype, q.device))
+    ln = F._Launch(
+        mask.graph.key_sets,
+        lengths,
+        None,
+        0.25,
+        dropout,
+        F._seed_tensor(7, DEVICE) if dropout else None,
+        F.default_config(16, q.dtype, q.device),
+    )
     vl = F._valid_lengths(mask, lengths, q.device)
     eager = _run(q, k, v, mask, lambda q, k, v, m: F._graph_attention_op(q, k, v, vl, ln), do)
     adj, lens, tiles = F._pack(ln)
-    op = _run(q, k, v, mask, lambda q, k, v, m: F._fwd_op(q, k, v, vl, adj, lens, ln.scale, ln.dropout_p,
-                                                          ln.seed, tiles)[0], do)
+    op = _run(
+        q,
+        k,
+        v,
+        mask,
+        lambda q, k, v, m: F._fwd_op(q, k, v, vl, adj, lens, ln.scale, ln.dropout_p, ln.seed, tiles)[0],
+        do,
+    )
     for a, b in zip([eager[0], *eager[1]], [op[0], *op[1]]):
         assert torch.equal(a, b)
 
@@ -346,6 +405,7 @@ def test_large_logits_with_padding_keep_padded_key_gradients_zero_and_finite():
 
 def test_pack_and_key_sets_round_trip():
     from gsit.attention.triton import function as F
+
     for graph in ("forward", "backward", "self", "bidirectional", "full"):
         key_sets = ModalGraph.named(graph, MODS4).key_sets
         ln = F._Launch(key_sets, (3, 4, 5, 6), None, 1.0, 0.0, None, F.INTERPRETER_TILES)
@@ -361,13 +421,21 @@ def test_eager_and_custom_op_routes_agree(dropout_p):
     operators: called directly on the same launch (padding, dropout with one seed), their outputs and
     dq/dk/dv are identical."""
     from gsit.attention.triton import function as fn
+
     mask = _mask("forward", MODS3, (5, 9, 7), valid=[[5, 9, 7], [3, 4, 6]])
     q, k, v = _qkv(2, 2, 21, 16, seed=5)
     do = _qkv(2, 2, 21, 16, seed=6)[0].detach()
     seed = torch.tensor([11], dtype=torch.int64, device=DEVICE) if dropout_p else None
     lengths = mask.layout.lengths
-    ln = fn._Launch(mask.graph.key_sets, lengths, None, 0.25, dropout_p, seed,
-                    fn.default_config(16, q.dtype, q.device, lengths))
+    ln = fn._Launch(
+        mask.graph.key_sets,
+        lengths,
+        None,
+        0.25,
+        dropout_p,
+        seed,
+        fn.default_config(16, q.dtype, q.device, lengths),
+    )
     vl = fn._valid_lengths(mask, lengths, q.device)
     eager = fn._graph_attention_op(q, k, v, vl, ln)  # not compiling: the autograd.Function route
     eager_grads = torch.autograd.grad(eager, (q, k, v), do)

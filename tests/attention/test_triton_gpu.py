@@ -57,15 +57,21 @@ def _run(fn, q, k, v, do):
 
 
 def _errors(q, k, v, do, mask):
-    ref = _run(lambda q, k, v: graph_attention(q, k, v, mask, backend="reference"),
-               q.float(), k.float(), v.float(), do.float())
+    ref = _run(
+        lambda q, k, v: graph_attention(q, k, v, mask, backend="reference"),
+        q.float(),
+        k.float(),
+        v.float(),
+        do.float(),
+    )
     tri = _run(lambda q, k, v: graph_attention(q, k, v, mask, backend="triton"), q, k, v, do)
     pai = _run(lambda q, k, v: graph_attention(q, k, v, mask, backend="pairs"), q, k, v, do)
     return ref, tri, pai
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
-                         ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize(
+    "dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"]
+)
 @pytest.mark.parametrize("lengths", list(LENGTHS), ids=list(LENGTHS))
 @pytest.mark.parametrize("d", [32, 64])
 @pytest.mark.parametrize("padded", [False, True], ids=["dense", "padded"])
@@ -73,8 +79,11 @@ def _errors(q, k, v, do, mask):
 def test_error_within_twice_pytorch_low_precision(dtype, lengths, d, padded, graph):
     lens = LENGTHS[lengths]
     b, h = 4, 4
-    mask = GraphMask(ModalGraph.named(graph, MODS), SequenceLayout(MODS, lens),
-                     _valid_lengths(lens, b, seed=d) if padded else None)
+    mask = GraphMask(
+        ModalGraph.named(graph, MODS),
+        SequenceLayout(MODS, lens),
+        _valid_lengths(lens, b, seed=d) if padded else None,
+    )
     q, k, v, do = _inputs(b, h, sum(lens), d, dtype, seed=d + len(graph) + len(lengths))
     ref, tri, pai = _errors(q, k, v, do, mask)
     report = []
@@ -93,8 +102,9 @@ def test_error_within_twice_pytorch_low_precision(dtype, lengths, d, padded, gra
 
 def test_backward_is_deterministic():
     lens = LENGTHS["awkward"]
-    mask = GraphMask(ModalGraph.named("bidirectional", MODS), SequenceLayout(MODS, lens),
-                     _valid_lengths(lens, 4, 1))
+    mask = GraphMask(
+        ModalGraph.named("bidirectional", MODS), SequenceLayout(MODS, lens), _valid_lengths(lens, 4, 1)
+    )
     q, k, v, do = _inputs(4, 4, sum(lens), 64, torch.bfloat16, seed=1)
     fn = lambda q, k, v: graph_attention(q, k, v, mask, backend="triton")  # noqa: E731
     a, b = _run(fn, q, k, v, do), _run(fn, q, k, v, do)
@@ -130,12 +140,11 @@ def test_dropout_matches_reference_with_the_kernel_mask(dtype):
     assert abs(keep.float().mean().item() - (1 - p)) < 0.01
 
     def ref(q, k, v):
-        return torch.matmul(attention_weights(q, k, mask, scale=d ** -0.5) * keep / (1 - p), v.float())
+        return torch.matmul(attention_weights(q, k, mask, scale=d**-0.5) * keep / (1 - p), v.float())
 
     r = _run(ref, q.float(), k.float(), v.float(), do.float())
     t = _run(lambda q, k, v: fused_graph_attention(q, k, v, mask, dropout_p=p, seed=seed), q, k, v, do)
-    low = _run(lambda q, k, v: _low_precision_dropout_attention(q, k, v, mask, d ** -0.5, keep, p),
-               q, k, v, do)
+    low = _run(lambda q, k, v: _low_precision_dropout_attention(q, k, v, mask, d**-0.5, keep, p), q, k, v, do)
     report = []
     for name, x, y, z in zip(("out", "dq", "dk", "dv"), t, r, low):
         err_t, err_p = (x - y).abs().max().item(), (z - y).abs().max().item()
@@ -146,6 +155,7 @@ def test_dropout_matches_reference_with_the_kernel_mask(dtype):
 
 def _time_ms(fn, reps=20):
     from triton.testing import do_bench
+
     return do_bench(fn, warmup=5, rep=reps)
 
 
@@ -168,10 +178,12 @@ def test_padding_cost_follows_real_tokens():
 
 def _benchmark():  # pragma: no cover - manual
     import itertools
+
     torch.backends.cuda.matmul.allow_tf32 = False
     print(f"{'case':44s} {'backend':9s} {'fwd ms':>8s} {'fwd+bwd ms':>11s}")
-    for (lname, lens), d, padded, graph in itertools.product(LENGTHS.items(), (32, 64), (False, True),
-                                                             ("forward", "bidirectional")):
+    for (lname, lens), d, padded, graph in itertools.product(
+        LENGTHS.items(), (32, 64), (False, True), ("forward", "bidirectional")
+    ):
         b, h = 32, 8
         vl = torch.tensor([[20, 50, 37] if lname == "mosi" else [100, 150, 600]] * b, device=DEV)
         mask = GraphMask(ModalGraph.named(graph, MODS), SequenceLayout(MODS, lens), vl if padded else None)
@@ -179,19 +191,24 @@ def _benchmark():  # pragma: no cover - manual
         q, k, v = (t.requires_grad_() for t in (q, k, v))
         for backend in ("triton", "pairs", "flex", "reference"):
             try:
+
                 def fwd(q=q, k=k, v=v, mask=mask, backend=backend):
                     with torch.no_grad():
                         graph_attention(q, k, v, mask, backend=backend)
 
                 def fb(q=q, k=k, v=v, mask=mask, backend=backend, do=do):
                     torch.autograd.grad(graph_attention(q, k, v, mask, backend=backend), (q, k, v), do)
+
                 tf, tb = _time_ms(fwd), _time_ms(fb)
             except Exception as exc:  # e.g. flex missing
                 name = f"{lname}-d{d}-{'pad' if padded else 'dense'}-{graph}"
                 print(f"{name:44s} {backend:9s} n/a ({type(exc).__name__})")
                 continue
-            print(f"{lname + '-d' + str(d) + '-' + ('pad' if padded else 'dense') + '-' + graph:44s} "
-                  f"{backend:9s} {tf:8.3f} {tb:11.3f}", flush=True)
+            print(
+                f"{lname + '-d' + str(d) + '-' + ('pad' if padded else 'dense') + '-' + graph:44s} "
+                f"{backend:9s} {tf:8.3f} {tb:11.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":  # pragma: no cover
@@ -203,9 +220,17 @@ def test_inductor_compiled_fusion_matches_eager_and_trains_with_dropout():
     input gradients match eager; in training mode (attention dropout in the kernel) a compiled step runs,
     gives finite gradients and a fresh dropout mask per step."""
     from gsit.models.gsit import GraphFusion
+
     torch.manual_seed(0)
-    fusion = GraphFusion(modalities=MODS, d_model=64, num_heads=2, num_layers=2, attention_backend="triton",
-                         embed_dropout=0.0, attn_dropout=0.2).to(DEV, torch.bfloat16)
+    fusion = GraphFusion(
+        modalities=MODS,
+        d_model=64,
+        num_heads=2,
+        num_layers=2,
+        attention_backend="triton",
+        embed_dropout=0.0,
+        attn_dropout=0.2,
+    ).to(DEV, torch.bfloat16)
     layout = SequenceLayout(MODS, (46, 200, 150))
     x = torch.randn(4, 396, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True)
     g = torch.randn(4, 3 * 128, device=DEV, dtype=torch.bfloat16)

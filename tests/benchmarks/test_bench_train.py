@@ -22,10 +22,33 @@ def _load():
 def test_bench_train_cpu_rows(tmp_path):
     bench = _load()
     out = tmp_path / "train.csv"
-    rc = bench.main(["--datasets", "mosi", "--models", "gsit", "--encoders", "none", "--paths", "eager,fast",
-                     "--device", "cpu", "--epochs", "2", "--scale", "0.004", "--work", str(tmp_path / "w"),
-                     "--out", str(out), "model.d_model=8", "model.num_heads=2", "model.num_layers=1",
-                     "train.batch_size=4", "train.accumulation_steps=1"])
+    rc = bench.main(
+        [
+            "--datasets",
+            "mosi",
+            "--models",
+            "gsit",
+            "--encoders",
+            "none",
+            "--paths",
+            "eager,fast",
+            "--device",
+            "cpu",
+            "--epochs",
+            "2",
+            "--scale",
+            "0.004",
+            "--work",
+            str(tmp_path / "w"),
+            "--out",
+            str(out),
+            "model.d_model=8",
+            "model.num_heads=2",
+            "model.num_layers=1",
+            "train.batch_size=4",
+            "train.accumulation_steps=1",
+        ]
+    )
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert rc == 0, rows

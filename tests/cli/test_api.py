@@ -26,13 +26,15 @@ def api_run(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("api_run")
     data_dir = save_converted(tiny_data(), root / "data")
-    res = gsit.run(model="gsit", dataset="synthetic", data=data_dir, seeds=[7, 8], overrides=TINY,
-                     run_dir=root / "run")
+    res = gsit.run(
+        model="gsit", dataset="synthetic", data=data_dir, seeds=[7, 8], overrides=TINY, run_dir=root / "run"
+    )
     return res, data_dir
 
 
 def test_public_names():
     from gsit import GsiT, GsiTConfig, MulT, MulTConfig, Vanilla, from_pretrained, load_run, predict, run
+
     assert GsiT.config_class is GsiTConfig and MulT.config_class is MulTConfig
     assert Vanilla.config_class is GsiTConfig
     assert callable(run) and callable(load_run) and callable(predict) and callable(from_pretrained)
@@ -83,8 +85,14 @@ def _inputs(cfg, n=5, t=9, seed=0):
 def test_save_pretrained_round_trip(tmp_path, name):
     cls = getattr(gsit, name)
     cfg_cls = cls.config_class
-    kw = {"d_model": 20, "num_heads": 2, "num_layers": 1, "input_dims": {"text": 6, "audio": 3, "vision": 4},
-          "kernel_sizes": {"text": 1, "audio": 3, "vision": 1}, "output_dim": 3}
+    kw = {
+        "d_model": 20,
+        "num_heads": 2,
+        "num_layers": 1,
+        "input_dims": {"text": 6, "audio": 3, "vision": 4},
+        "kernel_sizes": {"text": 1, "audio": 3, "vision": 1},
+        "output_dim": 3,
+    }
     cfg = cfg_cls(**kw)
     torch.manual_seed(0)
     model = cls(cfg).eval()
@@ -108,18 +116,31 @@ def test_save_pretrained_round_trip(tmp_path, name):
 def test_save_pretrained_with_a_bert_text_encoder(tmp_path):
     transformers = pytest.importorskip("transformers")
     from gsit.models.text import BertTextEncoder
-    bert_cfg = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
-                                       num_attention_heads=2, intermediate_size=16,
-                                       max_position_embeddings=32)
+
+    bert_cfg = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=32,
+    )
     torch.manual_seed(0)
     enc = BertTextEncoder.from_config(bert_cfg)
-    cfg = gsit.GsiTConfig(d_model=8, num_heads=2, num_layers=1,
-                          input_dims={"text": 8, "audio": 3, "vision": 4},
-                          kernel_sizes={"text": 1, "audio": 1, "vision": 1})
+    cfg = gsit.GsiTConfig(
+        d_model=8,
+        num_heads=2,
+        num_layers=1,
+        input_dims={"text": 8, "audio": 3, "vision": 4},
+        kernel_sizes={"text": 1, "audio": 1, "vision": 1},
+    )
     model = gsit.GsiT(cfg, text_encoder=enc).eval()
     ids = torch.randint(1, 50, (4, 1, 7))
-    x = {"text": torch.cat([ids.float(), torch.ones(4, 1, 7), torch.zeros(4, 1, 7)], dim=1),
-         "audio": torch.randn(4, 6, 3), "vision": torch.randn(4, 6, 4)}
+    x = {
+        "text": torch.cat([ids.float(), torch.ones(4, 1, 7), torch.zeros(4, 1, 7)], dim=1),
+        "audio": torch.randn(4, 6, 3),
+        "vision": torch.randn(4, 6, 4),
+    }
     with torch.no_grad():
         before = model(x)["prediction"]
     loaded = gsit.GsiT.from_pretrained(model.save_pretrained(tmp_path / "m"))
@@ -154,14 +175,28 @@ def test_run_with_a_local_text_encoder_loads_predicts_and_exports(tmp_path, caps
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     bert_dir = tmp_path / "tiny-bert"
-    transformers.BertModel(transformers.BertConfig(vocab_size=2100, hidden_size=16, num_hidden_layers=1,
-                                                   num_attention_heads=2, intermediate_size=32,
-                                                   max_position_embeddings=16)).save_pretrained(bert_dir)
-    data = make_synthetic(n_train=24, n_valid=8, n_test=8, text_len=8, audio_len=6, vision_len=6, seed=5,
-                          text_kind="bert")
+    transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=2100,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=16,
+        )
+    ).save_pretrained(bert_dir)
+    data = make_synthetic(
+        n_train=24, n_valid=8, n_test=8, text_len=8, audio_len=6, vision_len=6, seed=5, text_kind="bert"
+    )
     data_dir = save_converted(data, tmp_path / "data")
-    res = gsit.run(dataset="synthetic", data=data_dir, text_encoder=bert_dir, seeds=[1],
-                   overrides={**TINY, "train.max_epochs": 1}, run_dir=tmp_path / "run")
+    res = gsit.run(
+        dataset="synthetic",
+        data=data_dir,
+        text_encoder=bert_dir,
+        seeds=[1],
+        overrides={**TINY, "train.max_epochs": 1},
+        run_dir=tmp_path / "run",
+    )
     model, _ = gsit.load_run(res["run_dir"])
     assert model.text_encoder is not None
     preds = gsit.predict(res["run_dir"], data=data_dir)

@@ -44,8 +44,21 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_run")
     data_dir = save_converted(tiny_data(), root / "data")
     run_dir = root / "run"
-    rc = cli.main(["train", "--quiet", "--data", str(data_dir), "--dataset", "synthetic", "--run-dir",
-                   str(run_dir), "--seeds", "5", *TINY_CLI])
+    rc = cli.main(
+        [
+            "train",
+            "--quiet",
+            "--data",
+            str(data_dir),
+            "--dataset",
+            "synthetic",
+            "--run-dir",
+            str(run_dir),
+            "--seeds",
+            "5",
+            *TINY_CLI,
+        ]
+    )
     assert rc == 0
     return run_dir, Path(data_dir)
 
@@ -85,17 +98,41 @@ def test_metrics_json_and_constant_prediction(tmp_path, capsys):
     pred = (true + rng.normal(0, 0.5, 50)).astype(np.float32)
     np.save(tmp_path / "p.npy", pred)
     np.save(tmp_path / "t.npy", true)
-    rc, out, _ = run_cli(capsys, "metrics", "--dataset", "mosi", "--pred", str(tmp_path / "p.npy"), "--true",
-                         str(tmp_path / "t.npy"))
+    rc, out, _ = run_cli(
+        capsys,
+        "metrics",
+        "--dataset",
+        "mosi",
+        "--pred",
+        str(tmp_path / "p.npy"),
+        "--true",
+        str(tmp_path / "t.npy"),
+    )
     assert rc == 0
     m = json.loads(out)
-    assert set(m) == {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7",
-                      "MAE", "Corr"}
+    assert set(m) == {
+        "Has0_acc_2",
+        "Has0_F1_score",
+        "Non0_acc_2",
+        "Non0_F1_score",
+        "Mult_acc_5",
+        "Mult_acc_7",
+        "MAE",
+        "Corr",
+    }
     assert m["MAE"] == round(float(np.mean(np.abs(pred - true))), 4)
     assert m["Corr"] == pytest.approx(float(np.corrcoef(pred, true)[0, 1]), abs=1e-4)
     np.save(tmp_path / "c.npy", np.zeros(50, dtype=np.float32))
-    rc, out, err = run_cli(capsys, "metrics", "--dataset", "mosi", "--pred", str(tmp_path / "c.npy"), "--true",
-                           str(tmp_path / "t.npy"))
+    rc, out, err = run_cli(
+        capsys,
+        "metrics",
+        "--dataset",
+        "mosi",
+        "--pred",
+        str(tmp_path / "c.npy"),
+        "--true",
+        str(tmp_path / "t.npy"),
+    )
     assert rc == 0, err
     assert '"Corr": NaN' in out
     m = json.loads(out)
@@ -111,14 +148,32 @@ def test_synth_convert_train_pipeline(tmp_path, capsys):
     rc, out, err = run_cli(capsys, "convert", str(pkl), "--out", str(tmp_path / "conv"))
     assert rc == 0, err
     assert (tmp_path / "conv" / "meta.json").is_file()
-    rc, out, err = run_cli(capsys, "train", "--quiet", "--data", str(tmp_path / "conv"), "--dataset", "synthetic",
-                           "--out", str(tmp_path / "runs"), "--seeds", "1", "model.d_model=16", "model.num_layers=1",
-                           "train.max_epochs=1", "train.batch_size=64")
+    rc, out, err = run_cli(
+        capsys,
+        "train",
+        "--quiet",
+        "--data",
+        str(tmp_path / "conv"),
+        "--dataset",
+        "synthetic",
+        "--out",
+        str(tmp_path / "runs"),
+        "--seeds",
+        "1",
+        "model.d_model=16",
+        "model.num_layers=1",
+        "train.max_epochs=1",
+        "train.batch_size=64",
+    )
     assert rc == 0, err
     (run_dir,) = list((tmp_path / "runs").iterdir())
     res = json.loads((run_dir / "results.json").read_text())
     assert res["n_seeds"] == 1 and res["per_seed"][0]["epochs"] == 1
-    assert json.loads((run_dir / "data.json").read_text())["splits"] == {"train": 600, "valid": 150, "test": 150}
+    assert json.loads((run_dir / "data.json").read_text())["splits"] == {
+        "train": 600,
+        "valid": 150,
+        "test": 150,
+    }
     assert "MAE" in out and str(run_dir) in out
 
 
@@ -141,8 +196,21 @@ def test_eval_reproduces_results(tiny_run, capsys):
 def test_eval_of_a_control_run_uses_the_zeroed_data(tmp_path, tiny_run, capsys):
     _, data_dir = tiny_run
     run_dir = tmp_path / "control"
-    rc, _, err = run_cli(capsys, "train", "--quiet", "--data", str(data_dir), "--dataset", "synthetic", "--run-dir",
-                         str(run_dir), "--seeds", "1", *TINY_CLI, 'data.zero_modalities=["audio","vision"]')
+    rc, _, err = run_cli(
+        capsys,
+        "train",
+        "--quiet",
+        "--data",
+        str(data_dir),
+        "--dataset",
+        "synthetic",
+        "--run-dir",
+        str(run_dir),
+        "--seeds",
+        "1",
+        *TINY_CLI,
+        'data.zero_modalities=["audio","vision"]',
+    )
     assert rc == 0, err
     rc, out, err = run_cli(capsys, "eval", str(run_dir))
     assert rc == 0, err
@@ -184,20 +252,56 @@ def test_console_script_exit_codes(tmp_path):
     np.save(tmp_path / "t2.npy", np.array([1.0, -1.0], dtype=np.float32))
     exe = shutil.which("gsit", path=str(Path(sys.executable).parent)) or shutil.which("gsit")
     module = [sys.executable, "-m", "gsit.cli"]
-    ok = subprocess.run([*module, "metrics", "--dataset", "mosi", "--pred", str(tmp_path / "p.npy"),
-                         "--true", str(tmp_path / "t.npy")], capture_output=True, text=True, timeout=120,
-                        env=subprocess_env())
+    ok = subprocess.run(
+        [
+            *module,
+            "metrics",
+            "--dataset",
+            "mosi",
+            "--pred",
+            str(tmp_path / "p.npy"),
+            "--true",
+            str(tmp_path / "t.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(),
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["MAE"] == 0.3333
-    bad = subprocess.run([*([exe] if exe else module), "metrics", "--dataset", "mosi", "--pred",
-                          str(tmp_path / "p.npy"), "--true", str(tmp_path / "t2.npy")], capture_output=True,
-                         text=True, timeout=120, env=subprocess_env())
+    bad = subprocess.run(
+        [
+            *([exe] if exe else module),
+            "metrics",
+            "--dataset",
+            "mosi",
+            "--pred",
+            str(tmp_path / "p.npy"),
+            "--true",
+            str(tmp_path / "t2.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(),
+    )
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gsit: error:") and "3 vs 2" in lines[0]
-    usage = subprocess.run([*module, "train", "--no-such-flag"], capture_output=True, text=True,
-                           timeout=120, env=subprocess_env())
+    usage = subprocess.run(
+        [*module, "train", "--no-such-flag"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(),
+    )
     assert usage.returncode == 2 and "--no-such-flag" in usage.stderr
-    version = subprocess.run([sys.executable, "-m", "gsit.cli", "--version"], capture_output=True, text=True,
-                             timeout=120, env=subprocess_env())
+    version = subprocess.run(
+        [sys.executable, "-m", "gsit.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(),
+    )
     assert version.returncode == 0 and version.stdout.strip() == gsit.__version__

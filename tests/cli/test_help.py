@@ -27,8 +27,12 @@ def _subparsers():
 def test_every_option_of_every_subcommand_has_help():
     _, subs = _subparsers()
     assert {"train", "eval", "predict", "tune", "report", "export"} <= set(subs)
-    missing = [(name, a.option_strings or a.dest) for name, p in subs.items() for a in p._actions
-               if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+    missing = [
+        (name, a.option_strings or a.dest)
+        for name, p in subs.items()
+        for a in p._actions
+        if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()
+    ]
     assert missing == []
 
 
@@ -50,9 +54,11 @@ def test_top_level_help_says_where_to_start(capsys):
 
 def _modules_after(code: str) -> set[str]:
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    probe = (f"import sys\n{code}\n"
-             "print('\\n'.join(sorted(m for m in sys.modules if m.split('.')[0] in "
-             "('torch', 'numpy', 'transformers', 'triton', 'optuna', 'matplotlib'))))")
+    probe = (
+        f"import sys\n{code}\n"
+        "print('\\n'.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'numpy', 'transformers', 'triton', 'optuna', 'matplotlib'))))"
+    )
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr
     return set(res.stdout.split())
@@ -60,11 +66,13 @@ def _modules_after(code: str) -> set[str]:
 
 def test_import_gsit_and_help_do_not_import_torch():
     assert _modules_after("import gsit; gsit.__version__") == set()
-    help_all = ("import contextlib, io\nfrom gsit import cli\n"
-                "for argv in (['--help'], ['train', '--help'], ['tune', '--help']):\n"
-                "    try:\n        with contextlib.redirect_stdout(io.StringIO()):\n"
-                "            cli.main(argv)\n"
-                "    except SystemExit as e:\n        assert e.code == 0\n")
+    help_all = (
+        "import contextlib, io\nfrom gsit import cli\n"
+        "for argv in (['--help'], ['train', '--help'], ['tune', '--help']):\n"
+        "    try:\n        with contextlib.redirect_stdout(io.StringIO()):\n"
+        "            cli.main(argv)\n"
+        "    except SystemExit as e:\n        assert e.code == 0\n"
+    )
     assert _modules_after(help_all) == set()
     # the heavy names are still there, loaded on first use
     assert "torch" in _modules_after("import gsit; gsit.GsiT")

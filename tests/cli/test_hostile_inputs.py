@@ -104,34 +104,66 @@ def mmsa_with(key: str, value_ops: bytes) -> bytes:
 
 HOSTILE_PICKLES = {
     # an object dtype whose flags claim no objects: raw bytes would become object pointers (was SIGSEGV)
-    "object_dtype_lying_flags": array_ops(dtype_ops("O8", (3, "|", None, None, None, -1, -1, 0)), (2,),
-                                          b"\x41" * 16),
+    "object_dtype_lying_flags": array_ops(
+        dtype_ops("O8", (3, "|", None, None, None, -1, -1, 0)), (2,), b"\x41" * 16
+    ),
     # a structured dtype whose field lies outside the item size (was: heap bytes copied into the ids)
     "field_outside_itemsize": array_ops(
         dtype_ops("V8", (3, "|", None, ("a",), {"a": (Raw(dtype_ops("i8", PLAIN_F8)), 4096)}, 8, 1, 16)),
-        (2,), b"\x00" * 16),
+        (2,),
+        b"\x00" * 16,
+    ),
     "plain_code_with_fields": array_ops(
         dtype_ops("f8", (3, "<", None, ("a",), {"a": (Raw(dtype_ops("O8", PLAIN_F8)), 0)}, -1, -1, 0)),
-        (2,), b"\x00" * 16),
+        (2,),
+        b"\x00" * 16,
+    ),
     "itemsize_lie": array_ops(dtype_ops("f8", (3, "<", None, None, None, 4096, 8, 0)), (2,), b"\x00" * 16),
-    "unicode_odd_itemsize": array_ops(dtype_ops("U2", (3, "<", None, None, None, 7, 4, 8)), (1,),
-                                      b"\x00" * 7),
+    "unicode_odd_itemsize": array_ops(
+        dtype_ops("U2", (3, "<", None, None, None, 7, 4, 8)), (1,), b"\x00" * 7
+    ),
     "subarray": array_ops(dtype_ops("f8", (3, "<", ("x",), None, None, -1, -1, 0)), (1,), b"\x00" * 8),
     "short_raw_bytes": array_ops(dtype_ops("f8", PLAIN_F8), (1000,), b"\x00" * 16),
     "huge_shape": array_ops(dtype_ops("f8", PLAIN_F8), (1 << 40, 1 << 20), b"\x00" * 64),
     "negative_shape": array_ops(dtype_ops("f8", PLAIN_F8), (-4,), b""),
-    "object_array_raw_bytes": array_ops(dtype_ops("O8", (3, "|", None, None, None, -1, -1, 63)), (2,),
-                                        b"\x41" * 16),
+    "object_array_raw_bytes": array_ops(
+        dtype_ops("O8", (3, "|", None, None, None, -1, -1, 63)), (2,), b"\x41" * 16
+    ),
     "datetime_dtype": array_ops(dtype_ops("M8", PLAIN_F8), (1,), b"\x00" * 8),
     "ndarray_called_with_strides": bytes(
-        P().glob("numpy", "ndarray").op(b"(").val((4,)).op(dtype_ops("f8", PLAIN_F8)).val(b"\x00" * 8)
-        .val(0).val((1 << 30,)).op(b"tR").out[2:]),
+        P()
+        .glob("numpy", "ndarray")
+        .op(b"(")
+        .val((4,))
+        .op(dtype_ops("f8", PLAIN_F8))
+        .val(b"\x00" * 8)
+        .val(0)
+        .val((1 << 30,))
+        .op(b"tR")
+        .out[2:]
+    ),
     "build_on_dict": bytes(P().op(b"}").op(b"}").op(b"b").out[2:]),
     "bare_dtype": dtype_ops("f8", PLAIN_F8),
-    "scalar_wrong_size": bytes(P().glob(f"{CORE}.multiarray", "scalar").op(b"(")
-                               .op(dtype_ops("f8", PLAIN_F8)).val(b"\x00" * 3).op(b"tR").out[2:]),
-    "frombuffer_wrong_size": bytes(P().glob(f"{CORE}.numeric", "_frombuffer").op(b"(").val(b"\x00" * 8)
-                                   .op(dtype_ops("f8", PLAIN_F8)).val((1 << 20,)).val("C").op(b"tR").out[2:]),
+    "scalar_wrong_size": bytes(
+        P()
+        .glob(f"{CORE}.multiarray", "scalar")
+        .op(b"(")
+        .op(dtype_ops("f8", PLAIN_F8))
+        .val(b"\x00" * 3)
+        .op(b"tR")
+        .out[2:]
+    ),
+    "frombuffer_wrong_size": bytes(
+        P()
+        .glob(f"{CORE}.numeric", "_frombuffer")
+        .op(b"(")
+        .val(b"\x00" * 8)
+        .op(dtype_ops("f8", PLAIN_F8))
+        .val((1 << 20,))
+        .val("C")
+        .op(b"tR")
+        .out[2:]
+    ),
     "bytes_of_length": bytes(P().glob("builtins", "bytes").op(b"(").val(1 << 40).op(b"tR").out[2:]),
 }
 
@@ -167,8 +199,10 @@ def _mmsa_pickle_with_lying_ids(path: Path) -> Path:
     write_mmsa_pickle(data, tmp)
     raw = good.read_bytes()
     from gsit.data.safe_pickle import load_pickle
+
     obj = load_pickle(good)
     import pickle
+
     obj["train"]["id"] = "__ID__"
     blob = pickle.dumps(obj, protocol=2)  # no frames: a value can be swapped for other opcodes
     marker = b"X\x06\x00\x00\x00__ID__"  # BINUNICODE '__ID__'
@@ -182,8 +216,12 @@ def _mmsa_pickle_with_lying_ids(path: Path) -> Path:
 def test_lying_dtype_through_the_cli_exits_2_not_a_segfault(tmp_path):
     evil = _mmsa_pickle_with_lying_ids(tmp_path / "evil.pkl")
     out = tmp_path / "converted"
-    r = subprocess.run([sys.executable, "-m", "gsit.cli", "convert", str(evil), "--out", str(out)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "gsit.cli", "convert", str(evil), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, (r.returncode, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and str(evil) in lines[0] and "'id'" in lines[0]
@@ -259,8 +297,14 @@ def test_meta_json_schema(tmp_path, case, capsys):
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert "meta.json" in err
     if case not in ("deep", "bad_json"):
-        key = {"task_list": "task", "num_classes_str": "num_classes", "label_names_nested": "label_names",
-               "splits_bad": "splits", "unknown_key": "extra", "dataset_unknown": "dataset"}[case]
+        key = {
+            "task_list": "task",
+            "num_classes_str": "num_classes",
+            "label_names_nested": "label_names",
+            "splits_bad": "splits",
+            "unknown_key": "extra",
+            "dataset_unknown": "dataset",
+        }[case]
         assert f"'{key}'" in err, err
     assert not (tmp_path / "again").exists()
 
@@ -271,11 +315,13 @@ def test_meta_json_schema(tmp_path, case, capsys):
 
 def _mintrec_dir(root: Path, rows: list[str], *, bom: bool = False) -> Path:
     from gsit.data.mintrec import INTENT_LABELS
+
     root.mkdir()
     head = "season\tepisode\tclip\ttext\tlabel\n"
     for name in ("train", "dev", "test"):
-        body = "".join(f"S01\tE01\t{name}{i}\t{text}\t{INTENT_LABELS[i % 20]}\n"
-                       for i, text in enumerate(rows))
+        body = "".join(
+            f"S01\tE01\t{name}{i}\t{text}\t{INTENT_LABELS[i % 20]}\n" for i, text in enumerate(rows)
+        )
         (root / f"{name}.tsv").write_text(("\ufeff" if bom else "") + head + body, encoding="utf-8")
     return root
 
@@ -285,6 +331,7 @@ QUOTED = ['"she said', "nothing", 'no" way', '"fully quoted"', 'a "b" c', '"', "
 
 def test_mintrec_quotes_do_not_merge_rows(tmp_path):
     from gsit.data.mintrec import _read_tsv
+
     root = _mintrec_dir(tmp_path / "m", QUOTED)
     rows = _read_tsv(root / "train.tsv")
     assert len(rows) == 8 == len((root / "train.tsv").read_text().splitlines()) - 1
@@ -293,6 +340,7 @@ def test_mintrec_quotes_do_not_merge_rows(tmp_path):
 
 def test_mintrec_bom_is_dropped(tmp_path):
     from gsit.data.mintrec import _read_tsv
+
     root = _mintrec_dir(tmp_path / "m", ["hello", "world"], bom=True)
     rows = _read_tsv(root / "train.tsv")
     assert [r["season"] for r in rows] == ["S01", "S01"]
@@ -300,6 +348,7 @@ def test_mintrec_bom_is_dropped(tmp_path):
 
 def test_mintrec_row_with_extra_tab_is_refused(tmp_path):
     from gsit.data.mintrec import _read_tsv
+
     root = _mintrec_dir(tmp_path / "m", ["one", "two\tthree"])
     with pytest.raises(DataError, match=r"train\.tsv: row 3 has 6 tab-separated columns"):
         _read_tsv(root / "train.tsv")
@@ -343,7 +392,7 @@ BAD_SETTINGS = {
     "train.seeds=[-1]": "train.seeds",
     "train.seeds=[4294967296]": "train.seeds",
     "train.seeds=[1, 1]": "train.seeds",
-    "train.seeds=[\"a\"]": "train.seeds",
+    'train.seeds=["a"]': "train.seeds",
     "train.update_epochs=100": "train.accumulation_steps",  # MMSA's name, an alias
 }
 
@@ -351,8 +400,20 @@ BAD_SETTINGS = {
 @pytest.mark.parametrize("override", sorted(BAD_SETTINGS))
 def test_bad_setting_is_one_line_naming_the_key_and_nothing_is_created(tmp_path, capsys, override):
     out = tmp_path / "runs"
-    rc = cli.main(["train", "--quiet", "--out", str(out), "train.seeds=[1]", "model.d_model=8",
-                   "model.num_heads=2", "model.num_layers=1", "train.max_epochs=1", override])
+    rc = cli.main(
+        [
+            "train",
+            "--quiet",
+            "--out",
+            str(out),
+            "train.seeds=[1]",
+            "model.d_model=8",
+            "model.num_heads=2",
+            "model.num_layers=1",
+            "train.max_epochs=1",
+            override,
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2, err
     assert len(err.strip().splitlines()) == 1 and err.startswith("gsit: error:"), err
@@ -361,15 +422,28 @@ def test_bad_setting_is_one_line_naming_the_key_and_nothing_is_created(tmp_path,
 
 
 def test_accumulation_window_error_names_both_numbers(tmp_path, capsys):
-    rc = cli.main(["train", "--quiet", "--out", str(tmp_path / "r"), "--seeds", "1", "model.d_model=8",
-                   "model.num_heads=2", "model.num_layers=1", "train.batch_size=300",
-                   "train.update_epochs=5"])
+    rc = cli.main(
+        [
+            "train",
+            "--quiet",
+            "--out",
+            str(tmp_path / "r"),
+            "--seeds",
+            "1",
+            "model.d_model=8",
+            "model.num_heads=2",
+            "model.num_layers=1",
+            "train.batch_size=300",
+            "train.update_epochs=5",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "train.accumulation_steps=5" in err and "2 training batch" in err, err
 
 
 def test_partial_table_override_merges_onto_defaults():
     from gsit.config import build_model_config, load_config
+
     run = load_config("gsit", "mosi", overrides=["model.kernel_sizes={audio=1}"])
     cfg = build_model_config(run, input_dims={"text": 768, "audio": 5, "vision": 20}, output_dim=1)
     dims = {"text": 768, "audio": 5, "vision": 20}
@@ -380,8 +454,15 @@ def test_partial_table_override_merges_onto_defaults():
 @pytest.mark.parametrize("name", ["u\\u0041.pkl", 'q"uote.pkl', "back\\slash.pkl"])
 def test_data_and_text_encoder_are_paths_not_toml(tmp_path, name):
     import argparse
-    args = argparse.Namespace(overrides=[], data=str(tmp_path / name), text_encoder=str(tmp_path / name),
-                              seeds=None, model="gsit", config=None)
+
+    args = argparse.Namespace(
+        overrides=[],
+        data=str(tmp_path / name),
+        text_encoder=str(tmp_path / name),
+        seeds=None,
+        model="gsit",
+        config=None,
+    )
     run = cli._load_run(args, "mosi")
     assert run.data.path == str(tmp_path / name) and run.data.text_encoder == str(tmp_path / name)
 
@@ -400,13 +481,15 @@ def test_resume_with_run_dir_is_refused(tmp_path, capsys):
 def test_unexpected_exception_is_one_line_exit_1(monkeypatch, capsys):
     def boom(args):
         raise RuntimeError("kaput\nsecond line")
+
     monkeypatch.setattr(cli, "cmd_convert", boom)
     rc = cli.main(["convert", "x", "--out", "y"])
     err = capsys.readouterr().err
     assert rc == 1
     assert err.strip().splitlines() == [
         "gsit: error: running gsit convert: RuntimeError: kaput second line "
-        "(run with --debug for the traceback)"]
+        "(run with --debug for the traceback)"
+    ]
     rc = cli.main(["--debug", "convert", "x", "--out", "y"])
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" in err and err.strip().endswith("kaput second line")
@@ -415,12 +498,14 @@ def test_unexpected_exception_is_one_line_exit_1(monkeypatch, capsys):
 def test_os_errors_have_no_errno_or_temp_names(tmp_path, monkeypatch):
     from gsit.checkpoint import atomic_write_bytes
     from gsit.errors import GsitError
+
     d = tmp_path / "ro"
     d.mkdir()
     real_replace = os.replace
 
     def full(src, dst):
         raise OSError(28, "No space left on device", src)
+
     monkeypatch.setattr(os, "replace", full)
     with pytest.raises(GsitError) as err:
         atomic_write_bytes(d / "p.csv", b"x")
@@ -434,6 +519,7 @@ def test_files_honour_the_umask(tmp_path):
     import torch
 
     from gsit.checkpoint import atomic_save_tensors, atomic_write_bytes
+
     old = os.umask(0o022)
     try:
         atomic_write_bytes(tmp_path / "a.json", b"{}")
@@ -450,13 +536,16 @@ def test_unknown_key_in_a_run_config_json(tmp_path, capsys):
     from gsit.config import load_config
     from gsit.errors import ConfigError
     from gsit.runs import load_run_config
+
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     cfg = load_config("gsit", "synthetic").to_dict()
-    for mutate, key in ((lambda c: c["train"].update(bogus=1), "bogus"),
-                        (lambda c: c.update(extra=1), "extra"),
-                        (lambda c: c["train"].update(seeds="1"), "train.seeds"),
-                        (lambda c: c["model"].update(d_model=-1), "model.d_model")):
+    for mutate, key in (
+        (lambda c: c["train"].update(bogus=1), "bogus"),
+        (lambda c: c.update(extra=1), "extra"),
+        (lambda c: c["train"].update(seeds="1"), "train.seeds"),
+        (lambda c: c["model"].update(d_model=-1), "model.d_model"),
+    ):
         c = json.loads(json.dumps(cfg))
         mutate(c)
         (run_dir / "config.json").write_text(json.dumps(c))

@@ -34,8 +34,11 @@ def test_metric_formatting():
     assert format_metric("MAE", float("nan"), percent=True) == "n/a"
     assert format_mean_std("Mult_acc_7", 0.4, 0.0, 1, percent=True) == "40.00"
     assert format_mean_std("Mult_acc_7", 0.4, 0.01234, 3, percent=True) == "40.00 ± 1.23"
-    assert percent_values({"Mult_acc_7": 0.41236, "MAE": 0.71251, "note": "x"}) == \
-        {"Mult_acc_7": 41.24, "MAE": 0.713, "note": "x"}
+    assert percent_values({"Mult_acc_7": 0.41236, "MAE": 0.71251, "note": "x"}) == {
+        "Mult_acc_7": 41.24,
+        "MAE": 0.713,
+        "note": "x",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +52,24 @@ def two_seed_run(tmp_path_factory):
 def test_train_percent_and_results_csv(two_seed_run, capsys):
     root, data_dir = two_seed_run
     run_dir = root / "runs" / "a"
-    rc = cli.main(["train", "--quiet", "--data", str(data_dir), "--dataset", "synthetic", "--run-dir",
-                   str(run_dir), "--seeds", "3,4", "--percent", "--results-csv", str(root / "results"),
-                   *TINY])
+    rc = cli.main(
+        [
+            "train",
+            "--quiet",
+            "--data",
+            str(data_dir),
+            "--dataset",
+            "synthetic",
+            "--run-dir",
+            str(run_dir),
+            "--seeds",
+            "3,4",
+            "--percent",
+            "--results-csv",
+            str(root / "results"),
+            *TINY,
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0, err
     res = json.loads((run_dir / "results.json").read_text())
@@ -59,8 +77,23 @@ def test_train_percent_and_results_csv(two_seed_run, capsys):
     assert f"Non0_acc_2       {acc * 100:.2f} ± {sd * 100:.2f}" in out
     assert f"MAE              {res['mean']['MAE']:.3f} ± {res['std']['MAE']:.3f}" in out
     # one seed: no spread; a second row appended to the same per-dataset table
-    rc = cli.main(["train", "--quiet", "--data", str(data_dir), "--dataset", "synthetic", "--run-dir",
-                   str(root / "runs" / "b"), "--seeds", "5", "--results-csv", str(root / "results"), *TINY])
+    rc = cli.main(
+        [
+            "train",
+            "--quiet",
+            "--data",
+            str(data_dir),
+            "--dataset",
+            "synthetic",
+            "--run-dir",
+            str(root / "runs" / "b"),
+            "--seeds",
+            "5",
+            "--results-csv",
+            str(root / "results"),
+            *TINY,
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert " ± " not in out and "+-" not in out
@@ -98,6 +131,7 @@ def test_report_latex_is_aligned_with_the_best_in_bold(two_seed_run, capsys):
 
 def _fake_run(root: Path, name: str, model: str, per_seed: list[dict]) -> None:
     from gsit.config import load_config
+
     d = root / name
     d.mkdir(parents=True)
     cfg = load_config(model, "mosi").to_dict()
@@ -110,6 +144,7 @@ def test_report_bold_best_per_column_and_no_spread_for_one_seed(tmp_path):
 
     def seed(s, acc, mae):
         return {"seed": s, "test": {**{m: acc for m in metrics}, "MAE": mae, "Corr": 0.5}}
+
     _fake_run(tmp_path / "runs", "a", "gsit", [seed(1, 0.80, 0.70), seed(2, 0.82, 0.74)])
     _fake_run(tmp_path / "runs", "b", "mult", [seed(1, 0.79, 0.69)])
     res = report(tmp_path / "runs", out=tmp_path / "rep", curves=False, percent=True)
@@ -140,8 +175,9 @@ def test_predict_all_seeds_rounded_and_ensemble(two_seed_run, tmp_path, capsys):
     labels = tiny_data().splits["test"].labels
     for r, y in zip(rows[:24], labels):
         assert r["label"] == str(np.float32(y)) and len(r["label"]) <= 12  # no float32 noise
-    by_seed = {s: np.array([float(r["prediction"]) for r in rows if r["seed"] == s])
-               for s in ("3", "4", "ensemble")}
+    by_seed = {
+        s: np.array([float(r["prediction"]) for r in rows if r["seed"] == s]) for s in ("3", "4", "ensemble")
+    }
     np.testing.assert_allclose(by_seed["ensemble"], (by_seed["3"] + by_seed["4"]) / 2, atol=1e-6)
     one = tmp_path / "one.csv"
     assert cli.main(["predict", str(run_dir), "--out", str(one), "--seed", "4"]) == 0

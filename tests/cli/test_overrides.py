@@ -18,9 +18,21 @@ def run_cli(capsys, *argv):
 
 def test_overrides_anywhere_and_print_config_json(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    rc, out, err = run_cli(capsys, "train", "model.d_model=8", "--seeds", "1111", "train.max_epochs=1",
-                           "--out", str(tmp_path / "runs"), "data.binary=false", "--print-config",
-                           "--print-format", "json", "model.d_model=12")
+    rc, out, err = run_cli(
+        capsys,
+        "train",
+        "model.d_model=8",
+        "--seeds",
+        "1111",
+        "train.max_epochs=1",
+        "--out",
+        str(tmp_path / "runs"),
+        "data.binary=false",
+        "--print-config",
+        "--print-format",
+        "json",
+        "model.d_model=12",
+    )
     assert rc == 0, err
     cfg = json.loads(out)
     assert cfg["model"]["d_model"] == 12  # the later override of a key wins
@@ -40,10 +52,15 @@ def test_print_config_reads_no_data(tmp_path, capsys):
 
 @pytest.mark.parametrize("model", ["gsit", "mult", "vanilla"])
 def test_printed_toml_is_a_config_file_giving_the_same_run(tmp_path, capsys, model):
-    overrides = ["model.d_model=40", "train.seeds=[3, 4]", "train.learning_rate_other=0.00123",
-                 'data.zero_modalities=["audio"]']
-    rc, out, err = run_cli(capsys, "train", "--model", model, "--dataset", "mosi", "--print-config",
-                           *overrides)
+    overrides = [
+        "model.d_model=40",
+        "train.seeds=[3, 4]",
+        "train.learning_rate_other=0.00123",
+        'data.zero_modalities=["audio"]',
+    ]
+    rc, out, err = run_cli(
+        capsys, "train", "--model", model, "--dataset", "mosi", "--print-config", *overrides
+    )
     assert rc == 0, err
     path = tmp_path / "resolved.toml"
     path.write_text(out)
@@ -51,9 +68,11 @@ def test_printed_toml_is_a_config_file_giving_the_same_run(tmp_path, capsys, mod
     again = load_config(model, "mosi", path)
     assert again.train == expected.train and again.data == expected.data
     from gsit.config import build_model_config
+
     dims = {"text": 768, "audio": 5, "vision": 20}
-    assert (build_model_config(again, input_dims=dims, output_dim=1)
-            == build_model_config(expected, input_dims=dims, output_dim=1))
+    assert build_model_config(again, input_dims=dims, output_dim=1) == build_model_config(
+        expected, input_dims=dims, output_dim=1
+    )
 
 
 def test_unknown_tokens_are_still_errors(capsys):

@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SPLITS = ("train", "valid", "test")
 
 
-def _mmsa_file(path: Path, *, n=(300, 300, 300), T=150, Da=32, Dv=32, dtype=np.float32, L=20,
-               text_feats: int = 0) -> Path:
+def _mmsa_file(
+    path: Path, *, n=(300, 300, 300), T=150, Da=32, Dv=32, dtype=np.float32, L=20, text_feats: int = 0
+) -> Path:
     rng = np.random.default_rng(0)
     out = {}
     for name, ni in zip(SPLITS, n):
@@ -90,7 +91,7 @@ def test_mmsa_float64_features_are_released_as_they_are_converted(tmp_path):
     data, peak = _traced_peak(lambda: load_dataset(path, dataset="mosei"))
     assert data.splits["train"].audio.dtype == np.float32
     # unpickled float64 (1.0) + at most one float32 copy in flight (1/12) + small arrays: measured 1.09
-    assert peak < 1.2 * f64, (peak / f64)
+    assert peak < 1.2 * f64, peak / f64
 
 
 def test_mmsa_float64_check_can_fail(tmp_path, monkeypatch):
@@ -107,7 +108,7 @@ def test_converted_npz_load_holds_one_copy(tmp_path):
     save_converted(src, tmp_path / "conv")
     del src
     data, peak = _traced_peak(lambda: load_dataset(tmp_path / "conv"))
-    assert peak < 1.3 * _array_bytes(data), (peak / _array_bytes(data))
+    assert peak < 1.3 * _array_bytes(data), peak / _array_bytes(data)
 
 
 def test_an_epoch_of_batches_never_copies_the_split(tmp_path):
@@ -128,8 +129,9 @@ def test_an_epoch_of_batches_never_copies_the_split(tmp_path):
     def run():
         for idx in batches:
             _batch_from(split, idx, "cpu")
+
     _, peak = _traced_peak(run)
-    assert peak < 0.25 * split_bytes, (peak / split_bytes)
+    assert peak < 0.25 * split_bytes, peak / split_bytes
 
 
 def test_unused_text_features_are_dropped_when_token_rows_are_present(tmp_path):
@@ -149,9 +151,25 @@ def test_load_mosei_cpu_script_reduced(tmp_path):
     """benchmarks/load_mosei_cpu.py at 2,000 train samples: the epoch completes, peak RSS < 8 GB."""
     out = tmp_path / "load.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "load_mosei_cpu.py"), "--out", str(out),
-                           "--work", str(tmp_path / "work"), "--train-size", "2000", "--threads", "1"],
-                          env=env, capture_output=True, text=True, timeout=3600, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "load_mosei_cpu.py"),
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+            "--train-size",
+            "2000",
+            "--threads",
+            "1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
     assert out.is_file(), proc.stderr[-3000:]
     r = json.loads(out.read_text())
     t = r["train"]

@@ -364,7 +364,9 @@ def test_no_plain_pickle_load_in_data_package():
     import gsit.data
 
     root = pathlib.Path(gsit.data.__file__).parent
-    plain_calls = ["pickle." + name + "(" for name in ("load", "loads")]  # spelled so this file does not match
+    plain_calls = [
+        "pickle." + name + "(" for name in ("load", "loads")
+    ]  # spelled so this file does not match
     for f in root.glob("*.py"):
         text = f.read_text()
         assert not any(call in text for call in plain_calls), f

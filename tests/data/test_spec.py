@@ -30,23 +30,55 @@ def test_spec_shapes_and_split_sizes_equal_the_former_table():
 
 def test_spec_views_keep_their_former_values():
     assert config.DATASETS == ("mosi", "mosei", "sims", "simsv2", "mintrec", "synthetic")
-    assert dataset.DATASET_LABEL_RANGES == {"mosi": (-3.0, 3.0), "mosei": (-3.0, 3.0), "sims": (-1.0, 1.0),
-                                            "simsv2": (-1.0, 1.0), "synthetic": (-3.0, 3.0)}
+    assert dataset.DATASET_LABEL_RANGES == {
+        "mosi": (-3.0, 3.0),
+        "mosei": (-3.0, 3.0),
+        "sims": (-1.0, 1.0),
+        "simsv2": (-1.0, 1.0),
+        "synthetic": (-3.0, 3.0),
+    }
     assert dataset.CLASSIFICATION_DATASETS == {"mintrec": 20}
     assert sorted(synthetic.PRESET_SHAPES) == ["mosei", "mosi", "sims"]
-    assert synthetic.PRESET_SHAPES["sims"] == dict(text_len=39, text_dim=768, audio_len=400, audio_dim=33,
-                                                   vision_len=55, vision_dim=709, n_train=1368, n_valid=456,
-                                                   n_test=457)
-    assert metrics.DATASET_TASK == {"mosi": "regression", "mosei": "regression", "sims": "regression",
-                                    "simsv2": "regression", "mintrec": "classification"}
+    assert synthetic.PRESET_SHAPES["sims"] == dict(
+        text_len=39,
+        text_dim=768,
+        audio_len=400,
+        audio_dim=33,
+        vision_len=55,
+        vision_dim=709,
+        n_train=1368,
+        n_valid=456,
+        n_test=457,
+    )
+    assert metrics.DATASET_TASK == {
+        "mosi": "regression",
+        "mosei": "regression",
+        "sims": "regression",
+        "simsv2": "regression",
+        "mintrec": "classification",
+    }
     assert {n: s.metric_family for n, s in DATASETS.items()} == {
-        "mosi": "mosi", "mosei": "mosi", "sims": "sims", "simsv2": "sims", "mintrec": "mintrec",
-        "synthetic": "mosi"}
+        "mosi": "mosi",
+        "mosei": "mosi",
+        "sims": "sims",
+        "simsv2": "sims",
+        "mintrec": "mintrec",
+        "synthetic": "mosi",
+    }
     assert {n: s.output_dim for n, s in DATASETS.items()}["mintrec"] == 20
 
 
-@pytest.mark.parametrize("alias,name", [("CMU-MOSI", "mosi"), ("cmu-mosei", "mosei"), ("ch-sims", "sims"),
-                                        ("CH-SIMSv2", "simsv2"), ("sims2", "simsv2"), ("MIntRec", "mintrec")])
+@pytest.mark.parametrize(
+    "alias,name",
+    [
+        ("CMU-MOSI", "mosi"),
+        ("cmu-mosei", "mosei"),
+        ("ch-sims", "sims"),
+        ("CH-SIMSv2", "simsv2"),
+        ("sims2", "simsv2"),
+        ("MIntRec", "mintrec"),
+    ],
+)
 def test_spec_aliases_map_to_canonical_names(alias, name):
     assert canonical_name(alias) == name
     assert dataset.normalize_dataset_name(alias) == name

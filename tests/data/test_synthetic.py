@@ -230,16 +230,26 @@ def test_recall_shapes_range_and_determinism():
     assert s.labels.min() >= -3 and s.labels.max() <= 3 and s.labels.std() > 1.2  # 3 * U(-1, 1) spreads
     assert s.audio_lengths.min() >= 5 * 4  # every one of the 4 segments spans at least the conv kernel
     # the default task is untouched by the new option
-    np.testing.assert_array_equal(make_synthetic(seed=3).splits["test"].labels,
-                                  make_synthetic(seed=3, task="sign").splits["test"].labels)
+    np.testing.assert_array_equal(
+        make_synthetic(seed=3).splits["test"].labels,
+        make_synthetic(seed=3, task="sign").splits["test"].labels,
+    )
 
 
 @pytest.mark.parametrize("keys", [4, 6])
 def test_recall_label_is_the_value_of_the_audio_segment_the_text_names(keys):
     """Noise off: text holds one query code (the same vector for the same query), audio holds K contiguous
     segments (code_k + value_k * value direction, random order), and y = 3 * value of the queried key."""
-    data, cues = make_synthetic(task="recall", recall_keys=keys, seed=5, feature_noise=0.0, label_noise=0.0,
-                                audio_len=60, audio_dim=keys + 2, return_cues=True)
+    data, cues = make_synthetic(
+        task="recall",
+        recall_keys=keys,
+        seed=5,
+        feature_noise=0.0,
+        label_noise=0.0,
+        audio_len=60,
+        audio_dim=keys + 2,
+        return_cues=True,
+    )
     s, c = data.splits["train"], cues["train"]
     n = len(s)
     q, values, order = c["query"], c["values"], c["order"]
@@ -254,14 +264,17 @@ def test_recall_label_is_the_value_of_the_audio_segment_the_text_names(keys):
         rows[int(q[i])].append(r[0])
     codes = np.stack([np.mean(rows[k], axis=0) for k in range(keys)])
     for k in range(keys):
-        np.testing.assert_allclose(np.stack(rows[k]), np.broadcast_to(codes[k], (len(rows[k]), codes.shape[1])),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            np.stack(rows[k]), np.broadcast_to(codes[k], (len(rows[k]), codes.shape[1])), atol=1e-5
+        )
+
     # audio: segment j of sample i (from the recorded start and width) is code[order[i, j]] + value * u
     def segment_row(i, j):
         start = c["segment_start"][i] + j * c["segment_width"][i]
-        seg = s.audio[i, start:start + c["segment_width"][i]]
+        seg = s.audio[i, start : start + c["segment_width"][i]]
         np.testing.assert_allclose(seg, np.broadcast_to(seg[0], seg.shape), atol=1e-6)
         return seg[0]
+
     assert (c["segment_start"] + keys * c["segment_width"] <= s.audio_lengths).all()
     assert (c["segment_width"] >= 5).all()
     # the value direction is what two segments of the same key differ by
@@ -290,6 +303,7 @@ def test_recall_single_modalities_do_not_predict_the_label():
 
 def test_recall_bert_query_token_and_bad_arguments():
     from gsit.data.synthetic import RECALL_TOKEN_BASE
+
     data, cues = make_synthetic(task="recall", text_kind="bert", seed=2, return_cues=True)
     validate(data, vocab_size=SYNTHETIC_VOCAB_SIZE)
     ids = data.splits["train"].text_bert[:, 0]

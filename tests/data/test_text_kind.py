@@ -14,13 +14,22 @@ from gsit.config import DataConfig, load_config
 from gsit.data import load_run_data, make_synthetic, write_mmsa_pickle
 from gsit.errors import ConfigError, DataError
 
-QUICK = ["--seeds", "1", "model.d_model=8", "model.num_heads=2", "model.num_layers=1", "train.max_epochs=1",
-         "train.batch_size=32", "train.update_epochs=1"]
+QUICK = [
+    "--seeds",
+    "1",
+    "model.d_model=8",
+    "model.num_heads=2",
+    "model.num_layers=1",
+    "train.max_epochs=1",
+    "train.batch_size=32",
+    "train.update_epochs=1",
+]
 
 
 def small(**kw):
-    return make_synthetic(n_train=48, n_valid=16, n_test=16, text_len=10, audio_len=12, vision_len=11, seed=0,
-                          **kw)
+    return make_synthetic(
+        n_train=48, n_valid=16, n_test=16, text_len=10, audio_len=12, vision_len=11, seed=0, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +71,20 @@ def test_text_kind_auto_prefers_token_ids(pickles):
 
 
 def test_text_kind_features_absent_is_a_clear_error(pickles):
-    with pytest.raises(DataError, match=r"text_kind=\"features\" needs the key 'text'.*split 'train'.*"
-                                        r"'text_bert'.*text_kind=\"bert\".*--text-encoder"):
+    with pytest.raises(
+        DataError,
+        match=r"text_kind=\"features\" needs the key 'text'.*split 'train'.*"
+        r"'text_bert'.*text_kind=\"bert\".*--text-encoder",
+    ):
         load_run_data(data_cfg(pickles["bert"], "features"))
 
 
 def test_text_kind_bert_absent_is_a_clear_error(pickles):
-    with pytest.raises(DataError, match=r"features.pkl.*text_kind=\"bert\" needs the key 'text_bert'.*"
-                                        r"the file has 'text'.*text_kind=\"features\""):
+    with pytest.raises(
+        DataError,
+        match=r"features.pkl.*text_kind=\"bert\" needs the key 'text_bert'.*"
+        r"the file has 'text'.*text_kind=\"features\"",
+    ):
         load_run_data(data_cfg(pickles["features"], "bert"))
 
 
@@ -80,8 +95,9 @@ def test_text_kind_config_errors():
         load_config("mult", "mosi", overrides=['data.text_encoder="/enc"'])
 
 
-@pytest.mark.parametrize("model, kind", [("mult", "features"), ("mult_dagger", "features"), ("gsit", "bert"),
-                                         ("vanilla", "bert")])
+@pytest.mark.parametrize(
+    "model, kind", [("mult", "features"), ("mult_dagger", "features"), ("gsit", "bert"), ("vanilla", "bert")]
+)
 @pytest.mark.parametrize("dataset", ["mosi", "mosei", "sims", "simsv2"])
 def test_presets_choose_the_text_input_of_the_original_code(model, kind, dataset):
     assert load_config(model, dataset).data.text_kind == kind
@@ -91,8 +107,21 @@ def test_presets_choose_the_text_input_of_the_original_code(model, kind, dataset
 def test_baseline_trains_on_frozen_features_of_an_mmsa_pickle(model, pickles, tmp_path, capsys):
     """The MulT presets on an MMSA pickle holding both text inputs: no text encoder, frozen features."""
     run_dir = tmp_path / "run"
-    rc = cli.main(["train", "--quiet", "--model", model, "--dataset", "mosi", "--data", str(pickles["both"]),
-                   "--run-dir", str(run_dir), *QUICK])
+    rc = cli.main(
+        [
+            "train",
+            "--quiet",
+            "--model",
+            model,
+            "--dataset",
+            "mosi",
+            "--data",
+            str(pickles["both"]),
+            "--run-dir",
+            str(run_dir),
+            *QUICK,
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     facts = json.loads((run_dir / "data.json").read_text())
     assert facts["text_kind"] == "features" and facts["dims"]["text"] == 32
@@ -104,8 +133,21 @@ def test_baseline_trains_on_frozen_features_of_an_mmsa_pickle(model, pickles, tm
 
 
 def test_gsit_on_features_only_pickle_asks_for_token_ids(pickles, tmp_path, capsys):
-    rc = cli.main(["train", "--quiet", "--model", "gsit", "--dataset", "mosi", "--data",
-                   str(pickles["features"]), "--run-dir", str(tmp_path / "run"), *QUICK])
+    rc = cli.main(
+        [
+            "train",
+            "--quiet",
+            "--model",
+            "gsit",
+            "--dataset",
+            "mosi",
+            "--data",
+            str(pickles["features"]),
+            "--run-dir",
+            str(tmp_path / "run"),
+            *QUICK,
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "text_kind=\"bert\" needs the key 'text_bert'" in err
     assert not (tmp_path / "run").exists()
@@ -115,9 +157,16 @@ def test_ablation_mult_variant_reads_frozen_features_without_the_text_encoder(pi
     """``gsit ablate --text-encoder DIR`` gives the encoder to the GsiT variants; the MulT variant follows its
     preset (frozen features) and records the override as skipped."""
     from gsit.analysis.ablate import run_ablation
-    out = run_ablation("mosi", data_path=str(pickles["both"]), out=tmp_path / "abl", seeds=(1,),
-                       variants=("mult",), text_encoder=str(tmp_path / "no-such-encoder"),
-                       overrides=tuple(QUICK[2:]))
+
+    out = run_ablation(
+        "mosi",
+        data_path=str(pickles["both"]),
+        out=tmp_path / "abl",
+        seeds=(1,),
+        variants=("mult",),
+        text_encoder=str(tmp_path / "no-such-encoder"),
+        overrides=tuple(QUICK[2:]),
+    )
     row = out["rows"][0]
     assert row["model"] == "mult"
     assert any(o.startswith("data.text_encoder=") for o in row["skipped_overrides"])

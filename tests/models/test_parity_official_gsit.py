@@ -45,8 +45,11 @@ def official_key(name: str) -> str:
         return name.replace("head_hidden", "post_fusion_layer_1")
     if name.startswith("head_out."):
         return name.replace("head_out", "post_fusion_layer_2")
-    encoders = {"forward_encoder": "cross_encoder_forward", "backward_encoder": "cross_encoder_backward",
-                "self_encoder": "self_encoder"}
+    encoders = {
+        "forward_encoder": "cross_encoder_forward",
+        "backward_encoder": "cross_encoder_backward",
+        "self_encoder": "self_encoder",
+    }
     parts = name.split(".")  # fusion.<encoder>.(final_norm.x | layers.0.<sub>...)
     enc = f"cross_modal_graph.{encoders[parts[1]]}"
     if parts[2] == "final_norm":
@@ -58,10 +61,20 @@ def official_key(name: str) -> str:
 
 def official_model(ours: GsiT, path: str) -> OfficialGsiT:
     c = ours.config
-    ref = OfficialGsiT(text_in=DIMS["text"], audio_in=DIMS["audio"], video_in=DIMS["vision"], d=c.d_model,
-                       heads=c.num_heads, nlevels=c.num_layers,
-                       kernels=(c.kernel_sizes["text"], c.kernel_sizes["audio"], c.kernel_sizes["vision"]),
-                       path=path).double().eval()
+    ref = (
+        OfficialGsiT(
+            text_in=DIMS["text"],
+            audio_in=DIMS["audio"],
+            video_in=DIMS["vision"],
+            d=c.d_model,
+            heads=c.num_heads,
+            nlevels=c.num_layers,
+            kernels=(c.kernel_sizes["text"], c.kernel_sizes["audio"], c.kernel_sizes["vision"]),
+            path=path,
+        )
+        .double()
+        .eval()
+    )
     theirs = dict(ref.named_parameters())  # tied layers are listed once, under layers.0
     mine = dict(ours.named_parameters())
     assert len(theirs) == len(mine)
@@ -77,7 +90,7 @@ def inputs() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(3)
     x = {m: torch.randn(3, LENGTHS[m], DIMS[m], generator=g, dtype=torch.float64) for m in DIMS}
     for m in DIMS:  # zero padding at the end, as in the MMSA pickles
-        x[m][0, LENGTHS[m] - 6:] = 0.0
+        x[m][0, LENGTHS[m] - 6 :] = 0.0
     return x
 
 
@@ -117,10 +130,14 @@ def test_gsit_parameter_counts_equal_official_per_component():
 def test_official_dense_mask_is_the_original_interlaced_structure():
     """The port's dense mask (CMG.py build_adj_masked_matrix) allows exactly gsit's graph edges."""
     from gsit.graph import GraphMask, ModalGraph, SequenceLayout
+
     layout = SequenceLayout(("text", "vision", "audio"), (3, 4, 2))
     fwd, bwd = ModalGraph.structure("original", layout.modalities)
-    graphs = {("cross", "forward"): fwd, ("cross", "backward"): bwd,
-              ("self", "forward"): ModalGraph.named("self", layout.modalities)}
+    graphs = {
+        ("cross", "forward"): fwd,
+        ("cross", "backward"): bwd,
+        ("self", "forward"): ModalGraph.named("self", layout.modalities),
+    }
     for (mode, direction), graph in graphs.items():
         dense = build_adj_masked_matrix([3, 4, 2], mode=mode, direction=direction) == 0
         assert torch.equal(dense, GraphMask(graph, layout).dense_mask()), (mode, direction)

@@ -62,26 +62,26 @@ def build_adj_masked_matrix(split, mode: str = "cross", direction: str = "forwar
         for _ in range(length):
             row = torch.ones(total, dtype=torch.float32)
             if idx == 0:
-                row[0:s1[1]] = 0
+                row[0 : s1[1]] = 0
                 if mode == "cross":
                     if direction == "forward":
-                        row[s3[0]:] = 0
+                        row[s3[0] :] = 0
                     elif direction == "backward":
-                        row[s2[0]:s2[1]] = 0
+                        row[s2[0] : s2[1]] = 0
             elif idx == 1:
-                row[s2[0]:s2[1]] = 0
+                row[s2[0] : s2[1]] = 0
                 if mode == "cross":
                     if direction == "forward":
-                        row[0:s1[1]] = 0
+                        row[0 : s1[1]] = 0
                     elif direction == "backward":
-                        row[s3[0]:] = 0
+                        row[s3[0] :] = 0
             elif idx == 2:
-                row[s3[0]:s3[1]] = 0
+                row[s3[0] : s3[1]] = 0
                 if mode == "cross":
                     if direction == "forward":
-                        row[s2[0]:s2[1]] = 0
+                        row[s2[0] : s2[1]] = 0
                     elif direction == "backward":
-                        row[0:s1[1]] = 0
+                        row[0 : s1[1]] = 0
             rows.append(row)
     mask = torch.stack(rows)
     if mode == "self":
@@ -104,7 +104,7 @@ class GraphAttention(nn.Module):
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.attn_dropout, self.path = attn_dropout, path
         self.head_dim = embed_dim // num_heads
-        self.scaling = self.head_dim ** -0.5
+        self.scaling = self.head_dim**-0.5
         self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim))
         self.out_proj = nn.Linear(embed_dim, embed_dim)
@@ -137,8 +137,15 @@ class GraphAttention(nn.Module):
 class GraphFormerEncoderLayer(nn.Module):
     """GraphFormer.py lines 120-199: pre-LN attention and GELU FFN blocks with residual/relu dropout."""
 
-    def __init__(self, embed_dim: int, num_heads: int, attn_dropout: float, relu_dropout: float,
-                 res_dropout: float, path: str):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        attn_dropout: float,
+        relu_dropout: float,
+        res_dropout: float,
+        path: str,
+    ):
         super().__init__()
         self.self_attn = GraphAttention(embed_dim, num_heads, attn_dropout, path)
         self.relu_dropout, self.res_dropout = relu_dropout, res_dropout
@@ -161,13 +168,24 @@ class GraphFormerEncoder(nn.Module):
     """GraphFormer.py lines 12-111: ``embed_scale * x``, embedding dropout, the SAME layer ``layers`` times,
     final LayerNorm (no positional embedding: ``position_embedding=False`` is never switched on)."""
 
-    def __init__(self, embed_dim: int, num_heads: int, layers: int, attn_dropout: float, relu_dropout: float,
-                 res_dropout: float, embed_dropout: float, path: str):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        layers: int,
+        attn_dropout: float,
+        relu_dropout: float,
+        res_dropout: float,
+        embed_dropout: float,
+        path: str,
+    ):
         super().__init__()
         self.dropout = embed_dropout
         self.embed_scale = math.sqrt(embed_dim)
-        self.layers = nn.ModuleList([GraphFormerEncoderLayer(embed_dim, num_heads, attn_dropout, relu_dropout,
-                                                             res_dropout, path)] * layers)
+        self.layers = nn.ModuleList(
+            [GraphFormerEncoderLayer(embed_dim, num_heads, attn_dropout, relu_dropout, res_dropout, path)]
+            * layers
+        )
         self.layer_norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (N, B, D)
@@ -180,11 +198,28 @@ class GraphFormerEncoder(nn.Module):
 class CrossModalGraph(nn.Module):
     """CMG.py lines 10-150 (``bidirectional = false``, as in every official config)."""
 
-    def __init__(self, *, d: int, heads: int, nlevels: int, attn_dropout: float, relu_dropout: float,
-                 res_dropout: float, embed_dropout: float, path: str):
+    def __init__(
+        self,
+        *,
+        d: int,
+        heads: int,
+        nlevels: int,
+        attn_dropout: float,
+        relu_dropout: float,
+        res_dropout: float,
+        embed_dropout: float,
+        path: str,
+    ):
         super().__init__()
-        kw = dict(num_heads=heads, layers=nlevels, attn_dropout=attn_dropout, relu_dropout=relu_dropout,
-                  res_dropout=res_dropout, embed_dropout=embed_dropout, path=path)
+        kw = dict(
+            num_heads=heads,
+            layers=nlevels,
+            attn_dropout=attn_dropout,
+            relu_dropout=relu_dropout,
+            res_dropout=res_dropout,
+            embed_dropout=embed_dropout,
+            path=path,
+        )
         self.cross_encoder_forward = GraphFormerEncoder(d, **kw)
         self.cross_encoder_backward = GraphFormerEncoder(d, **kw)
         self.self_encoder = GraphFormerEncoder(2 * d, **kw)
@@ -205,19 +240,40 @@ class OfficialGsiT(nn.Module):
     (B, L, 768) = ``bert_model(...).last_hidden_state``, audio (B, T_a, D_a), video (B, T_v, D_v); returns
     the prediction (B, 1) (``res['M']``)."""
 
-    def __init__(self, *, text_in: int, audio_in: int, video_in: int, d: int = 128, heads: int = 4,
-                 nlevels: int = 4, kernels=(5, 5, 5), text_dropout: float = 0.5, embed_dropout: float = 0.2,
-                 attn_dropout: float = 0.3, relu_dropout: float = 0.0, res_dropout: float = 0.0,
-                 post_fusion_dropout: float = 0.0, path: str = "xformers"):
+    def __init__(
+        self,
+        *,
+        text_in: int,
+        audio_in: int,
+        video_in: int,
+        d: int = 128,
+        heads: int = 4,
+        nlevels: int = 4,
+        kernels=(5, 5, 5),
+        text_dropout: float = 0.5,
+        embed_dropout: float = 0.2,
+        attn_dropout: float = 0.3,
+        relu_dropout: float = 0.0,
+        res_dropout: float = 0.0,
+        post_fusion_dropout: float = 0.0,
+        path: str = "xformers",
+    ):
         super().__init__()
         self.text_dropout = text_dropout
         kl, ka, kv = kernels
         self.proj_l = nn.Conv1d(text_in, d, kernel_size=kl, padding=0, bias=False)
         self.proj_a = nn.Conv1d(audio_in, d, kernel_size=ka, padding=0, bias=False)
         self.proj_v = nn.Conv1d(video_in, d, kernel_size=kv, padding=0, bias=False)
-        self.cross_modal_graph = CrossModalGraph(d=d, heads=heads, nlevels=nlevels, attn_dropout=attn_dropout,
-                                                 relu_dropout=relu_dropout, res_dropout=res_dropout,
-                                                 embed_dropout=embed_dropout, path=path)
+        self.cross_modal_graph = CrossModalGraph(
+            d=d,
+            heads=heads,
+            nlevels=nlevels,
+            attn_dropout=attn_dropout,
+            relu_dropout=relu_dropout,
+            res_dropout=res_dropout,
+            embed_dropout=embed_dropout,
+            path=path,
+        )
         self.post_fusion_dropout = nn.Dropout(p=post_fusion_dropout)
         self.post_fusion_layer_1 = nn.Linear(6 * d, d)
         self.post_fusion_layer_2 = nn.Linear(d, 1)
@@ -225,8 +281,11 @@ class OfficialGsiT(nn.Module):
     def forward(self, text_states: torch.Tensor, audio: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
         x_l = F.dropout(text_states.transpose(1, 2), p=self.text_dropout, training=self.training)
         x_a, x_v = audio.transpose(1, 2), video.transpose(1, 2)
-        cat_list = [self.proj_l(x_l).permute(2, 0, 1), self.proj_v(x_v).permute(2, 0, 1),
-                    self.proj_a(x_a).permute(2, 0, 1)]  # (T_i, B, d), order text, vision, audio
+        cat_list = [
+            self.proj_l(x_l).permute(2, 0, 1),
+            self.proj_v(x_v).permute(2, 0, 1),
+            self.proj_a(x_a).permute(2, 0, 1),
+        ]  # (T_i, B, d), order text, vision, audio
         split = [seq.shape[0] for seq in cat_list]
         blocks = self.cross_modal_graph(torch.cat(cat_list, dim=0), split)
         fusion_h = torch.cat([block.permute(1, 0, 2)[-1] for block in blocks], dim=-1)  # last step: (B, 6d)

@@ -24,14 +24,29 @@ from gsit.data import make_synthetic, write_mmsa_pickle
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun + gloo on Linux/macOS")
 
 # batch 11 over 64 rows: the last global batch has 9 rows, split 5/4 between the ranks (unequal shares)
-ARGS = ["--seeds", "4", "model.d_model=16", "model.num_layers=1", "model.text_dropout=0.0",
-        "model.embed_dropout=0.0", "model.attn_dropout=0.0", "train.batch_size=11", "train.update_epochs=2",
-        "train.max_epochs=4", "train.early_stop=50"]
+ARGS = [
+    "--seeds",
+    "4",
+    "model.d_model=16",
+    "model.num_layers=1",
+    "model.text_dropout=0.0",
+    "model.embed_dropout=0.0",
+    "model.attn_dropout=0.0",
+    "train.batch_size=11",
+    "train.update_epochs=2",
+    "train.max_epochs=4",
+    "train.early_stop=50",
+]
 
 
 def env(**extra: str) -> dict[str, str]:
-    e = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-         "GSIT_DIST_TIMEOUT": "60"}
+    e = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "GSIT_DIST_TIMEOUT": "60",
+    }
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         e.pop(k, None)
     e.update(extra)
@@ -45,8 +60,18 @@ def free_port() -> int:
 
 
 def torchrun(nproc: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-            "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "gsit.cli", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "-m",
+        "gsit.cli",
+        *args,
+    ]
 
 
 def single(*args: str) -> list[str]:
@@ -63,9 +88,25 @@ def data_pkl(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def one_process_run(data_pkl, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("ddp_ref") / "one"
-    r = subprocess.run(single("train", "--quiet", "--device", "cpu", "--data", str(data_pkl), "--dataset",
-                              "synthetic", "--run-dir", str(run_dir), *ARGS), env=env(), capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        single(
+            "train",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--data",
+            str(data_pkl),
+            "--dataset",
+            "synthetic",
+            "--run-dir",
+            str(run_dir),
+            *ARGS,
+        ),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     return run_dir
 
@@ -73,9 +114,26 @@ def one_process_run(data_pkl, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_two_processes_match_one_process(data_pkl, one_process_run, tmp_path):
     run_dir = tmp_path / "two"
-    r = subprocess.run(torchrun(2, "train", "--quiet", "--device", "cpu", "--data", str(data_pkl), "--dataset",
-                                "synthetic", "--run-dir", str(run_dir), *ARGS), env=env(), capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        torchrun(
+            2,
+            "train",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--data",
+            str(data_pkl),
+            "--dataset",
+            "synthetic",
+            "--run-dir",
+            str(run_dir),
+            *ARGS,
+        ),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     one = json.loads((one_process_run / "results.json").read_text())
     two = json.loads((run_dir / "results.json").read_text())
@@ -108,9 +166,26 @@ def test_dead_worker_fails_the_job_and_checkpoint_stays_resumable(data_pkl, one_
     then finishes the run from the epoch-2 state with the 1-process result."""
     run_dir = tmp_path / "dies"
     start = time.time()
-    r = subprocess.run(torchrun(2, "train", "--quiet", "--device", "cpu", "--data", str(data_pkl), "--dataset",
-                                "synthetic", "--run-dir", str(run_dir), *ARGS),
-                       env=env(GSIT_TEST_DIE_AT_EPOCH="3"), capture_output=True, text=True, timeout=240)
+    r = subprocess.run(
+        torchrun(
+            2,
+            "train",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--data",
+            str(data_pkl),
+            "--dataset",
+            "synthetic",
+            "--run-dir",
+            str(run_dir),
+            *ARGS,
+        ),
+        env=env(GSIT_TEST_DIE_AT_EPOCH="3"),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     elapsed = time.time() - start
     assert r.returncode != 0
     assert elapsed < 120, f"the job took {elapsed:.0f} s to fail"
@@ -118,9 +193,24 @@ def test_dead_worker_fails_the_job_and_checkpoint_stays_resumable(data_pkl, one_
     assert state["epoch"] == 2 and not state["done"]
     assert not (run_dir / "results.json").exists()
     assert set(load_file(str(run_dir / "seed-4" / "last.safetensors"))) >= {"rng.torch"}
-    r = subprocess.run(single("train", "--device", "cpu", "--data", str(data_pkl), "--dataset", "synthetic",
-                              "--resume", str(run_dir), *ARGS), env=env(), capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        single(
+            "train",
+            "--device",
+            "cpu",
+            "--data",
+            str(data_pkl),
+            "--dataset",
+            "synthetic",
+            "--resume",
+            str(run_dir),
+            *ARGS,
+        ),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "resumed after epoch 2" in r.stderr
     one = json.loads((one_process_run / "results.json").read_text())["per_seed"][0]

@@ -51,7 +51,7 @@ def test_padded_rows_weights_and_errors():
 
 
 def test_level_length_picks_the_smallest_level_that_holds_the_valid_steps():
-    assert level_length(500, 40) == 63   # ceil(0.125 * 500)
+    assert level_length(500, 40) == 63  # ceil(0.125 * 500)
     assert level_length(500, 63) == 63
     assert level_length(500, 64) == 125
     assert level_length(500, 300) == 500
@@ -61,16 +61,18 @@ def test_level_length_picks_the_smallest_level_that_holds_the_valid_steps():
     ds = split_dataset(data.splits["train"])
     batch = ds.__getitems__(np.arange(8))
     batch.lengths["audio"][:] = 3
-    batch.lengths["vision"][:] = 11   # needs 0.75 of 20 -> level 1.0
+    batch.lengths["vision"][:] = 11  # needs 0.75 of 20 -> level 1.0
     batch.lengths["text"][:] = 2
-    cut = cut_to_level(batch, modalities=("text", "vision", "audio"), kernel_sizes={"text": 1, "audio": 1,
-                                                                                    "vision": 1})
+    cut = cut_to_level(
+        batch, modalities=("text", "vision", "audio"), kernel_sizes={"text": 1, "audio": 1, "vision": 1}
+    )
     assert {m: t.shape[1] for m, t in cut.inputs.items()} == {"text": 12, "audio": 24, "vision": 20}
     batch = ds.__getitems__(np.arange(8))
     for m in batch.lengths:
         batch.lengths[m][:] = 2
-    cut = cut_to_level(batch, modalities=("text", "vision", "audio"), kernel_sizes={"text": 1, "audio": 1,
-                                                                                    "vision": 1})
+    cut = cut_to_level(
+        batch, modalities=("text", "vision", "audio"), kernel_sizes={"text": 1, "audio": 1, "vision": 1}
+    )
     assert {m: t.shape[1] for m, t in cut.inputs.items()} == {"text": 2, "audio": 3, "vision": 3}
     assert len(LENGTH_LEVELS) == 4  # the bound on shapes per run stated in the module docstring
 
@@ -80,22 +82,39 @@ def _train_two_epochs(run, data, execution, seed=0):
     model = build_model(run, data)
     opt = make_optimizer(run, model)
     runner = make_runner(run, model, execution, task=data.task, ctx=Dist())
-    losses = [train_epoch(model, opt, data.splits["train"], run=run, seed=1, epoch=e, task=data.task,
-                          ctx=Dist(), runner=runner) for e in (1, 2)]
+    losses = [
+        train_epoch(
+            model,
+            opt,
+            data.splits["train"],
+            run=run,
+            seed=1,
+            epoch=e,
+            task=data.task,
+            ctx=Dist(),
+            runner=runner,
+        )
+        for e in (1, 2)
+    ]
     preds = predict_split(model, data.splits["valid"], run=run, ctx=Dist(), runner=runner)
     return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}, preds
 
 
-@pytest.mark.parametrize("extra", [
-    [],
-    ["model.padding_aware=true", "train.length_bucketing=true"],
-    ["train.update_epochs=2", "train.grad_clip=0.05", "train.eval_batch_size=7"],
-], ids=["paper", "padding-aware+bucketing", "window2+clip+eval7"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["model.padding_aware=true", "train.length_bucketing=true"],
+        ["train.update_epochs=2", "train.grad_clip=0.05", "train.eval_batch_size=7"],
+    ],
+    ids=["paper", "padding-aware+bucketing", "window2+clip+eval7"],
+)
 def test_static_shapes_change_no_loss_parameter_or_prediction(extra):
     """The padded last batch (zero-weight copies) and the length levels give the eager path's losses,
     parameters after two epochs and predictions, to float round-off."""
-    run = load_config("gsit", "synthetic", None, [*TINY, "train.batch_size=8", "train.update_epochs=1",
-                                                  *extra])
+    run = load_config(
+        "gsit", "synthetic", None, [*TINY, "train.batch_size=8", "train.update_epochs=1", *extra]
+    )
     data = _data()
     eager = _train_two_epochs(run, data, EAGER)
     static = _train_two_epochs(run, data, PADDED)
@@ -112,13 +131,14 @@ def _without_key_bias(name: str, t: torch.Tensor) -> torch.Tensor:
     round-off, which Adam rescales to lr-sized steps: it differs between any two summation orders."""
     if name.endswith("attn.in_proj_bias"):
         d = t.shape[0] // 3
-        return torch.cat([t[:d], t[2 * d:]])
+        return torch.cat([t[:d], t[2 * d :]])
     return t
 
 
 def test_static_step_negative_control_a_weighted_padded_row_would_change_the_result():
     """If padded rows carried weight, the result would differ: the equality above is not vacuous."""
     import gsit.execution as ex
+
     run = load_config("gsit", "synthetic", None, [*TINY, "train.batch_size=8", "train.update_epochs=1"])
     data = _data()
     eager = _train_two_epochs(run, data, EAGER)
@@ -152,21 +172,63 @@ def test_resolve_execution_auto_and_refusals():
 
 def test_train_records_the_execution_in_config_json(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert cli.main(["train", "--quiet", "--run-dir", str(run_dir), "--seeds", "1", "model.d_model=8",
-                     "model.num_heads=2", "model.num_layers=1", "train.max_epochs=1"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--quiet",
+                "--run-dir",
+                str(run_dir),
+                "--seeds",
+                "1",
+                "model.d_model=8",
+                "model.num_heads=2",
+                "model.num_layers=1",
+                "train.max_epochs=1",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["execution"]["requested"] == "auto" and cfg["execution"]["chosen"] == "eager"
     assert "cpu" in cfg["execution"]["reason"]
     # resuming compares the settings, not the recorded resolution
-    assert cli.main(["train", "--quiet", "--resume", str(run_dir), "--seeds", "1", "model.d_model=8",
-                     "model.num_heads=2", "model.num_layers=1", "train.max_epochs=1"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--quiet",
+                "--resume",
+                str(run_dir),
+                "--seeds",
+                "1",
+                "model.d_model=8",
+                "model.num_heads=2",
+                "model.num_layers=1",
+                "train.max_epochs=1",
+            ]
+        )
+        == 0
+    )
 
 
 def test_execution_setting_is_validated(tmp_path, capsys):
     assert cli.main(["train", "--quiet", "--run-dir", str(tmp_path / "r"), "train.execution=fast"]) == 2
     assert "train.execution" in capsys.readouterr().err
-    assert cli.main(["train", "--quiet", "--device", "cpu", "--run-dir", str(tmp_path / "r2"),
-                     "train.execution=graphed"]) == 2
+    assert (
+        cli.main(
+            [
+                "train",
+                "--quiet",
+                "--device",
+                "cpu",
+                "--run-dir",
+                str(tmp_path / "r2"),
+                "train.execution=graphed",
+            ]
+        )
+        == 2
+    )
     assert "CUDA" in capsys.readouterr().err
     assert not (tmp_path / "r2").exists()
 

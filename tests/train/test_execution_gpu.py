@@ -31,8 +31,13 @@ from gsit.train import make_optimizer, make_runner, train_epoch  # noqa: E402
 
 DEV = torch.device("cuda", 0)
 NO_DROPOUT = ["model.text_dropout=0.0", "model.embed_dropout=0.0", "model.attn_dropout=0.0"]
-SMALL = ["model.d_model=32", "model.num_heads=4", "model.num_layers=2", "train.batch_size=8",
-         "train.update_epochs=2"]
+SMALL = [
+    "model.d_model=32",
+    "model.num_heads=4",
+    "model.num_layers=2",
+    "train.batch_size=8",
+    "train.update_epochs=2",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +52,16 @@ def _ieee_fp32():
 
 def _data(text_kind="features"):
     # 44 rows in batches of 8: a padded last batch every epoch; lengths ragged for padding-aware mode
-    return make_synthetic(n_train=44, n_valid=20, n_test=12, text_len=16, audio_len=40, vision_len=48, seed=3,
-                          text_kind=text_kind)
+    return make_synthetic(
+        n_train=44,
+        n_valid=20,
+        n_test=12,
+        text_len=16,
+        audio_len=40,
+        vision_len=48,
+        seed=3,
+        text_kind=text_kind,
+    )
 
 
 def _train(run, data, mode, epochs=3, text_encoder=None):
@@ -59,8 +72,19 @@ def _train(run, data, mode, epochs=3, text_encoder=None):
     runner = make_runner(run, model, Execution("test", mode, "test"), task=data.task, ctx=ctx)
     losses, graphs = [], []
     for e in range(1, epochs + 1):
-        losses.append(train_epoch(model, opt, data.splits["train"], run=run, seed=1, epoch=e, task=data.task,
-                                  ctx=ctx, runner=runner))
+        losses.append(
+            train_epoch(
+                model,
+                opt,
+                data.splits["train"],
+                run=run,
+                seed=1,
+                epoch=e,
+                task=data.task,
+                ctx=ctx,
+                runner=runner,
+            )
+        )
         preds = predict_split(model, data.splits["valid"], run=run, ctx=ctx, runner=runner)
         graphs.append(runner.graph_count())
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
@@ -73,7 +97,9 @@ def _close(fast, eager, rtol, atol, what=""):
     loss_rel = float(np.max(np.abs(fast[0] - eager[0]) / np.abs(eager[0])))
     pred_abs = float(np.max(np.abs(fast[2] - eager[2])))
     par_abs = max(float((fast[1][k] - eager[1][k]).abs().max()) for k in eager[1])
-    print(f"MAXDIFF {what}: loss rel {loss_rel:.2e}, prediction abs {pred_abs:.2e}, parameter abs {par_abs:.2e}")
+    print(
+        f"MAXDIFF {what}: loss rel {loss_rel:.2e}, prediction abs {pred_abs:.2e}, parameter abs {par_abs:.2e}"
+    )
     np.testing.assert_allclose(fast[0], eager[0], rtol=rtol)
     np.testing.assert_allclose(fast[2], eager[2], rtol=rtol, atol=atol)
     for k in eager[1]:
@@ -86,16 +112,20 @@ def _without_key_bias(name: str, t: torch.Tensor) -> torch.Tensor:
     per-query constant), so Adam turns its round-off into lr-sized steps: not comparable across orders."""
     if name.endswith("attn.in_proj_bias"):
         d = t.shape[0] // 3
-        return torch.cat([t[:d], t[2 * d:]])
+        return torch.cat([t[:d], t[2 * d :]])
     return t
 
 
-@pytest.mark.parametrize("mode, extra", [
-    ("compiled_graphed", []),
-    ("graphed", []),
-    ("graphed", ["model.padding_aware=true", "train.length_bucketing=true"]),
-    ("compiled", ["train.grad_clip=0.01"]),
-], ids=["compiled_graphed", "graphed", "graphed-padding-aware", "compiled-clip"])
+@pytest.mark.parametrize(
+    "mode, extra",
+    [
+        ("compiled_graphed", []),
+        ("graphed", []),
+        ("graphed", ["model.padding_aware=true", "train.length_bucketing=true"]),
+        ("compiled", ["train.grad_clip=0.01"]),
+    ],
+    ids=["compiled_graphed", "graphed", "graphed-padding-aware", "compiled-clip"],
+)
 def test_fast_path_equals_eager_fp32_and_never_recompiles(mode, extra):
     run = load_config("gsit", "synthetic", None, [*SMALL, *NO_DROPOUT, *extra])
     data = _data()
@@ -111,8 +141,9 @@ def test_fast_path_equals_eager_fp32_and_never_recompiles(mode, extra):
 
 def test_bf16_triton_compiled_graphed_within_bf16_tolerance():
     pytest.importorskip("triton")
-    run = load_config("gsit", "synthetic", None, [*SMALL, *NO_DROPOUT, "model.attention_backend=triton",
-                                                  "train.amp=\"bf16\""])
+    run = load_config(
+        "gsit", "synthetic", None, [*SMALL, *NO_DROPOUT, "model.attention_backend=triton", 'train.amp="bf16"']
+    )
     data = _data()
     eager = _train(run, data, "eager")
     fast = _train(run, data, "compiled_graphed")
@@ -124,9 +155,16 @@ def test_bf16_triton_compiled_graphed_within_bf16_tolerance():
 def test_text_encoder_fine_tuned_inside_the_captured_step():
     transformers = pytest.importorskip("transformers")
     from gsit.models.text import BertTextEncoder
-    cfg = transformers.BertConfig(vocab_size=2048, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, hidden_dropout_prob=0.0,
-                                  attention_probs_dropout_prob=0.0)
+
+    cfg = transformers.BertConfig(
+        vocab_size=2048,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     data = _data("bert")
     run = load_config("gsit", "synthetic", None, [*SMALL, *NO_DROPOUT])
     results = {}
@@ -150,12 +188,31 @@ def test_dropout_on_runs_and_learns_like_eager():
 
 
 def test_mult_compiled_graphed_equals_eager():
-    run = load_config("mult", "synthetic", None, ["model.d_model=16", "model.num_heads=2",
-                                                  "model.num_layers=1", "train.batch_size=8"])
-    run_nd = load_config("mult", "synthetic", None, [f"model.{k}=0.0" for k in (
-        "attn_dropout", "attn_dropout_a", "attn_dropout_v", "relu_dropout", "res_dropout", "embed_dropout",
-        "text_dropout", "output_dropout")] + ["model.d_model=16", "model.num_heads=2", "model.num_layers=1",
-                                              "train.batch_size=8"])
+    run = load_config(
+        "mult",
+        "synthetic",
+        None,
+        ["model.d_model=16", "model.num_heads=2", "model.num_layers=1", "train.batch_size=8"],
+    )
+    run_nd = load_config(
+        "mult",
+        "synthetic",
+        None,
+        [
+            f"model.{k}=0.0"
+            for k in (
+                "attn_dropout",
+                "attn_dropout_a",
+                "attn_dropout_v",
+                "relu_dropout",
+                "res_dropout",
+                "embed_dropout",
+                "text_dropout",
+                "output_dropout",
+            )
+        ]
+        + ["model.d_model=16", "model.num_heads=2", "model.num_layers=1", "train.batch_size=8"],
+    )
     del run
     data = _data()
     eager = _train(run_nd, data, "eager", epochs=2)
@@ -167,9 +224,19 @@ def test_triton_accepts_valid_lengths_on_the_cpu():
     pytest.importorskip("triton")
     from gsit.graph import SequenceLayout
     from gsit.models.gsit import GraphFusion
+
     torch.manual_seed(0)
-    fusion = GraphFusion(modalities=("text", "vision", "audio"), d_model=32, num_heads=4, num_layers=1,
-                         attention_backend="triton").to(DEV).eval()
+    fusion = (
+        GraphFusion(
+            modalities=("text", "vision", "audio"),
+            d_model=32,
+            num_heads=4,
+            num_layers=1,
+            attention_backend="triton",
+        )
+        .to(DEV)
+        .eval()
+    )
     layout = SequenceLayout(("text", "vision", "audio"), (10, 20, 30))
     x = torch.randn(3, 60, 32, device=DEV)
     vl = torch.tensor([[10, 20, 30], [5, 0, 7], [1, 2, 3]])

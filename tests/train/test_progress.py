@@ -19,7 +19,8 @@ TINY = ["model.d_model=16", "model.num_layers=1", "train.batch_size=8"]
 
 def test_stop_reasons():
     assert stop_reason(epoch=9, best_epoch=4, early_stop=5, max_epochs=0).startswith(
-        "early stop after epoch 9: no validation improvement for 5 epochs (best epoch 4)")
+        "early stop after epoch 9: no validation improvement for 5 epochs (best epoch 4)"
+    )
     assert "while still improving" in stop_reason(epoch=3, best_epoch=3, early_stop=5, max_epochs=3)
     text = stop_reason(epoch=3, best_epoch=2, early_stop=5, max_epochs=3)
     assert "epoch cap reached" in text and "best epoch 2" in text and "still improving" not in text
@@ -43,8 +44,23 @@ def data_dir(tmp_path_factory):
 
 def test_plain_progress_lines_and_train_log(data_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    rc = cli.main(["train", "--data", str(data_dir), "--dataset", "synthetic", "--run-dir", str(run_dir),
-                   "--seeds", "1,2", "train.max_epochs=2", "--log-every", "0", *TINY])
+    rc = cli.main(
+        [
+            "train",
+            "--data",
+            str(data_dir),
+            "--dataset",
+            "synthetic",
+            "--run-dir",
+            str(run_dir),
+            "--seeds",
+            "1,2",
+            "train.max_epochs=2",
+            "--log-every",
+            "0",
+            *TINY,
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert err.splitlines()[0] == f"run directory: {run_dir}"  # named first, not only at the end
@@ -57,22 +73,50 @@ def test_plain_progress_lines_and_train_log(data_dir, tmp_path, capsys):
     assert "seed 2 (2/2)" in err and "for the run" not in err.split("seed 2 (2/2)")[1]
     log = (run_dir / "train.log").read_text().splitlines()
     stripped = [line.split(" ", 2)[2] for line in log]  # "YYYY-MM-DD HH:MM:SS text"
-    assert [line for line in err.splitlines() if line] == stripped[:len(err.splitlines())]
+    assert [line for line in err.splitlines() if line] == stripped[: len(err.splitlines())]
     assert "(2 seed(s)); run: " in (run_dir / "train.log").read_text()  # the final summary too
 
 
 def test_quiet_keeps_the_log(data_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert cli.main(["train", "--quiet", "--data", str(data_dir), "--dataset", "synthetic", "--run-dir",
-                     str(run_dir), "--seeds", "1", "train.max_epochs=1", *TINY]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--quiet",
+                "--data",
+                str(data_dir),
+                "--dataset",
+                "synthetic",
+                "--run-dir",
+                str(run_dir),
+                "--seeds",
+                "1",
+                "train.max_epochs=1",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().err == ""
     assert "seed 1 epoch 1/1" in (run_dir / "train.log").read_text()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
 def test_tensorboard_missing_is_one_clear_error(data_dir, tmp_path, capsys):
-    rc = cli.main(["train", "--data", str(data_dir), "--dataset", "synthetic", "--run-dir",
-                   str(tmp_path / "r"), "--tensorboard", *TINY])
+    rc = cli.main(
+        [
+            "train",
+            "--data",
+            str(data_dir),
+            "--dataset",
+            "synthetic",
+            "--run-dir",
+            str(tmp_path / "r"),
+            "--tensorboard",
+            *TINY,
+        ]
+    )
     assert rc == 2 and "pip install tensorboard" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
@@ -80,6 +124,24 @@ def test_tensorboard_missing_is_one_clear_error(data_dir, tmp_path, capsys):
 def test_tensorboard_scalars(data_dir, tmp_path, capsys):
     pytest.importorskip("tensorboard")
     run_dir = tmp_path / "run"
-    assert cli.main(["train", "--quiet", "--data", str(data_dir), "--dataset", "synthetic", "--run-dir",
-                     str(run_dir), "--seeds", "1", "train.max_epochs=1", "--tensorboard", *TINY]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--quiet",
+                "--data",
+                str(data_dir),
+                "--dataset",
+                "synthetic",
+                "--run-dir",
+                str(run_dir),
+                "--seeds",
+                "1",
+                "train.max_epochs=1",
+                "--tensorboard",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     assert list((run_dir / "tensorboard" / "seed-1").glob("events.out.tfevents.*"))

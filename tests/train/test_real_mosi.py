@@ -38,8 +38,21 @@ def _encoder_dir() -> Path:
 
 
 def build_mosi(out: Path, encoder: Path, max_text_len: int, capsys) -> Path:
-    rc = cli.main(["build-mosi", "--csv", str(MOSI / "utterances.csv"), "--tokenizer", str(encoder), "--features",
-                   str(MOSI / "bclstm_features.npz"), "--max-text-len", str(max_text_len), "--out", str(out)])
+    rc = cli.main(
+        [
+            "build-mosi",
+            "--csv",
+            str(MOSI / "utterances.csv"),
+            "--tokenizer",
+            str(encoder),
+            "--features",
+            str(MOSI / "bclstm_features.npz"),
+            "--max-text-len",
+            str(max_text_len),
+            "--out",
+            str(out),
+        ]
+    )
     msg = capsys.readouterr()
     assert rc == 0, msg.err
     assert "train 1284, valid 229, test 686" in msg.out
@@ -55,16 +68,37 @@ def test_real_mosi_one_epoch_beats_train_mean(tmp_path, capsys):
     data = build_mosi(tmp_path / "mosi", encoder, 32, capsys)
     facts_expected = {"train": 1284, "valid": 229, "test": 686}
     run_dir = tmp_path / "run"
-    rc = cli.main(["train", "--quiet", "--device", "cpu", "--data", str(data), "--dataset", "mosi",
-                   "--text-encoder", str(encoder), "--seeds", "1", "--run-dir", str(run_dir), KERNELS,
-                   "train.max_epochs=1", "train.batch_size=32", "train.update_epochs=1"])
+    rc = cli.main(
+        [
+            "train",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--data",
+            str(data),
+            "--dataset",
+            "mosi",
+            "--text-encoder",
+            str(encoder),
+            "--seeds",
+            "1",
+            "--run-dir",
+            str(run_dir),
+            KERNELS,
+            "train.max_epochs=1",
+            "train.batch_size=32",
+            "train.update_epochs=1",
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     facts = json.loads((run_dir / "data.json").read_text())
     assert facts["splits"] == facts_expected and facts["text_kind"] == "bert"
     assert facts["dims"]["audio"] == 73 and facts["dims"]["vision"] == 100
     res = json.loads((run_dir / "results.json").read_text())["mean"]
-    print(f"real MOSI, 1 epoch: MAE {res['MAE']:.4f} Corr {res['Corr']:.4f} Non0 Acc-2 {res['Non0_acc_2']:.4f}")
+    print(
+        f"real MOSI, 1 epoch: MAE {res['MAE']:.4f} Corr {res['Corr']:.4f} Non0 Acc-2 {res['Non0_acc_2']:.4f}"
+    )
     assert res["MAE"] < TRAIN_MEAN_MAE
     assert res["Corr"] > 0.3
 
@@ -79,8 +113,22 @@ def test_real_mosi_paper_protocol(tmp_path, capsys):
     data = build_mosi(tmp_path / "mosi", encoder, 50, capsys)
     cap = int(os.environ.get("GSIT_REAL_MOSI_MAX_EPOCHS", "0"))
     run_dir = Path(os.environ.get("GSIT_REAL_MOSI_RUN_DIR", tmp_path / "run"))
-    argv = ["train", "--quiet", "--device", "cpu", "--data", str(data), "--dataset", "mosi", "--text-encoder",
-            str(encoder), "--seeds", "1111", KERNELS, f"train.max_epochs={cap}"]
+    argv = [
+        "train",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--data",
+        str(data),
+        "--dataset",
+        "mosi",
+        "--text-encoder",
+        str(encoder),
+        "--seeds",
+        "1111",
+        KERNELS,
+        f"train.max_epochs={cap}",
+    ]
     resume = (run_dir / "config.json").is_file()
     start = time.time()
     rc = cli.main([*argv, "--resume" if resume else "--run-dir", str(run_dir)])
@@ -92,19 +140,24 @@ def test_real_mosi_paper_protocol(tmp_path, capsys):
     record = {
         "what": "GsiT on real CMU-MOSI, paper protocol, 1 seed, CPU",
         "date": time.strftime("%Y-%m-%d"),
-        "data": {"transcripts_labels": "shared/data/mosi/utterances.csv (standard folds 1284/229/686)",
-                 "text_encoder": "all-MiniLM-L6-v2 (BertModel, 6 layers, hidden 384), fine-tuned; the paper uses "
-                                 "bert-base-uncased",
-                 "audio_vision": "bc-LSTM utterance-level features (audio 73, video 100; one step per utterance; "
-                                 "extractors trained on MOSI: a pipeline check, not a paper claim)",
-                 "max_text_len": 50},
+        "data": {
+            "transcripts_labels": "shared/data/mosi/utterances.csv (standard folds 1284/229/686)",
+            "text_encoder": "all-MiniLM-L6-v2 (BertModel, 6 layers, hidden 384), fine-tuned; the paper uses "
+            "bert-base-uncased",
+            "audio_vision": "bc-LSTM utterance-level features (audio 73, video 100; one step per utterance; "
+            "extractors trained on MOSI: a pipeline check, not a paper claim)",
+            "max_text_len": 50,
+        },
         "config": json.loads((run_dir / "config.json").read_text()),
         "epoch_cap": cap or None,
-        "epochs": seed["epochs"], "best_epoch": seed["best_epoch"], "valid_loss": seed["valid_loss"],
+        "epochs": seed["epochs"],
+        "best_epoch": seed["best_epoch"],
+        "valid_loss": seed["valid_loss"],
         "test": seed["test"],
-        "baselines_test": {"train_mean_MAE": TRAIN_MEAN_MAE,
-                           "minilm_sentence_embedding_ridge_text_only": {"MAE": 0.958, "Corr": 0.704,
-                                                                         "Non0_acc_2": 0.799}},
+        "baselines_test": {
+            "train_mean_MAE": TRAIN_MEAN_MAE,
+            "minilm_sentence_embedding_ridge_text_only": {"MAE": 0.958, "Corr": 0.704, "Non0_acc_2": 0.799},
+        },
         "epochs_csv": epochs,
         "wall_seconds_this_call": round(time.time() - start, 1),
         "versions": json.loads((run_dir / "versions.json").read_text()),

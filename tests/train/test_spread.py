@@ -13,8 +13,13 @@ from gsit.data import make_synthetic, save_converted
 from gsit.errors import GsitError
 from gsit.spread import deal_seeds, parse_devices
 
-TINY = ["model.d_model=8", "model.num_heads=2", "model.num_layers=1", "train.max_epochs=2",
-        "train.batch_size=16"]
+TINY = [
+    "model.d_model=8",
+    "model.num_heads=2",
+    "model.num_layers=1",
+    "train.max_epochs=2",
+    "train.batch_size=16",
+]
 
 
 def test_parse_devices_and_deal():
@@ -31,8 +36,10 @@ def test_parse_devices_and_deal():
 def test_two_workers_give_the_sequential_results_even_after_a_failure(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
-    data_dir = save_converted(make_synthetic(n_train=40, n_valid=16, n_test=16, text_len=6, audio_len=7,
-                                             vision_len=7, seed=4), tmp_path / "data")
+    data_dir = save_converted(
+        make_synthetic(n_train=40, n_valid=16, n_test=16, text_len=6, audio_len=7, vision_len=7, seed=4),
+        tmp_path / "data",
+    )
     common = ["train", "--data", str(data_dir), "--dataset", "synthetic", "--seeds", "1,2,3", *TINY]
     assert cli.main([*common, "--quiet", "--run-dir", str(tmp_path / "seq")]) == 0
     capsys.readouterr()

@@ -39,8 +39,10 @@ def tiny_data(**kw):
 
 
 def _grads(model) -> dict[str, torch.Tensor]:
-    return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
-            for n, p in model.named_parameters()}
+    return {
+        n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+        for n, p in model.named_parameters()
+    }
 
 
 def _batch_loss_grads(model, split, idx) -> dict[str, torch.Tensor]:
@@ -55,13 +57,19 @@ def _batch_loss_grads(model, split, idx) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- accumulation
 
 
-@pytest.mark.parametrize("n_train, batch_size, update_epochs", [(56, 8, 3), (64, 8, 8), (40, 8, 8), (32, 8, 1)])
+@pytest.mark.parametrize(
+    "n_train, batch_size, update_epochs", [(56, 8, 3), (64, 8, 8), (40, 8, 8), (32, 8, 1)]
+)
 def test_summed_gradient_accumulation_and_dropped_partial_window(n_train, batch_size, update_epochs, seed):
     """Each step's gradient is the SUM of the window's per-batch mean-loss gradients; steps per epoch =
     floor(n_batches / update_epochs); the partial window is never stepped and does not leak into the next
     epoch's first window."""
-    run = load_config("gsit", "synthetic", None, [*TINY_MODEL, f"train.batch_size={batch_size}",
-                                                   f"train.update_epochs={update_epochs}"])
+    run = load_config(
+        "gsit",
+        "synthetic",
+        None,
+        [*TINY_MODEL, f"train.batch_size={batch_size}", f"train.update_epochs={update_epochs}"],
+    )
     data = tiny_data(n_train=n_train)
     split = data.splits["train"]
     model = build_model(run, data)
@@ -85,7 +93,7 @@ def test_summed_gradient_accumulation_and_dropped_partial_window(n_train, batch_
         batches = epoch_batches(len(split), batch_size, shuffle=True, seed=7, epoch=epoch)
         assert len(batches) == n_batches
         for w, rec in enumerate(epoch_steps):
-            window = batches[w * update_epochs:(w + 1) * update_epochs]
+            window = batches[w * update_epochs : (w + 1) * update_epochs]
             clone = rec["model"]
             clone.train()
             expected = None
@@ -116,7 +124,9 @@ def test_optimizer_step_count_counts_full_windows_only(seed):
     real_zero = opt.zero_grad
     opt.zero_grad = lambda *a, **k: (zero_calls.append(k), real_zero(*a, **k))[1]
     for epoch in (1, 2, 3):
-        train_epoch(model, opt, data.splits["train"], run=run, seed=1, epoch=epoch, task="regression", ctx=Dist())
+        train_epoch(
+            model, opt, data.splits["train"], run=run, seed=1, epoch=epoch, task="regression", ctx=Dist()
+        )
         assert len(calls) == 2 * epoch
     assert len(zero_calls) == 3 * 3  # once per window start, partial windows included
 
@@ -135,19 +145,30 @@ def test_train_epoch_loss_is_read_once_not_per_batch(seed, monkeypatch):
         out = real_loss(*a, **k)
         losses.append(out.detach().clone())
         return out
+
     monkeypatch.setattr(train_mod, "batch_loss", spy_loss)
     reads = []
     real_float = torch.Tensor.__float__
     monkeypatch.setattr(torch.Tensor, "__float__", lambda t: (reads.append(1), real_float(t))[1])
-    mean = train_epoch(model, opt, data.splits["train"], run=run, seed=1, epoch=1, task="regression",
-                       ctx=Dist())
+    mean = train_epoch(
+        model, opt, data.splits["train"], run=run, seed=1, epoch=1, task="regression", ctx=Dist()
+    )
     n_reads = len(reads)
     monkeypatch.undo()
     assert len(losses) == 10 and n_reads == 1  # one read per epoch, none per batch
     assert mean == pytest.approx(sum(float(v) for v in losses) / 10, rel=1e-12)
     shown = []
-    mean2 = train_epoch(model, opt, data.splits["train"], run=run, seed=1, epoch=2, task="regression",
-                        ctx=Dist(), progress=lambda i, n, v: shown.append((i, n, v)))
+    mean2 = train_epoch(
+        model,
+        opt,
+        data.splits["train"],
+        run=run,
+        seed=1,
+        epoch=2,
+        task="regression",
+        ctx=Dist(),
+        progress=lambda i, n, v: shown.append((i, n, v)),
+    )
     assert shown[-1][:2] == (10, 10) and shown[-1][2] == pytest.approx(mean2, rel=1e-12)
 
 
@@ -158,12 +179,25 @@ def test_three_adam_parameter_groups_with_a_tiny_bert(seed):
     from transformers import BertConfig
 
     from gsit.models.text import BertTextEncoder
-    enc = BertTextEncoder.from_config(BertConfig(vocab_size=2048, hidden_size=32, num_hidden_layers=1,
-                                                 num_attention_heads=2, intermediate_size=64))
+
+    enc = BertTextEncoder.from_config(
+        BertConfig(
+            vocab_size=2048, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        )
+    )
     data = tiny_data(text_kind="bert")
-    run = load_config("gsit", "synthetic", None, [*TINY_MODEL, "train.learning_rate_bert=3e-5",
-                                                   "train.learning_rate_other=7e-4", "train.weight_decay_bert=0.01",
-                                                   "train.weight_decay_other=0.002"])
+    run = load_config(
+        "gsit",
+        "synthetic",
+        None,
+        [
+            *TINY_MODEL,
+            "train.learning_rate_bert=3e-5",
+            "train.learning_rate_other=7e-4",
+            "train.weight_decay_bert=0.01",
+            "train.weight_decay_other=0.002",
+        ],
+    )
     model = build_model(run, data, enc)
     opt = make_optimizer(run, model)
     assert type(opt) is torch.optim.Adam  # coupled L2, not AdamW
@@ -180,8 +214,11 @@ def test_three_adam_parameter_groups_with_a_tiny_bert(seed):
     assert sorted(g1 + g2 + g3) == sorted(n for n, p in model.named_parameters() if p.requires_grad)
     assert len(set(g1 + g2 + g3)) == len(g1 + g2 + g3)
     settings = [(g["lr"], g["weight_decay"], g["betas"], g["eps"]) for g in opt.param_groups]
-    assert settings == [(3e-5, 0.01, (0.9, 0.999), 1e-8), (3e-5, 0.0, (0.9, 0.999), 1e-8),
-                        (7e-4, 0.002, (0.9, 0.999), 1e-8)]
+    assert settings == [
+        (3e-5, 0.01, (0.9, 0.999), 1e-8),
+        (3e-5, 0.0, (0.9, 0.999), 1e-8),
+        (7e-4, 0.002, (0.9, 0.999), 1e-8),
+    ]
 
 
 def test_without_bert_one_group_and_mmsa_protocol_one_group(seed):
@@ -189,8 +226,12 @@ def test_without_bert_one_group_and_mmsa_protocol_one_group(seed):
     run = load_config("gsit", "synthetic", None, TINY_MODEL)
     opt = make_optimizer(run, build_model(run, data))
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["lr"] == run.train.learning_rate_other
-    run = load_config("mult", "synthetic", None, ["model.d_model=8", "model.num_heads=2", "train.protocol=\"mmsa_mult\"",
-                                                  "train.learning_rate=0.003"])
+    run = load_config(
+        "mult",
+        "synthetic",
+        None,
+        ["model.d_model=8", "model.num_heads=2", 'train.protocol="mmsa_mult"', "train.learning_rate=0.003"],
+    )
     opt = make_optimizer(run, build_model(run, data))
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["lr"] == 0.003
 
@@ -203,7 +244,9 @@ def test_split_loss_is_mean_over_batches_rounded_to_4_decimals():
     preds = np.array([[0.1], [0.1], [0.1], [0.1], [1.00013], [1.00013]], dtype=np.float32)
     # batches of 4 and 2: batch MAEs 0.1 and 1.00013 -> mean 0.550065 -> 0.5501 (the sample mean is 0.40004)
     assert split_loss(preds, labels, task="regression", batch_size=4) == 0.5501
-    assert split_loss(preds, labels, task="regression", batch_size=6) == round(float(np.mean(np.abs(preds))), 4)
+    assert split_loss(preds, labels, task="regression", batch_size=6) == round(
+        float(np.mean(np.abs(preds))), 4
+    )
     value = split_loss(preds + 0.123456, labels, task="regression", batch_size=4)
     assert value == round(value, 4)
 
@@ -216,8 +259,12 @@ def test_early_stop_selection_on_validation_only_and_test_read_once(tmp_path, mo
     0.5: no improvement although it is lower), 0.6 -> with early_stop=3 training stops after epoch 5 and
     the epoch-2 weights are selected.  The test split is read by one predict_split call, after training,
     with the best weights loaded."""
-    run = load_config("gsit", "synthetic", None, [*TINY_MODEL, "train.batch_size=16", "train.early_stop=3",
-                                                   "train.update_epochs=1"])
+    run = load_config(
+        "gsit",
+        "synthetic",
+        None,
+        [*TINY_MODEL, "train.batch_size=16", "train.early_stop=3", "train.update_epochs=1"],
+    )
     data = tiny_data()
     offsets = [1.0, 0.5, 0.50004, 0.49996, 0.6, 0.7, 0.3]
     events: list[str] = []
@@ -242,8 +289,16 @@ def test_early_stop_selection_on_validation_only_and_test_read_once(tmp_path, mo
     monkeypatch.setattr(train_mod, "batch_from", spy_batch_from)
     monkeypatch.setattr(evaluate_mod, "batch_from", spy_batch_from)
     monkeypatch.setattr(evaluate_mod, "predict_split", spy_predict)
-    result = train_seed(run, data, seed=3, seed_dir=tmp_path / "seed-3", ctx=Dist(), resume=False,
-                        progress=Progress(True, Dist()), dataset="synthetic")
+    result = train_seed(
+        run,
+        data,
+        seed=3,
+        seed_dir=tmp_path / "seed-3",
+        ctx=Dist(),
+        resume=False,
+        progress=Progress(True, Dist()),
+        dataset="synthetic",
+    )
     assert (result["epochs"], result["best_epoch"], result["valid_loss"]) == (5, 2, 0.5)
     assert events.count("predict:test") == 1 and events.count("predict:valid") == 5
     first_test = events.index("predict:test")
@@ -264,15 +319,28 @@ def test_early_stop_selection_on_validation_only_and_test_read_once(tmp_path, mo
 
 
 def test_max_epochs_caps_training(tmp_path, seed):
-    run = load_config("gsit", "synthetic", None, [*TINY_MODEL, "train.batch_size=32", "train.max_epochs=2",
-                                                   "train.early_stop=50"])
-    result = train_seed(run, tiny_data(), seed=1, seed_dir=tmp_path / "s", ctx=Dist(), resume=False,
-                        progress=Progress(True, Dist()), dataset="synthetic")
+    run = load_config(
+        "gsit",
+        "synthetic",
+        None,
+        [*TINY_MODEL, "train.batch_size=32", "train.max_epochs=2", "train.early_stop=50"],
+    )
+    result = train_seed(
+        run,
+        tiny_data(),
+        seed=1,
+        seed_dir=tmp_path / "s",
+        ctx=Dist(),
+        resume=False,
+        progress=Progress(True, Dist()),
+        dataset="synthetic",
+    )
     assert result["epochs"] == 2
 
 
 def load_tensors_plain(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
+
     return load_file(str(path))
 
 
@@ -285,8 +353,21 @@ def two_seed_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("two_seed")
     pkl = write_mmsa_pickle(tiny_data(), root / "tiny.pkl")
     run_dir = root / "run"
-    rc = cli.main(["train", "--quiet", "--data", str(pkl), "--dataset", "synthetic", "--run-dir", str(run_dir),
-                   "--seeds", "1,2", *TINY_CLI])
+    rc = cli.main(
+        [
+            "train",
+            "--quiet",
+            "--data",
+            str(pkl),
+            "--dataset",
+            "synthetic",
+            "--run-dir",
+            str(run_dir),
+            "--seeds",
+            "1,2",
+            *TINY_CLI,
+        ]
+    )
     assert rc == 0
     return run_dir
 
@@ -295,8 +376,17 @@ def test_results_json_and_csv_mean_std_over_seeds(two_seed_run):
     res = json.loads((two_seed_run / "results.json").read_text())
     assert res["model"] == "gsit" and res["dataset"] == "synthetic"
     assert res["seeds"] == [1, 2] and res["n_seeds"] == 2 and len(res["per_seed"]) == 2
-    keys = ["Loss", "Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7",
-            "MAE", "Corr"]
+    keys = [
+        "Loss",
+        "Has0_acc_2",
+        "Has0_F1_score",
+        "Non0_acc_2",
+        "Non0_F1_score",
+        "Mult_acc_5",
+        "Mult_acc_7",
+        "MAE",
+        "Corr",
+    ]
     assert list(res["mean"]) == keys and list(res["std"]) == keys
     for k in keys:
         vals = np.array([s["test"][k] for s in res["per_seed"]], dtype=np.float64)
@@ -324,10 +414,26 @@ def test_epochs_csv_columns(two_seed_run):
     for seed in (1, 2):
         with open(two_seed_run / f"seed-{seed}" / "epochs.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
-        metric_keys = ["Loss", "Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5",
-                       "Mult_acc_7", "MAE", "Corr"]
-        assert list(rows[0]) == ["epoch", "train_loss", "seconds", "lr", *[f"valid_{k}" for k in metric_keys],
-                                 "best_epoch", "graphs"]
+        metric_keys = [
+            "Loss",
+            "Has0_acc_2",
+            "Has0_F1_score",
+            "Non0_acc_2",
+            "Non0_F1_score",
+            "Mult_acc_5",
+            "Mult_acc_7",
+            "MAE",
+            "Corr",
+        ]
+        assert list(rows[0]) == [
+            "epoch",
+            "train_loss",
+            "seconds",
+            "lr",
+            *[f"valid_{k}" for k in metric_keys],
+            "best_epoch",
+            "graphs",
+        ]
         assert all(r["graphs"] == "0" for r in rows)  # eager on the CPU: nothing compiled or captured
         assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
         losses = [float(r["valid_Loss"]) for r in rows]
@@ -341,17 +447,31 @@ def test_epochs_csv_columns(two_seed_run):
 
 def test_run_dir_contents(two_seed_run, monkeypatch):
     files = {p.name for p in two_seed_run.iterdir()}
-    assert {"config.json", "command.txt", "versions.json", "data.json", "results.json", "results.csv",
-            "seed-1", "seed-2"} <= files
+    assert {
+        "config.json",
+        "command.txt",
+        "versions.json",
+        "data.json",
+        "results.json",
+        "results.csv",
+        "seed-1",
+        "seed-2",
+    } <= files
     assert not [p for p in two_seed_run.rglob("*") if p.name.endswith(".tmp")]  # no temp files left behind
     cfg = json.loads((two_seed_run / "config.json").read_text())
     assert cfg["model_name"] == "gsit" and cfg["model"]["d_model"] == 16 and cfg["model"]["num_layers"] == 1
-    assert cfg["train"]["seeds"] == [1, 2] and cfg["train"]["max_epochs"] == 3 and cfg["train"]["batch_size"] == 16
+    assert (
+        cfg["train"]["seeds"] == [1, 2]
+        and cfg["train"]["max_epochs"] == 3
+        and cfg["train"]["batch_size"] == 16
+    )
     assert cfg["data"]["dataset"] == "synthetic" and cfg["data"]["path"].endswith("tiny.pkl")
     command = (two_seed_run / "command.txt").read_text()
     assert command.startswith("gsit train") and "--seeds 1,2" in command
     versions = json.loads((two_seed_run / "versions.json").read_text())
-    assert versions["torch"] == torch.__version__ and versions["numpy"] == np.__version__ and "gsit" in versions
+    assert (
+        versions["torch"] == torch.__version__ and versions["numpy"] == np.__version__ and "gsit" in versions
+    )
     facts = json.loads((two_seed_run / "data.json").read_text())
     assert facts["splits"] == {"train": 64, "valid": 32, "test": 32}
     assert facts["dims"] == {"text": 32, "audio": 5, "vision": 20}
@@ -359,21 +479,26 @@ def test_run_dir_contents(two_seed_run, monkeypatch):
     assert facts["task"] == "regression" and facts["text_kind"] == "features"
     for seed in (1, 2):
         sd = two_seed_run / f"seed-{seed}"
-        assert {"best.safetensors", "last.safetensors", "last.json", "epochs.csv", "results.json"} <= \
-            {p.name for p in sd.iterdir()}
+        assert {"best.safetensors", "last.safetensors", "last.json", "epochs.csv", "results.json"} <= {
+            p.name for p in sd.iterdir()
+        }
         raw = (sd / "best.safetensors").read_bytes()
         header_len = int.from_bytes(raw[:8], "little")
-        header = json.loads(raw[8:8 + header_len])  # the safetensors layout: a JSON header, then raw tensors
+        header = json.loads(
+            raw[8 : 8 + header_len]
+        )  # the safetensors layout: a JSON header, then raw tensors
         assert "fusion.forward_encoder.final_norm.weight" in header
         assert b"\x80\x04" not in raw[:2] and not raw.startswith(b"PK")  # neither a pickle nor a torch zip
 
     # loading needs no pickle at all
     def no_pickle(*a, **k):
         raise AssertionError("pickle used while loading a checkpoint")
+
     monkeypatch.setattr(pickle, "load", no_pickle)
     monkeypatch.setattr(pickle, "loads", no_pickle)
     monkeypatch.setattr(torch, "load", no_pickle)
     from safetensors.torch import load_file
+
     tensors = load_file(str(two_seed_run / "seed-1" / "best.safetensors"))
     data = make_synthetic(n_train=64, n_valid=32, n_test=32, text_len=12, audio_len=14, vision_len=14, seed=0)
     run = load_config("gsit", "synthetic", None, ["model.d_model=16", "model.num_layers=1"])
@@ -401,8 +526,10 @@ def test_gsit_beats_text_only_control_on_default_synthetic_task(tmp_path, capsys
         results[name] = json.loads((run_dir / "results.json").read_text())["mean"]
     capsys.readouterr()
     full, text = results["full"], results["text_only"]
-    print(f"GsiT: MAE {full['MAE']:.4f} Corr {full['Corr']:.4f} Acc2 {full['Non0_acc_2']:.4f} | "
-          f"text-only: MAE {text['MAE']:.4f} Corr {text['Corr']:.4f} Acc2 {text['Non0_acc_2']:.4f}")
+    print(
+        f"GsiT: MAE {full['MAE']:.4f} Corr {full['Corr']:.4f} Acc2 {full['Non0_acc_2']:.4f} | "
+        f"text-only: MAE {text['MAE']:.4f} Corr {text['Corr']:.4f} Acc2 {text['Non0_acc_2']:.4f}"
+    )
     assert full["MAE"] <= text["MAE"] - 0.8
     assert full["MAE"] < 0.9
     assert full["Corr"] > 0.85
@@ -416,15 +543,30 @@ def test_compiled_training_with_the_triton_backend_matches_eager(tmp_path, seed)
     Inductor for everything else): it trains, and the validation losses follow the eager run's."""
     pytest.importorskip("triton")
     import os
+
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    over = [*TINY_MODEL, "train.batch_size=32", "train.max_epochs=2", "train.early_stop=50",
-            "model.attention_backend=triton", "model.attn_dropout=0.0"]
+    over = [
+        *TINY_MODEL,
+        "train.batch_size=32",
+        "train.max_epochs=2",
+        "train.early_stop=50",
+        "model.attention_backend=triton",
+        "model.attn_dropout=0.0",
+    ]
     results = {}
     for compiled in (False, True):
         run = load_config("gsit", "synthetic", None, over + (["train.compile=true"] if compiled else []))
-        results[compiled] = train_seed(run, tiny_data(), seed=1, seed_dir=tmp_path / str(compiled), ctx=Dist(),
-                                       resume=False, progress=Progress(True, Dist()), dataset="synthetic")
+        results[compiled] = train_seed(
+            run,
+            tiny_data(),
+            seed=1,
+            seed_dir=tmp_path / str(compiled),
+            ctx=Dist(),
+            resume=False,
+            progress=Progress(True, Dist()),
+            dataset="synthetic",
+        )
     torch._dynamo.reset()
     eager, comp = results[False], results[True]
     assert comp["epochs"] == eager["epochs"] == 2
@@ -436,6 +578,7 @@ def test_update_epochs_is_an_alias_of_accumulation_steps(tmp_path):
     overrides and TOML files; both at once is an error."""
     from gsit.config import ConfigError
     from gsit.config import load_config as load
+
     assert load("gsit", "synthetic", None, ["train.update_epochs=3"]).train.accumulation_steps == 3
     assert load("gsit", "synthetic", None, ["train.accumulation_steps=5"]).train.accumulation_steps == 5
     toml = tmp_path / "u.toml"
@@ -454,6 +597,7 @@ def test_resume_accepts_a_run_saved_with_update_epochs(tmp_path):
 
     from gsit.errors import GsitError
     from gsit.runs import check_resume_dir
+
     run = load_config("gsit", "synthetic", None, ["train.accumulation_steps=3"])
     saved = json.loads(json.dumps(run.to_dict()))
     saved["train"]["update_epochs"] = saved["train"].pop("accumulation_steps")

@@ -30,10 +30,13 @@ def require_matplotlib():
     try:
         import matplotlib
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise MissingDependency("this command draws PNG plots and needs matplotlib: pip install matplotlib "
-                                "(or pip install 'gsit[analysis]')") from e
+        raise MissingDependency(
+            "this command draws PNG plots and needs matplotlib: pip install matplotlib "
+            "(or pip install 'gsit[analysis]')"
+        ) from e
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -162,16 +165,28 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def latex_escape(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"),
-                 ("±", r"$\pm$")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("_", r"\_"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("#", r"\#"),
+        ("±", r"$\pm$"),
+    ):
         s = s.replace(a, b)
     return s
 
 
 def latex_table(header: list[str], rows: list[list[Any]], caption: str = "") -> str:
     cols = "l" * len(header)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
-             " & ".join(latex_escape(h) for h in header) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\begin{{tabular}}{{{cols}}}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in header) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(latex_escape(str(c)) for c in r) + r" \\" for r in rows]
     lines += [r"\bottomrule", r"\end{tabular}"]
     if caption:

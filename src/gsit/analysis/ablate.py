@@ -41,8 +41,9 @@ from gsit.train import run_training
 ABLATION_SYNTHETIC_TASK = "recall"  # the generated synthetic task an ablation uses unless told otherwise
 
 
-def synthetic_task_overrides(dataset: str, data_path: str | None, overrides=(), config: str | None = None
-                             ) -> list[str]:
+def synthetic_task_overrides(
+    dataset: str, data_path: str | None, overrides=(), config: str | None = None
+) -> list[str]:
     """``['data.synthetic_task="recall"']`` when the ablation generates the synthetic dataset and neither an
     override nor the ``config`` file chooses the task; else ``[]``."""
     if dataset != "synthetic" or data_path:
@@ -85,10 +86,19 @@ def parse_variants(text: str | None) -> tuple[str, ...]:
     return names
 
 
-def run_ablation(dataset: str, *, data_path: str | None = None, out: str | Path | None = None,
-                 seeds: tuple[int, ...] | None = None, variants: tuple[str, ...] = DEFAULT_VARIANTS,
-                 overrides: tuple[str, ...] = (), text_encoder: str | None = None, config: str | None = None,
-                 quiet: bool = True, device: str | None = None) -> dict[str, Any]:
+def run_ablation(
+    dataset: str,
+    *,
+    data_path: str | None = None,
+    out: str | Path | None = None,
+    seeds: tuple[int, ...] | None = None,
+    variants: tuple[str, ...] = DEFAULT_VARIANTS,
+    overrides: tuple[str, ...] = (),
+    text_encoder: str | None = None,
+    config: str | None = None,
+    quiet: bool = True,
+    device: str | None = None,
+) -> dict[str, Any]:
     """Train every variant into ``out/<variant>/`` and write ``ablation.csv``, ``ablation.md`` and
     ``ablation.json`` in ``out``.  Returns ``{"out", "metrics", "rows"}``."""
     names = parse_variants(",".join(variants)) if variants else DEFAULT_VARIANTS
@@ -108,8 +118,11 @@ def run_ablation(dataset: str, *, data_path: str | None = None, out: str | Path 
         v = VARIANTS[name]
         use, skipped = variant_overrides(v, common)
         encoder = [o for o in use if o.startswith("data.text_encoder=")]
-        if encoder and load_config(v.model, dataset, config,
-                                   [o for o in use if o not in encoder]).data.text_kind == "features":
+        if (
+            encoder
+            and load_config(v.model, dataset, config, [o for o in use if o not in encoder]).data.text_kind
+            == "features"
+        ):
             # a variant whose preset reads the frozen text features (MulT, as MMSA) uses no text encoder
             use, skipped = [o for o in use if o not in encoder], skipped + encoder
         run = load_config(v.model, dataset, config, use)
@@ -121,8 +134,14 @@ def run_ablation(dataset: str, *, data_path: str | None = None, out: str | Path 
         if str(data_cache[key].source) not in sources:
             sources.append(str(data_cache[key].source))
         run_dir = out_dir / name
-        results = run_training(run, data_cache[key], run_dir=run_dir, quiet=quiet, device=device,
-                               command=["gsit", "ablate", "--variant", name, *use])
+        results = run_training(
+            run,
+            data_cache[key],
+            run_dir=run_dir,
+            quiet=quiet,
+            device=device,
+            command=["gsit", "ablate", "--variant", name, *use],
+        )
         write_json_new(
             run_dir / "variant.json",
             {
@@ -134,25 +153,46 @@ def run_ablation(dataset: str, *, data_path: str | None = None, out: str | Path 
                 "note": v.note,
             },
         )
-        rows.append({"variant": name, "label": v.label, "model": v.model, "n_seeds": results["n_seeds"],
-                     "mean": {m: results["mean"].get(m, float("nan")) for m in metrics},
-                     "std": {m: results["std"].get(m, float("nan")) for m in metrics},
-                     "run_dir": str(run_dir), "skipped_overrides": skipped})
+        rows.append(
+            {
+                "variant": name,
+                "label": v.label,
+                "model": v.model,
+                "n_seeds": results["n_seeds"],
+                "mean": {m: results["mean"].get(m, float("nan")) for m in metrics},
+                "std": {m: results["std"].get(m, float("nan")) for m in metrics},
+                "run_dir": str(run_dir),
+                "skipped_overrides": skipped,
+            }
+        )
     write_ablation_table(out_dir, dataset, metrics, rows, sources=sources)
     return {"out": str(out_dir), "metrics": metrics, "rows": rows}
 
 
-def write_ablation_table(out_dir: Path, dataset: str, metrics: list[str], rows: list[dict[str, Any]],
-                         sources: list[str] | tuple[str, ...] = ()) -> None:
+def write_ablation_table(
+    out_dir: Path,
+    dataset: str,
+    metrics: list[str],
+    rows: list[dict[str, Any]],
+    sources: list[str] | tuple[str, ...] = (),
+) -> None:
     header = ["variant", "model", "n_seeds"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
-    body = [[r["variant"], r["model"], r["n_seeds"]] + [r[s][m] for m in metrics for s in ("mean", "std")]
-            for r in rows]
+    body = [
+        [r["variant"], r["model"], r["n_seeds"]] + [r[s][m] for m in metrics for s in ("mean", "std")]
+        for r in rows
+    ]
     write_text_new(out_dir / "ablation.csv", csv_text(header, body))
-    md_rows = [[r["label"]] + [fmt_mean_std(r["mean"][m], r["std"][m]) for m in metrics] + [r["n_seeds"]]
-               for r in rows]
-    md = (f"Ablation on {dataset} (test split; mean ± std over seeds; model selected on validation loss)\n\n"
-          + "".join(f"Data: {src}\n\n" for src in sources)
-          + markdown_table(["Variant"] + metrics + ["n_seeds"], md_rows))
+    md_rows = [
+        [r["label"]] + [fmt_mean_std(r["mean"][m], r["std"][m]) for m in metrics] + [r["n_seeds"]]
+        for r in rows
+    ]
+    md = (
+        f"Ablation on {dataset} (test split; mean ± std over seeds; model selected on validation loss)\n\n"
+        + "".join(f"Data: {src}\n\n" for src in sources)
+        + markdown_table(["Variant"] + metrics + ["n_seeds"], md_rows)
+    )
     write_text_new(out_dir / "ablation.md", md)
-    write_json_new(out_dir / "ablation.json", {"dataset": dataset, "metrics": metrics, "rows": rows,
-                                               "data_sources": list(sources)})
+    write_json_new(
+        out_dir / "ablation.json",
+        {"dataset": dataset, "metrics": metrics, "rows": rows, "data_sources": list(sources)},
+    )

@@ -35,13 +35,16 @@ def _encoders(model) -> dict[str, torch.nn.Module]:
         return {"forward": f.forward_encoder, "backward": f.backward_encoder, "self": f.self_encoder}
     if isinstance(model, Vanilla):
         return {"full": model.encoder}
-    raise GsitError(f"attention maps need a graph model (gsit, vanilla); {type(model).__name__} keeps its "
-                    f"modalities in separate sequences")
+    raise GsitError(
+        f"attention maps need a graph model (gsit, vanilla); {type(model).__name__} keeps its "
+        f"modalities in separate sequences"
+    )
 
 
 @torch.no_grad()
-def capture_attention(model, inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor] | None = None
-                      ) -> dict[str, Any]:
+def capture_attention(
+    model, inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor] | None = None
+) -> dict[str, Any]:
     """Run ``model`` once (eval mode) and return per encoder the allowed mask and the attention averaged
     over heads and depth calls, for sample 0 of the batch:
     ``{"modalities", "lengths", "prediction", "encoders": {name: {"allowed": (N, N) bool,
@@ -62,6 +65,7 @@ def capture_attention(model, inputs: dict[str, torch.Tensor], lengths: dict[str,
             rec["sum"] = avg if rec["sum"] is None else rec["sum"] + avg
             rec["calls"] += 1
             rec["mask"] = mask
+
         return hook
 
     for name, enc in encoders.items():
@@ -96,8 +100,15 @@ def capture_attention(model, inputs: dict[str, torch.Tensor], lengths: dict[str,
     return result
 
 
-def attention_maps(run_dir: str | Path, *, data_path: str | None = None, sample: int = 0, split: str = "test",
-                   seed: int | None = None, device: str = "cpu") -> dict[str, Any]:
+def attention_maps(
+    run_dir: str | Path,
+    *,
+    data_path: str | None = None,
+    sample: int = 0,
+    split: str = "test",
+    seed: int | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """:func:`capture_attention` for row ``sample`` of ``split`` of a trained run."""
     run, data = run_config_from_dir(Path(run_dir), data_path)
     if split not in data.splits:
@@ -109,9 +120,17 @@ def attention_maps(run_dir: str | Path, *, data_path: str | None = None, sample:
     _, model = model_from_run_dir(Path(run_dir), data, seed=seed, device=device)
     batch = SplitDataset(part).__getitems__([sample]).to(device)
     res = capture_attention(model, batch.inputs, batch.lengths)
-    res.update({"run_dir": str(run_dir), "split": split, "sample": sample, "seed": seed,
-                "id": str(part.ids[sample]), "label": np.asarray(part.labels[sample]).tolist(),
-                "model": run.model_name})
+    res.update(
+        {
+            "run_dir": str(run_dir),
+            "split": split,
+            "sample": sample,
+            "seed": seed,
+            "id": str(part.ids[sample]),
+            "label": np.asarray(part.labels[sample]).tolist(),
+            "model": run.model_name,
+        }
+    )
     return res
 
 
@@ -157,8 +176,16 @@ def plot_attention_maps(maps: dict[str, Any], path: str | Path) -> Path:
     return out
 
 
-def run_attention_map(run_dir, *, data_path=None, sample: int = 0, split: str = "test", seed=None,
-                      out: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
+def run_attention_map(
+    run_dir,
+    *,
+    data_path=None,
+    sample: int = 0,
+    split: str = "test",
+    seed=None,
+    out: str | Path | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
     maps = attention_maps(run_dir, data_path=data_path, sample=sample, split=split, seed=seed, device=device)
     path = Path(out) if out else Path(run_dir) / f"attention_{split}_{sample}_seed{maps['seed']}.png"
     new_file(path)

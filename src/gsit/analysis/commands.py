@@ -24,6 +24,7 @@ def _seeds(text: str | None) -> tuple[int, ...] | None:
 
 def _rates(text: str | None):
     from gsit.analysis.robustness import DEFAULT_RATES
+
     if not text:
         return DEFAULT_RATES
     try:
@@ -48,9 +49,19 @@ def _dataset(args) -> str:
 
 def cmd_ablate(args) -> int:
     from gsit.analysis.ablate import parse_variants, run_ablation
-    res = run_ablation(_dataset(args), data_path=args.data, out=args.out, seeds=_seeds(args.seeds),
-                       variants=parse_variants(args.variants), overrides=tuple(args.overrides),
-                       text_encoder=args.text_encoder, config=args.config, quiet=args.quiet, device=args.device)
+
+    res = run_ablation(
+        _dataset(args),
+        data_path=args.data,
+        out=args.out,
+        seeds=_seeds(args.seeds),
+        variants=parse_variants(args.variants),
+        overrides=tuple(args.overrides),
+        text_encoder=args.text_encoder,
+        config=args.config,
+        quiet=args.quiet,
+        device=args.device,
+    )
     print(Path(res["out"], "ablation.md").read_text())
     print(f"wrote {res['out']}/ablation.csv, ablation.md, ablation.json and one run directory per variant")
     return 0
@@ -59,16 +70,27 @@ def cmd_ablate(args) -> int:
 def cmd_robustness(args) -> int:
     from gsit.analysis._common import require_matplotlib
     from gsit.analysis.robustness import run_robustness
+
     require_matplotlib()
-    res = run_robustness(args.run_dir, data_path=args.data, out=args.out, split=args.split,
-                         seeds=list(_seeds(args.seeds) or ()) or None, rates=_rates(args.rates),
-                         mask_seed=args.mask_seed, device=args.device, metric=args.metric)
+    res = run_robustness(
+        args.run_dir,
+        data_path=args.data,
+        out=args.out,
+        split=args.split,
+        seeds=list(_seeds(args.seeds) or ()) or None,
+        rates=_rates(args.rates),
+        mask_seed=args.mask_seed,
+        device=args.device,
+        metric=args.metric,
+    )
     m = res["metric"]
     print(f"{res['model']} on {res['dataset']} ({res['split']}, {len(res['seeds'])} seed(s)); {m}:")
     for r in res["rows"]:
         if r["policy"] != "random" or r["rate"] in (0.5, 0.9):
-            print(f"  {r['policy']:7s} {r['condition']:13s} rate {r['rate']:.1f}  {r[f'{m}_mean']:.4f} "
-                  f"± {r[f'{m}_std']:.4f}")
+            print(
+                f"  {r['policy']:7s} {r['condition']:13s} rate {r['rate']:.1f}  {r[f'{m}_mean']:.4f} "
+                f"± {r[f'{m}_std']:.4f}"
+            )
     print(f"wrote {res['paths']['csv']}, {res['paths']['json']} and {res['paths']['png']}")
     return 0
 
@@ -76,27 +98,56 @@ def cmd_robustness(args) -> int:
 def cmd_attention_map(args) -> int:
     from gsit.analysis._common import require_matplotlib
     from gsit.analysis.attention_map import run_attention_map
+
     require_matplotlib()
-    res = run_attention_map(args.run_dir, data_path=args.data, sample=args.sample, split=args.split,
-                            seed=args.seed, out=args.out, device=args.device)
-    print(f"wrote {res['png']} (sample {res['sample']} of {res['split']}, id {res['id']}, seed {res['seed']})")
+    res = run_attention_map(
+        args.run_dir,
+        data_path=args.data,
+        sample=args.sample,
+        split=args.split,
+        seed=args.seed,
+        out=args.out,
+        device=args.device,
+    )
+    print(
+        f"wrote {res['png']} (sample {res['sample']} of {res['split']}, id {res['id']}, seed {res['seed']})"
+    )
     return 0
 
 
 def cmd_tune(args) -> int:
     from gsit.analysis._common import require_optuna
     from gsit.analysis.tune import tune
+
     require_optuna()
     final = _seeds(args.final_seeds) or (1111, 1112, 1113, 1114, 1115)
-    res = tune(_dataset(args), model=args.model, trials=args.trials, data_path=args.data, space=args.space,
-               storage=args.storage, study_name=args.study_name, out=args.out, overrides=tuple(args.overrides),
-               config=args.config, text_encoder=args.text_encoder, search_seed=args.search_seed,
-               final_seeds=final, trial_max_epochs=args.trial_max_epochs, timeout=args.timeout,
-               device=args.device, quiet=args.quiet, final=not args.no_final)
-    print(f"study {res['study_name']!r}: best trial {res['best_trial']} of {res['n_trials']} (valid loss "
-          f"{res['best_valid_loss']:.4f}): {json.dumps(res['best_params'])}")
+    res = tune(
+        _dataset(args),
+        model=args.model,
+        trials=args.trials,
+        data_path=args.data,
+        space=args.space,
+        storage=args.storage,
+        study_name=args.study_name,
+        out=args.out,
+        overrides=tuple(args.overrides),
+        config=args.config,
+        text_encoder=args.text_encoder,
+        search_seed=args.search_seed,
+        final_seeds=final,
+        trial_max_epochs=args.trial_max_epochs,
+        timeout=args.timeout,
+        device=args.device,
+        quiet=args.quiet,
+        final=not args.no_final,
+    )
+    print(
+        f"study {res['study_name']!r}: best trial {res['best_trial']} of {res['n_trials']} (valid loss "
+        f"{res['best_valid_loss']:.4f}): {json.dumps(res['best_params'])}"
+    )
     if res["final_run_dir"]:
         from gsit.formatting import format_mean_std
+
         n = len(res["final_seeds"])
         print(f"final run over seeds {res['final_seeds']} -> {res['final_run_dir']}; test:")
         for k, v in res["final_test_mean"].items():
@@ -108,24 +159,31 @@ def cmd_tune(args) -> int:
 def cmd_report(args) -> int:
     from gsit.analysis._common import require_matplotlib
     from gsit.analysis.report import report
+
     if not args.no_curves:
         require_matplotlib()
     res = report(args.runs_dir, out=args.out, curves=not args.no_curves, percent=args.percent)
     print(Path(res["out"], "report.md").read_text())
-    print(f"wrote {res['out']}/report.md, report.csv, report.tex, one <dataset>.csv per dataset (MMSA "
-          f"layout) and {len(res['pngs'])} curve plot(s)")
+    print(
+        f"wrote {res['out']}/report.md, report.csv, report.tex, one <dataset>.csv per dataset (MMSA "
+        f"layout) and {len(res['pngs'])} curve plot(s)"
+    )
     return 0
 
 
 def cmd_efficiency(args) -> int:
     from gsit.analysis.efficiency import efficiency_row, format_efficiency
+
     models = [args.model] if args.model else ["gsit", "mult_dagger", "mult", "vanilla"]
     datasets = [args.dataset] if args.dataset else ["mosi", "mosei", "sims"]
     step = None
     if args.step_time:
         step = {"batch": args.step_batch, "device": args.device, "dtype": args.dtype, "backend": args.backend}
-    rows = [efficiency_row(m, d, batch=args.batch, overrides=tuple(args.overrides), step=step)
-            for d in datasets for m in models]
+    rows = [
+        efficiency_row(m, d, batch=args.batch, overrides=tuple(args.overrides), step=step)
+        for d in datasets
+        for m in models
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -138,8 +196,11 @@ def cmd_efficiency(args) -> int:
 
 def _common_data(p, *, dataset: bool = True) -> None:
     if dataset:
-        p.add_argument("--dataset", default=None,
-                       help="mosi | mosei | sims | simsv2 | mintrec | synthetic (default: synthetic without --data)")
+        p.add_argument(
+            "--dataset",
+            default=None,
+            help="mosi | mosei | sims | simsv2 | mintrec | synthetic (default: synthetic without --data)",
+        )
     p.add_argument("--data", default=None, help="MMSA pickle, converted directory, or MIntRec directory")
 
 
@@ -147,27 +208,39 @@ def register(sub) -> None:
     """Add the analysis subcommands to the ``gsit`` parser's subparsers."""
     from gsit.analysis.variants import VARIANTS
 
-    p = sub.add_parser("ablate", help="train the mask ablations, baselines and a text-only control; one table",
-                       description="Train every variant (paper Table 4 structures, design switches, MulT, "
-                                   "Vanilla, text-only control) with gsit train's protocol into OUT/<variant>/ and "
-                                   "write OUT/ablation.{csv,md,json}: test metrics as mean ± std over seeds.")
+    p = sub.add_parser(
+        "ablate",
+        help="train the mask ablations, baselines and a text-only control; one table",
+        description="Train every variant (paper Table 4 structures, design switches, MulT, "
+        "Vanilla, text-only control) with gsit train's protocol into OUT/<variant>/ and "
+        "write OUT/ablation.{csv,md,json}: test metrics as mean ± std over seeds.",
+    )
     _common_data(p)
     p.add_argument("--text-encoder", default=None, help="local BERT-family model directory")
     p.add_argument("--config", default=None, help="TOML file merged over every variant's preset")
-    p.add_argument("--out", default=None, help="new output directory (default runs/ablation-<dataset>-<time>)")
+    p.add_argument(
+        "--out", default=None, help="new output directory (default runs/ablation-<dataset>-<time>)"
+    )
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the presets')")
-    p.add_argument("--variants", default=None,
-                   help=f"comma-separated subset of: {','.join(VARIANTS)} (default: all)")
+    p.add_argument(
+        "--variants", default=None, help=f"comma-separated subset of: {','.join(VARIANTS)} (default: all)"
+    )
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("overrides", nargs="*",
-                   help="section.key=value for every variant (model.* keys a model lacks are skipped)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="section.key=value for every variant (model.* keys a model lacks are skipped)",
+    )
     p.set_defaults(func=cmd_ablate)
 
-    p = sub.add_parser("robustness", help="missing-modality evaluation of a trained run (CSV + PNG)",
-                       description="Score a trained run with each modality and pair removed (zeroed, training "
-                                   "mean, dropped from the graph) and under MMSA's random per-step missing "
-                                   "protocol at rates 0.1..0.9.")
+    p = sub.add_parser(
+        "robustness",
+        help="missing-modality evaluation of a trained run (CSV + PNG)",
+        description="Score a trained run with each modality and pair removed (zeroed, training "
+        "mean, dropped from the graph) and under MMSA's random per-step missing "
+        "protocol at rates 0.1..0.9.",
+    )
     p.add_argument("run_dir", help="a run directory written by gsit train")
     _common_data(p, dataset=False)
     p.add_argument("--out", default=None, help="new output directory (default RUN_DIR/robustness-<time>)")
@@ -179,43 +252,73 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.set_defaults(func=cmd_robustness)
 
-    p = sub.add_parser("attention-map", help="PNG of each encoder's allowed adjacency and learned attention",
-                       description="Allowed adjacency (dense mask) of every encoder and the attention averaged "
-                                   "over heads and depth for one sample; weights captured by hooks outside the "
-                                   "model.")
+    p = sub.add_parser(
+        "attention-map",
+        help="PNG of each encoder's allowed adjacency and learned attention",
+        description="Allowed adjacency (dense mask) of every encoder and the attention averaged "
+        "over heads and depth for one sample; weights captured by hooks outside the "
+        "model.",
+    )
     p.add_argument("run_dir", help="a run directory written by gsit train")
     _common_data(p, dataset=False)
     p.add_argument("--sample", type=int, required=True, help="row index in the split")
     p.add_argument("--split", default="test", help="train | valid | test")
     p.add_argument("--seed", type=int, default=None, help="which seed's checkpoint (default: the first)")
-    p.add_argument("--out", default=None, help="new PNG path (default RUN_DIR/attention_<split>_<i>_seed<s>.png)")
+    p.add_argument(
+        "--out", default=None, help="new PNG path (default RUN_DIR/attention_<split>_<i>_seed<s>.png)"
+    )
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.set_defaults(func=cmd_attention_map)
 
-    p = sub.add_parser("tune", help="Optuna TPE search on validation loss, then a multi-seed final run",
-                       description="Trials score on the validation split only (the test split is sealed); the "
-                                   "best configuration is re-trained over --final-seeds and only then tested.")
+    p = sub.add_parser(
+        "tune",
+        help="Optuna TPE search on validation loss, then a multi-seed final run",
+        description="Trials score on the validation split only (the test split is sealed); the "
+        "best configuration is re-trained over --final-seeds and only then tested.",
+    )
     p.add_argument("--model", default="gsit", help="gsit | mult | vanilla")
     _common_data(p)
-    p.add_argument("--text-encoder", default=None,
-                   help="local BERT-family model directory (never downloaded)")
+    p.add_argument(
+        "--text-encoder", default=None, help="local BERT-family model directory (never downloaded)"
+    )
     p.add_argument("--config", default=None, help="TOML file merged over the preset")
-    p.add_argument("--trials", type=int, required=True, help="trials this worker runs (several workers "
-                                                             "sharing --storage add up; 0 with --storage: "
-                                                             "only the final run of the study's best)")
-    p.add_argument("--no-final", action="store_true",
-                   help="search only (parallel workers); one later `--trials 0` run does the final run")
-    p.add_argument("--percent", action="store_true",
-                   help="final test metrics with Acc/F1 x100 (2 decimals), MAE/Corr with 3")
-    p.add_argument("--space", default=None, help="search-space TOML (default: d_model, learning_rate_other, "
-                                                 "embed_dropout)")
-    p.add_argument("--storage", default=None,
-                   help="Optuna storage URL shared by parallel workers: sqlite:///tune.db on one host, "
-                        "postgresql://user@host/db across hosts (default: memory, one process)")
+    p.add_argument(
+        "--trials",
+        type=int,
+        required=True,
+        help="trials this worker runs (several workers "
+        "sharing --storage add up; 0 with --storage: "
+        "only the final run of the study's best)",
+    )
+    p.add_argument(
+        "--no-final",
+        action="store_true",
+        help="search only (parallel workers); one later `--trials 0` run does the final run",
+    )
+    p.add_argument(
+        "--percent",
+        action="store_true",
+        help="final test metrics with Acc/F1 x100 (2 decimals), MAE/Corr with 3",
+    )
+    p.add_argument(
+        "--space",
+        default=None,
+        help="search-space TOML (default: d_model, learning_rate_other, embed_dropout)",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL shared by parallel workers: sqlite:///tune.db on one host, "
+        "postgresql://user@host/db across hosts (default: memory, one process)",
+    )
     p.add_argument("--study-name", default=None, help="Optuna study name (default: gsit-<model>-<dataset>)")
-    p.add_argument("--out", default=None, help="new output directory (default runs/tune-<model>-<dataset>-<time>)")
+    p.add_argument(
+        "--out", default=None, help="new output directory (default runs/tune-<model>-<dataset>-<time>)"
+    )
     p.add_argument("--search-seed", type=int, default=1111, help="training seed of every trial")
-    p.add_argument("--final-seeds", default=None, help="comma-separated seeds of the final run (default 1111-1115)")
+    p.add_argument(
+        "--final-seeds", default=None, help="comma-separated seeds of the final run (default 1111-1115)"
+    )
     p.add_argument("--trial-max-epochs", type=int, default=0, help="epoch cap per trial (0: the config's)")
     p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
@@ -227,23 +330,34 @@ def register(sub) -> None:
     p.add_argument("runs_dir", help="folder searched recursively for run directories")
     p.add_argument("--out", default=None, help="new output directory (default RUNS_DIR/report-<time>)")
     p.add_argument("--no-curves", action="store_true", help="tables only (no matplotlib needed)")
-    p.add_argument("--percent", action="store_true",
-                   help="Acc/F1 x100 with 2 decimals, MAE/Corr with 3 (the papers' convention)")
+    p.add_argument(
+        "--percent",
+        action="store_true",
+        help="Acc/F1 x100 with 2 decimals, MAE/Corr with 3 (the papers' convention)",
+    )
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("efficiency", help="params (both conventions), true FLOPs and thop-style MACs",
-                       description="Per model and dataset preset: parameters (total and the paper's convention), "
-                                   "true forward FLOPs per sample, and thop-convention MACs of one batch "
-                                   "(paper: GsiT 26.224 G, MulT-dagger 26.294 G on MOSI, batch 8).")
+    p = sub.add_parser(
+        "efficiency",
+        help="params (both conventions), true FLOPs and thop-style MACs",
+        description="Per model and dataset preset: parameters (total and the paper's convention), "
+        "true forward FLOPs per sample, and thop-convention MACs of one batch "
+        "(paper: GsiT 26.224 G, MulT-dagger 26.294 G on MOSI, batch 8).",
+    )
     p.add_argument("--model", default=None, help="gsit | mult | mult_dagger | vanilla (default: all)")
     p.add_argument("--dataset", default=None, help="default: mosi, mosei, sims")
     p.add_argument("--batch", type=int, default=8, help="batch size of the thop-style MAC count")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
-    p.add_argument("--step-time", action="store_true",
-                   help="also measure a training step (time, and peak memory on a GPU) of each model")
+    p.add_argument(
+        "--step-time",
+        action="store_true",
+        help="also measure a training step (time, and peak memory on a GPU) of each model",
+    )
     p.add_argument("--step-batch", type=int, default=32, help="batch size of --step-time")
     p.add_argument("--device", default="cpu", help="device of the step measurement (cpu, cuda, cuda:1)")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="step measurement precision")
-    p.add_argument("--backend", default=None, help="GsiT/Vanilla attention backend of the step (default pairs)")
+    p.add_argument(
+        "--backend", default=None, help="GsiT/Vanilla attention backend of the step (default pairs)"
+    )
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. model.d_model=64")
     p.set_defaults(func=cmd_efficiency)

@@ -44,8 +44,13 @@ from gsit.attention import get_backend
 # The GsiT repository's MulT-dagger baseline (SPEC §13) is the model ``mult_dagger`` (presets
 # configs/mult_dagger_<dataset>.toml).  On MOSI it is the ``mult`` preset with these overrides: MMSA MulT with
 # d=128, 4 heads, depth sharing, the causal future mask and no positional embedding.
-MULT_DAGGER_OVERRIDES = ("model.d_model=128", "model.num_heads=4", "model.share_layers=true",
-                         "model.causal=true", "model.positional=false")
+MULT_DAGGER_OVERRIDES = (
+    "model.d_model=128",
+    "model.num_heads=4",
+    "model.share_layers=true",
+    "model.causal=true",
+    "model.positional=false",
+)
 MULT_MODELS = ("mult", "mult_dagger")
 PAPER_FLOPS_G = {("gsit", "mosi"): 26.224, ("mult_dagger", "mosi"): 26.294}
 PAPER_PARAMS_M = {("gsit", "mosi"): 1.695, ("mult_dagger", "mosi"): 5.251}
@@ -68,27 +73,53 @@ def thop_macs(model_name: str, dataset: str, batch: int = 8, overrides=()) -> di
     part = counts["by_part"]
     conv, fusion, head = part.get("front_end", 0), part.get("fusion", 0), part.get("head", 0)
     paper, rule = paper_convention(base, part)
-    return {"model": model_name, "dataset": dataset, "batch": batch, "front_end": conv, "fusion": fusion,
-            "head": head, "fusion_plus_conv": conv + fusion, "total": total_without_text(part),
-            "paper_convention": paper, "paper_convention_rule": rule, "by_type": counts["by_type"]}
+    return {
+        "model": model_name,
+        "dataset": dataset,
+        "batch": batch,
+        "front_end": conv,
+        "fusion": fusion,
+        "head": head,
+        "fusion_plus_conv": conv + fusion,
+        "total": total_without_text(part),
+        "paper_convention": paper,
+        "paper_convention_rule": rule,
+        "by_type": counts["by_type"],
+    }
 
 
-def efficiency_row(model_name: str, dataset: str, batch: int = 8, overrides=(),
-                   step: dict[str, Any] | None = None) -> dict[str, Any]:
+def efficiency_row(
+    model_name: str, dataset: str, batch: int = 8, overrides=(), step: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Params (both conventions), true forward FLOPs per sample and thop MACs per batch for one model;
     with ``step`` (keyword arguments of :func:`step_cost`), also the measured step time and memory."""
     base, ovr = resolve_model(model_name, overrides)
     prof = profile(base, dataset, ovr)
     thop = thop_macs(model_name, dataset, batch=batch, overrides=overrides)
-    return {"model": model_name, "dataset": dataset, "params": prof["params"],
-            "flops_per_sample": {k: v for k, v in prof["flops_per_sample"].items() if k != "by_op"},
-            "thop": thop, "paper_flops_g": PAPER_FLOPS_G.get((model_name, dataset)),
-            "paper_params_m": PAPER_PARAMS_M.get((model_name, dataset)),
-            "step": None if step is None else step_cost(model_name, dataset, overrides=overrides, **step)}
+    return {
+        "model": model_name,
+        "dataset": dataset,
+        "params": prof["params"],
+        "flops_per_sample": {k: v for k, v in prof["flops_per_sample"].items() if k != "by_op"},
+        "thop": thop,
+        "paper_flops_g": PAPER_FLOPS_G.get((model_name, dataset)),
+        "paper_params_m": PAPER_PARAMS_M.get((model_name, dataset)),
+        "step": None if step is None else step_cost(model_name, dataset, overrides=overrides, **step),
+    }
 
 
-def step_cost(model_name: str, dataset: str, *, batch: int = 32, device: str = "cpu", dtype: str = "fp32",
-              backend: str | None = None, overrides=(), warmup: int = 3, reps: int = 10) -> dict[str, Any]:
+def step_cost(
+    model_name: str,
+    dataset: str,
+    *,
+    batch: int = 32,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    backend: str | None = None,
+    overrides=(),
+    warmup: int = 3,
+    reps: int = 10,
+) -> dict[str, Any]:
     """Measured cost of one training step of the whole model (BERT excluded: text features in): forward,
     L1 loss, backward and an Adam step, on random inputs at ``dataset``'s full padded lengths.
 
@@ -110,8 +141,10 @@ def step_cost(model_name: str, dataset: str, *, batch: int = 32, device: str = "
     model = model.to(dev).train()
     shapes = profiled_spec(dataset).shapes
     gen = torch.Generator().manual_seed(0)
-    inputs = {m: torch.randn(batch, shapes[m][0], shapes[m][1], generator=gen).to(dev)
-              for m in ("text", "audio", "vision")}
+    inputs = {
+        m: torch.randn(batch, shapes[m][0], shapes[m][1], generator=gen).to(dev)
+        for m in ("text", "audio", "vision")
+    }
     target = torch.randn(batch, 1, generator=gen).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
@@ -142,11 +175,17 @@ def step_cost(model_name: str, dataset: str, *, batch: int = 32, device: str = "
             step()
             times.append((time.perf_counter() - t0) * 1e3)
     arr = np.asarray(times)
-    return {"device": torch.cuda.get_device_name(dev) if cuda else "cpu", "batch": batch, "dtype": dtype,
-            "backend": None if base in MULT_MODELS else (backend or "pairs"), "reps": reps,
-            "median_ms": float(np.median(arr)), "p10_ms": float(np.percentile(arr, 10)),
-            "p90_ms": float(np.percentile(arr, 90)),
-            "peak_mem_mb": float(torch.cuda.max_memory_allocated(dev) / 2**20) if cuda else None}
+    return {
+        "device": torch.cuda.get_device_name(dev) if cuda else "cpu",
+        "batch": batch,
+        "dtype": dtype,
+        "backend": None if base in MULT_MODELS else (backend or "pairs"),
+        "reps": reps,
+        "median_ms": float(np.median(arr)),
+        "p10_ms": float(np.percentile(arr, 10)),
+        "p90_ms": float(np.percentile(arr, 90)),
+        "peak_mem_mb": float(torch.cuda.max_memory_allocated(dev) / 2**20) if cuda else None,
+    }
 
 
 def format_efficiency(rows: list[dict[str, Any]]) -> str:
@@ -161,9 +200,11 @@ def format_efficiency(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         p, f, t = r["params"], r["flops_per_sample"], r["thop"]
         paper = f"{r['paper_flops_g']:.3f}" if r["paper_flops_g"] is not None else "-"
-        line = (f"{r['model']:12s} {r['dataset']:8s} {p['total_without_text_encoder']:13,d} "
-                f"{p['paper_convention']:13,d} {f['total'] / 1e9:14.3f} {f['attention'] / 1e9:12.3f} "
-                f"{t['total'] / 1e9:8.3f} ({t['batch']}) {t['paper_convention'] / 1e9:13.3f} {paper:>11s}")
+        line = (
+            f"{r['model']:12s} {r['dataset']:8s} {p['total_without_text_encoder']:13,d} "
+            f"{p['paper_convention']:13,d} {f['total'] / 1e9:14.3f} {f['attention'] / 1e9:12.3f} "
+            f"{t['total'] / 1e9:8.3f} ({t['batch']}) {t['paper_convention'] / 1e9:13.3f} {paper:>11s}"
+        )
         st = r.get("step")
         if st is not None:
             mem = f"{st['peak_mem_mb']:9.0f}" if st["peak_mem_mb"] is not None else f"{'-':>9s}"

@@ -68,10 +68,14 @@ def total_without_text(parts: dict[str, int]) -> int:
 def paper_convention(model_name: str, parts: dict[str, int]) -> tuple[int, str]:
     """(count, rule) of the paper's convention from per-part counts (front_end, fusion, head, other)."""
     if model_config_class(model_name) is MulTConfig:
-        return (total_without_text(parts),
-                "all but the text encoder (head included), as the paper counts MulT")
-    return (parts.get("front_end", 0) + parts.get("fusion", 0),
-            "fusion encoders + conv front ends (head excluded), as the paper counts GsiT")
+        return (
+            total_without_text(parts),
+            "all but the text encoder (head included), as the paper counts MulT",
+        )
+    return (
+        parts.get("front_end", 0) + parts.get("fusion", 0),
+        "fusion encoders + conv front ends (head excluded), as the paper counts GsiT",
+    )
 
 
 def profile(model_name: str, dataset: str, overrides=(), *, flops: bool = True) -> dict[str, Any]:
@@ -83,19 +87,28 @@ def profile(model_name: str, dataset: str, overrides=(), *, flops: bool = True) 
     paper, convention = paper_convention(model_name, counts)
     shapes = spec.shapes
     out: dict[str, Any] = {
-        "model": model_name, "dataset": dataset,
+        "model": model_name,
+        "dataset": dataset,
         "lengths": {m: shapes[m][0] for m in MODALITIES},
         "dims": {m: shapes[m][1] for m in MODALITIES},
-        "params": {"front_end": counts["front_end"], "fusion": counts["fusion"], "head": counts["head"],
-                   "text_encoder": counts["text_encoder"], "total_without_text_encoder": total_no_text,
-                   "paper_convention": paper, "paper_convention_rule": convention},
+        "params": {
+            "front_end": counts["front_end"],
+            "fusion": counts["fusion"],
+            "head": counts["head"],
+            "text_encoder": counts["text_encoder"],
+            "total_without_text_encoder": total_no_text,
+            "paper_convention": paper,
+            "paper_convention_rule": convention,
+        },
     }
     if flops:
         out["flops_per_sample"] = forward_flops(model, dataset)
         parts = count_thop_macs(model, zero_inputs(dataset, 8))["by_part"]
-        out["thop_macs_batch8"] = {"paper_convention": paper_convention(model_name, parts)[0],
-                                   "total": total_without_text(parts),
-                                   "rule": "thop counts Conv1d/Linear/LayerNorm modules only (SPEC §12)"}
+        out["thop_macs_batch8"] = {
+            "paper_convention": paper_convention(model_name, parts)[0],
+            "total": total_without_text(parts),
+            "rule": "thop counts Conv1d/Linear/LayerNorm modules only (SPEC §12)",
+        }
     return out
 
 

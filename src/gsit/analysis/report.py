@@ -96,9 +96,15 @@ def collect_runs(runs_dir: str | Path) -> list[dict[str, Any]]:
             continue
         if "per_seed" not in results:
             continue
-        runs.append({"run_dir": run_dir, "model": results.get("model", config.get("model_name")),
-                     "dataset": results.get("dataset", config["data"]["dataset"]),
-                     "variant": variant_of(run_dir, config), "results": results})
+        runs.append(
+            {
+                "run_dir": run_dir,
+                "model": results.get("model", config.get("model_name")),
+                "dataset": results.get("dataset", config["data"]["dataset"]),
+                "variant": variant_of(run_dir, config),
+                "results": results,
+            }
+        )
     return runs
 
 
@@ -120,8 +126,16 @@ def summarize_groups(groups) -> list[dict[str, Any]]:
             metrics = primary_metric_names(metric_dataset(dataset))
         except (GsitError, KeyError):
             metrics = sorted({k for s in g["per_seed"] for k in s.get("test", {})})
-        row = {"model": model, "dataset": dataset, "variant": variant, "n_runs": len(g["runs"]),
-               "n_seeds": len(g["per_seed"]), "metrics": metrics, "mean": {}, "std": {}}
+        row = {
+            "model": model,
+            "dataset": dataset,
+            "variant": variant,
+            "n_runs": len(g["runs"]),
+            "n_seeds": len(g["per_seed"]),
+            "metrics": metrics,
+            "mean": {},
+            "std": {},
+        }
         for m in metrics:
             row["mean"][m], row["std"][m] = mean_std([s["test"].get(m) for s in g["per_seed"] if "test" in s])
         rows.append(row)
@@ -205,17 +219,28 @@ def _md_cell(m: str, r: dict[str, Any], percent: bool, bold: bool) -> str:
     return mean
 
 
-def latex_results_table(part: list[dict[str, Any]], metrics: list[str], *, percent: bool,
-                        best: dict[str, set[int]], caption: str) -> str:
+def latex_results_table(
+    part: list[dict[str, Any]], metrics: list[str], *, percent: bool, best: dict[str, set[int]], caption: str
+) -> str:
     """A booktabs table with two right-aligned columns per metric (mean, then ``±std``): with a fixed number
     of decimals per metric the decimal points line up; the best mean of each column is bold; a one-seed row
     has no ``±`` cell."""
     cols = "ll" + "r@{\\,}r" * len(metrics) + "r"
     arrow = {True: "$\\downarrow$", False: "$\\uparrow$"}
-    head = ["Model", "Variant"] + [rf"\multicolumn{{2}}{{c}}{{{latex_escape(m)} {arrow[lower_is_better(m)]}}}"
-                                   for m in metrics] + ["n"]
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
-             " & ".join(head) + r" \\", r"\midrule"]
+    head = (
+        ["Model", "Variant"]
+        + [rf"\multicolumn{{2}}{{c}}{{{latex_escape(m)} {arrow[lower_is_better(m)]}}}" for m in metrics]
+        + ["n"]
+    )
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        rf"\begin{{tabular}}{{{cols}}}",
+        r"\toprule",
+        " & ".join(head) + r" \\",
+        r"\midrule",
+    ]
     for i, r in enumerate(part):
         cells = [latex_escape(str(r["model"])), latex_escape(str(r["variant"]))]
         for m in metrics:
@@ -229,8 +254,9 @@ def latex_results_table(part: list[dict[str, Any]], metrics: list[str], *, perce
     return "\n".join(lines) + "\n"
 
 
-def report(runs_dir: str | Path, *, out: str | Path | None = None, curves: bool = True,
-           percent: bool = False) -> dict[str, Any]:
+def report(
+    runs_dir: str | Path, *, out: str | Path | None = None, curves: bool = True, percent: bool = False
+) -> dict[str, Any]:
     runs = collect_runs(runs_dir)
     if not runs:
         raise GsitError(f"no run directories (config.json + results.json) under {str(runs_dir)!r}")
@@ -238,38 +264,60 @@ def report(runs_dir: str | Path, *, out: str | Path | None = None, curves: bool 
     rows = summarize_groups(groups)
     out_dir = new_dir(out, default_root=Path(runs_dir), prefix="report")
     all_metrics = list(dict.fromkeys(m for r in rows for m in r["metrics"]))
-    header = ["model", "dataset", "variant", "n_runs", "n_seeds"] + [f"{m}_{s}" for m in all_metrics
-                                                                     for s in ("mean", "std")]
-    body = [[r["model"], r["dataset"], r["variant"], r["n_runs"], r["n_seeds"]] +
-            [r[s].get(m, "") for m in all_metrics for s in ("mean", "std")] for r in rows]
+    header = ["model", "dataset", "variant", "n_runs", "n_seeds"] + [
+        f"{m}_{s}" for m in all_metrics for s in ("mean", "std")
+    ]
+    body = [
+        [r["model"], r["dataset"], r["variant"], r["n_runs"], r["n_seeds"]]
+        + [r[s].get(m, "") for m in all_metrics for s in ("mean", "std")]
+        for r in rows
+    ]
     write_text_new(out_dir / "report.csv", csv_text(header, body))
     units = "; Acc/F1 in % (2 decimals), MAE/Corr 3 decimals" if percent else ""
-    md = [f"# Results under {runs_dir}\n",
-          f"test split; mean ± std over seeds (one seed: no spread); best per column in bold; "
-          f"n = seeds (runs){units}\n"]
+    md = [
+        f"# Results under {runs_dir}\n",
+        f"test split; mean ± std over seeds (one seed: no spread); best per column in bold; "
+        f"n = seeds (runs){units}\n",
+    ]
     tex = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         part = [r for r in rows if r["dataset"] == dataset]
         metrics = part[0]["metrics"]
         best = best_rows(part, metrics, percent)
         h = ["Model", "Variant"] + metrics + ["n"]
-        b = [[r["model"], r["variant"]]
-             + [_md_cell(m, r, percent, i in best[m]) for m in metrics]
-             + [f"{r['n_seeds']} ({r['n_runs']})"] for i, r in enumerate(part)]
+        b = [
+            [r["model"], r["variant"]]
+            + [_md_cell(m, r, percent, i in best[m]) for m in metrics]
+            + [f"{r['n_seeds']} ({r['n_runs']})"]
+            for i, r in enumerate(part)
+        ]
         md.append(f"\n## {dataset}\n\n" + markdown_table(h, b))
-        tex.append(latex_results_table(part, metrics, percent=percent, best=best,
-                                       caption=latex_escape(f"{dataset}: test metrics, mean ± std over "
-                                                            f"seeds{units}")))
+        tex.append(
+            latex_results_table(
+                part,
+                metrics,
+                percent=percent,
+                best=best,
+                caption=latex_escape(f"{dataset}: test metrics, mean ± std over seeds{units}"),
+            )
+        )
     write_text_new(out_dir / "report.md", "".join(md))
     write_text_new(out_dir / "report.tex", "\n".join(tex))
     for dataset in dict.fromkeys(r["dataset"] for r in rows):  # MMSA's results/normal/<dataset>.csv layout
         part = [r for r in rows if r["dataset"] == dataset]
         metrics = part[0]["metrics"]
-        body = [[r["model"], r["variant"],
-                 *[mmsa_pair(m, r["mean"][m], r["std"][m], r["n_seeds"]) for m in metrics], r["n_seeds"]]
-                for r in part]
-        write_text_new(out_dir / f"{_slug(dataset)}.csv",
-                       csv_text(["Model", "Variant", *metrics, "Seeds"], body))
+        body = [
+            [
+                r["model"],
+                r["variant"],
+                *[mmsa_pair(m, r["mean"][m], r["std"][m], r["n_seeds"]) for m in metrics],
+                r["n_seeds"],
+            ]
+            for r in part
+        ]
+        write_text_new(
+            out_dir / f"{_slug(dataset)}.csv", csv_text(["Model", "Variant", *metrics, "Seeds"], body)
+        )
     pngs = []
     if curves:
         for key, g in groups.items():

@@ -60,7 +60,8 @@ from gsit.runs import model_from_run_dir
 
 MODALITIES = ("text", "audio", "vision")
 REMOVAL_SETS: tuple[tuple[str, ...], ...] = tuple((m,) for m in MODALITIES) + tuple(
-    itertools.combinations(MODALITIES, 2))
+    itertools.combinations(MODALITIES, 2)
+)
 RANDOM_SETS = REMOVAL_SETS + (MODALITIES,)
 POLICIES = ("zeroed", "mean", "graph")
 DEFAULT_RATES = tuple(round(0.1 * i, 1) for i in range(1, 10))
@@ -180,11 +181,13 @@ def dropped_from_graph(model, absent: tuple[str, ...]):
         (z,) = args
         z = z.clone()
         for b in blocks:
-            z[:, b * width:(b + 1) * width] = 0
+            z[:, b * width : (b + 1) * width] = 0
         return (z,)
 
-    handles = [model.register_forward_pre_hook(with_graphs, with_kwargs=True),
-               model.head_hidden.register_forward_pre_hook(zero_blocks)]
+    handles = [
+        model.register_forward_pre_hook(with_graphs, with_kwargs=True),
+        model.head_hidden.register_forward_pre_hook(zero_blocks),
+    ]
     try:
         yield model
     finally:
@@ -210,14 +213,28 @@ def _sweep(model, part, means, score, rates, mask_seed: int) -> list[dict[str, A
     out.append({"condition": "all", "policy": "zeroed", "rate": 1.0, **score(zeroed_split(part, MODALITIES))})
     for mods in RANDOM_SETS:
         for r in rates:
-            out.append({"condition": set_name(mods), "policy": "random", "rate": float(r),
-                        **score(masked_split(part, mods, rate=float(r), seed=mask_seed))})
+            out.append(
+                {
+                    "condition": set_name(mods),
+                    "policy": "random",
+                    "rate": float(r),
+                    **score(masked_split(part, mods, rate=float(r), seed=mask_seed)),
+                }
+            )
     return out
 
 
-def robustness(run_dir: str | Path, *, data_path: str | None = None, split: str = "test",
-               seeds: list[int] | None = None, rates=DEFAULT_RATES, mask_seed: int = 0,
-               device: str = "cpu", metric: str | None = None) -> dict[str, Any]:
+def robustness(
+    run_dir: str | Path,
+    *,
+    data_path: str | None = None,
+    split: str = "test",
+    seeds: list[int] | None = None,
+    rates=DEFAULT_RATES,
+    mask_seed: int = 0,
+    device: str = "cpu",
+    metric: str | None = None,
+) -> dict[str, Any]:
     """Score every condition for every seed of ``run_dir``; returns ``{"rows", "per_seed", "metric",
     ...}``."""
     run_dir = Path(run_dir)
@@ -264,8 +281,9 @@ def robustness(run_dir: str | Path, *, data_path: str | None = None, split: str 
     }
 
 
-def lookup(result: dict[str, Any], condition: str, policy: str, rate: float | None = None,
-           metric: str | None = None) -> float:
+def lookup(
+    result: dict[str, Any], condition: str, policy: str, rate: float | None = None, metric: str | None = None
+) -> float:
     metric = metric or result["metric"]
     for r in result["rows"]:
         if (
@@ -278,11 +296,15 @@ def lookup(result: dict[str, Any], condition: str, policy: str, rate: float | No
 
 
 def write_robustness(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    cols = ["condition", "policy", "rate", "n_seeds"] + [f"{k}_{s}" for k in result["metrics"]
-                                                          for s in ("mean", "std")]
-    paths = {"csv": write_text_new(out_dir / "robustness.csv",
-                                   csv_text(cols, [[r[c] for c in cols] for r in result["rows"]])),
-             "json": write_json_new(out_dir / "robustness.json", result)}
+    cols = ["condition", "policy", "rate", "n_seeds"] + [
+        f"{k}_{s}" for k in result["metrics"] for s in ("mean", "std")
+    ]
+    paths = {
+        "csv": write_text_new(
+            out_dir / "robustness.csv", csv_text(cols, [[r[c] for c in cols] for r in result["rows"]])
+        ),
+        "json": write_json_new(out_dir / "robustness.json", result),
+    }
     paths["png"] = plot_robustness(result, out_dir / "robustness.png")
     return paths
 
@@ -296,8 +318,11 @@ def plot_robustness(result: dict[str, Any], path: Path) -> Path:
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.3, 1]})
     for mods in RANDOM_SETS:
         name = set_name(mods)
-        pts = [(0.0, intact)] + [(r["rate"], r[f"{metric}_mean"]) for r in result["rows"]
-                                 if r["condition"] == name and r["policy"] == "random"]
+        pts = [(0.0, intact)] + [
+            (r["rate"], r[f"{metric}_mean"])
+            for r in result["rows"]
+            if r["condition"] == name and r["policy"] == "random"
+        ]
         try:
             pts.append((1.0, lookup(result, name, "zeroed")))
         except KeyError:
@@ -332,12 +357,30 @@ def plot_robustness(result: dict[str, Any], path: Path) -> Path:
     return out
 
 
-def run_robustness(run_dir, *, data_path=None, out=None, split="test", seeds=None, rates=DEFAULT_RATES,
-                   mask_seed: int = 0, device: str = "cpu", metric: str | None = None) -> dict[str, Any]:
+def run_robustness(
+    run_dir,
+    *,
+    data_path=None,
+    out=None,
+    split="test",
+    seeds=None,
+    rates=DEFAULT_RATES,
+    mask_seed: int = 0,
+    device: str = "cpu",
+    metric: str | None = None,
+) -> dict[str, Any]:
     """The CLI's entry point: sweep, then write CSV/JSON/PNG into a new directory (default
     ``RUN_DIR/robustness-<timestamp>``)."""
-    result = robustness(run_dir, data_path=data_path, split=split, seeds=seeds, rates=rates,
-                        mask_seed=mask_seed, device=device, metric=metric)
+    result = robustness(
+        run_dir,
+        data_path=data_path,
+        split=split,
+        seeds=seeds,
+        rates=rates,
+        mask_seed=mask_seed,
+        device=device,
+        metric=metric,
+    )
     out_dir = new_dir(out, default_root=Path(run_dir), prefix="robustness")
     result["paths"] = {k: str(v) for k, v in write_robustness(result, out_dir).items()}
     return result

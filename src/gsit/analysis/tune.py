@@ -92,12 +92,16 @@ def parse_space(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
         kind = spec.get("type")
         if kind not in _TYPES:
             raise ConfigError(f"search space {name!r}: type {kind!r} unknown; known: {list(_TYPES)}")
-        allowed = {"categorical": {"type", "choices"}, "float": {"type", "low", "high", "log", "step"},
-                   "int": {"type", "low", "high", "log", "step"}}[kind]
+        allowed = {
+            "categorical": {"type", "choices"},
+            "float": {"type", "low", "high", "log", "step"},
+            "int": {"type", "low", "high", "log", "step"},
+        }[kind]
         extra = sorted(set(spec) - allowed)
         if extra:
-            raise ConfigError(f"search space {name!r}: unknown keys {extra} for type {kind!r}; allowed: "
-                              f"{sorted(allowed)}")
+            raise ConfigError(
+                f"search space {name!r}: unknown keys {extra} for type {kind!r}; allowed: {sorted(allowed)}"
+            )
         if kind == "categorical":
             choices = spec.get("choices")
             if not isinstance(choices, list) or not choices:
@@ -139,8 +143,14 @@ def param_overrides(params: dict[str, Any]) -> list[str]:
     return [f"{k}={toml_value(v)}" for k, v in params.items()]
 
 
-def without_fixed_keys(space: dict[str, dict[str, Any]], overrides, *, explicit: bool, parse,
-                       say: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+def without_fixed_keys(
+    space: dict[str, dict[str, Any]],
+    overrides,
+    *,
+    explicit: bool,
+    parse,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, dict[str, Any]]:
     """The search space minus the keys set by ``overrides`` (the command line wins, never silently): with an
     explicit ``--space`` such a key is an error naming it; the default space just leaves it out (said)."""
     fixed = {".".join(parse(o)[0]) for o in overrides}
@@ -148,12 +158,16 @@ def without_fixed_keys(space: dict[str, dict[str, Any]], overrides, *, explicit:
     if not clash:
         return space
     if explicit:
-        raise ConfigError(f"search space keys {clash} are also set on the command line; a trial would "
-                          f"replace them: remove them from the space or from the overrides")
+        raise ConfigError(
+            f"search space keys {clash} are also set on the command line; a trial would "
+            f"replace them: remove them from the space or from the overrides"
+        )
     kept = {k: v for k, v in space.items() if k not in fixed}
     if not kept:
-        raise ConfigError(f"every key of the default search space ({list(space)}) is set on the command "
-                          f"line; nothing is left to search (pass --space)")
+        raise ConfigError(
+            f"every key of the default search space ({list(space)}) is set on the command "
+            f"line; nothing is left to search (pass --space)"
+        )
     if say is not None:
         say(f"search space: {clash} set on the command line, not searched")
     return kept
@@ -166,11 +180,21 @@ def suggest(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if kind == "categorical":
             params[name] = trial.suggest_categorical(name, spec["choices"])
         elif kind == "float":
-            params[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]),
-                                               log=bool(spec.get("log", False)), step=spec.get("step"))
+            params[name] = trial.suggest_float(
+                name,
+                float(spec["low"]),
+                float(spec["high"]),
+                log=bool(spec.get("log", False)),
+                step=spec.get("step"),
+            )
         else:
-            params[name] = trial.suggest_int(name, int(spec["low"]), int(spec["high"]),
-                                             log=bool(spec.get("log", False)), step=int(spec.get("step", 1)))
+            params[name] = trial.suggest_int(
+                name,
+                int(spec["low"]),
+                int(spec["high"]),
+                log=bool(spec.get("log", False)),
+                step=int(spec.get("step", 1)),
+            )
     return params
 
 
@@ -184,8 +208,10 @@ class SealedSplit:
         object.__setattr__(self, "_name", name)
 
     def _refuse(self, what: str):
-        raise GsitError(f"the {self._name!r} split is sealed during the hyper-parameter search ({what}); "
-                        f"trials are scored on 'valid' only")
+        raise GsitError(
+            f"the {self._name!r} split is sealed during the hyper-parameter search ({what}); "
+            f"trials are scored on 'valid' only"
+        )
 
     def __getattr__(self, attr):
         self._refuse(f"attribute {attr!r}")
@@ -204,9 +230,16 @@ def search_view(data):
 # ----------------------------------------------------------------------------- one trial
 
 
-def train_for_validation(run, data, *, seed: int, dataset: str, device: torch.device,
-                         max_epochs: int = 0, on_epoch: Callable[[int, dict, float], None] | None = None
-                         ) -> dict[str, Any]:
+def train_for_validation(
+    run,
+    data,
+    *,
+    seed: int,
+    dataset: str,
+    device: torch.device,
+    max_epochs: int = 0,
+    on_epoch: Callable[[int, dict, float], None] | None = None,
+) -> dict[str, Any]:
     """Train one seed with the paper's loop and early stopping, scoring ``valid`` after each epoch; never
     touches ``test``.  ``on_epoch(epoch, valid_metrics, train_loss)`` may raise to stop (pruning)."""
     ctx = Dist(device=device)
@@ -218,8 +251,9 @@ def train_for_validation(run, data, *, seed: int, dataset: str, device: torch.de
     best, best_epoch, best_metrics, epoch = math.inf, 0, None, 0
     while True:
         epoch += 1
-        train_loss = train_epoch(model, optimizer, data.splits["train"], run=run, seed=seed, epoch=epoch,
-                                 task=data.task, ctx=ctx)
+        train_loss = train_epoch(
+            model, optimizer, data.splits["train"], run=run, seed=seed, epoch=epoch, task=data.task, ctx=ctx
+        )
         valid = evaluate_split(model, data.splits["valid"], run=run, dataset=dataset, task=data.task, ctx=ctx)
         if valid["Loss"] <= best - 1e-6:
             best, best_epoch, best_metrics = valid["Loss"], epoch, valid
@@ -235,21 +269,40 @@ def train_for_validation(run, data, *, seed: int, dataset: str, device: torch.de
 # ----------------------------------------------------------------------------- the study
 
 
-def tune(dataset: str, *, model: str = "gsit", trials: int = 20, data_path: str | None = None,
-         space: dict[str, dict[str, Any]] | str | Path | None = None, storage: str | None = None,
-         study_name: str | None = None, out: str | Path | None = None, overrides=(),
-         config: str | None = None, text_encoder: str | None = None, search_seed: int = 1111,
-         final_seeds: tuple[int, ...] = (1111, 1112, 1113, 1114, 1115), trial_max_epochs: int = 0,
-         sampler_seed: int = 0, timeout: float | None = None, device: str | None = None, quiet: bool = True,
-         data=None, on_phase: Callable[[str], None] | None = None, final: bool = True) -> dict[str, Any]:
+def tune(
+    dataset: str,
+    *,
+    model: str = "gsit",
+    trials: int = 20,
+    data_path: str | None = None,
+    space: dict[str, dict[str, Any]] | str | Path | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    out: str | Path | None = None,
+    overrides=(),
+    config: str | None = None,
+    text_encoder: str | None = None,
+    search_seed: int = 1111,
+    final_seeds: tuple[int, ...] = (1111, 1112, 1113, 1114, 1115),
+    trial_max_epochs: int = 0,
+    sampler_seed: int = 0,
+    timeout: float | None = None,
+    device: str | None = None,
+    quiet: bool = True,
+    data=None,
+    on_phase: Callable[[str], None] | None = None,
+    final: bool = True,
+) -> dict[str, Any]:
     """Run the search and (``final``) the final multi-seed run; write ``trials.csv``, ``tune.json`` and
     ``final/`` into a new directory.  ``data`` (optional) replaces loading; ``on_phase("search"|"final")``
     is called when a phase starts (the tests use it to check that the test split is read only in the final
     phase)."""
     optuna = require_optuna()
     if trials < 0 or (trials == 0 and storage is None):
-        raise GsitError(f"--trials must be at least 1 (0 only with --storage: the final run of an existing "
-                        f"study), got {trials}")
+        raise GsitError(
+            f"--trials must be at least 1 (0 only with --storage: the final run of an existing "
+            f"study), got {trials}"
+        )
     if not final_seeds:
         raise GsitError("final_seeds is empty")
     if not final and trials == 0:
@@ -259,8 +312,13 @@ def tune(dataset: str, *, model: str = "gsit", trials: int = 20, data_path: str 
         space = load_space(space)
     else:
         space = parse_space(space)
-    space = without_fixed_keys(space, overrides, explicit=explicit_space, parse=parse_override,
-                               say=None if quiet else lambda text: print(text, file=sys.stderr))
+    space = without_fixed_keys(
+        space,
+        overrides,
+        explicit=explicit_space,
+        parse=parse_override,
+        say=None if quiet else lambda text: print(text, file=sys.stderr),
+    )
     # workers sharing a storage must name the same study: one default name per model and dataset
     study_name = study_name or (f"gsit-{model}-{dataset}" if storage else None)
     base = list(overrides)
@@ -282,10 +340,14 @@ def tune(dataset: str, *, model: str = "gsit", trials: int = 20, data_path: str 
     sealed = search_view(data)
     # one line per trial: gsit's own (below, with the trial's parameters); Optuna's INFO lines would repeat it
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize", storage=storage, study_name=study_name,
-                                load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=sampler_seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+    study = optuna.create_study(
+        direction="minimize",
+        storage=storage,
+        study_name=study_name,
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+    )
 
     def objective(trial) -> float:
         params = suggest(trial, space)
@@ -296,19 +358,32 @@ def tune(dataset: str, *, model: str = "gsit", trials: int = 20, data_path: str 
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch} (valid loss {valid['Loss']})")
 
-        res = train_for_validation(run, sealed, seed=search_seed, dataset=dataset, device=dev,
-                                   max_epochs=trial_max_epochs, on_epoch=report)
+        res = train_for_validation(
+            run,
+            sealed,
+            seed=search_seed,
+            dataset=dataset,
+            device=dev,
+            max_epochs=trial_max_epochs,
+            on_epoch=report,
+        )
         trial.set_user_attr("best_epoch", res["best_epoch"])
         trial.set_user_attr("valid", res["valid"])
         if not quiet:
-            print(f"trial {trial.number}: valid loss {res['best_valid_loss']:.4f} "
-                  f"(best epoch {res['best_epoch']}) {params}", file=sys.stderr)
+            print(
+                f"trial {trial.number}: valid loss {res['best_valid_loss']:.4f} "
+                f"(best epoch {res['best_epoch']}) {params}",
+                file=sys.stderr,
+            )
         return res["best_valid_loss"]
 
     if not quiet:
         where = f"storage {storage}" if storage else "memory (one process)"
-        print(f"study {study.study_name!r} in {where}: {len(study.trials)} earlier trial(s); this worker "
-              f"runs {trials}", file=sys.stderr)
+        print(
+            f"study {study.study_name!r} in {where}: {len(study.trials)} earlier trial(s); this worker "
+            f"runs {trials}",
+            file=sys.stderr,
+        )
     if trials:
         study.optimize(objective, n_trials=trials, timeout=timeout, catch=())
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -316,8 +391,11 @@ def tune(dataset: str, *, model: str = "gsit", trials: int = 20, data_path: str 
         raise GsitError(f"no trial of study {study.study_name!r} completed (all pruned or failed)")
     best = study.best_trial
     names = list(space)
-    rows = [[t.number, t.state.name, t.value, t.user_attrs.get("best_epoch", "")] +
-            [t.params.get(n, "") for n in names] for t in study.trials]
+    rows = [
+        [t.number, t.state.name, t.value, t.user_attrs.get("best_epoch", "")]
+        + [t.params.get(n, "") for n in names]
+        for t in study.trials
+    ]
     write_text_new(
         out_dir / "trials.csv", csv_text(["trial", "state", "valid_loss", "best_epoch"] + names, rows)
     )
@@ -327,18 +405,36 @@ def tune(dataset: str, *, model: str = "gsit", trials: int = 20, data_path: str 
     if final:
         if on_phase:
             on_phase("final")
-        final_run = load_config(model, dataset, config,
-                                base + param_overrides(best.params) + [f"train.seeds={list(final_seeds)}"])
+        final_run = load_config(
+            model, dataset, config, base + param_overrides(best.params) + [f"train.seeds={list(final_seeds)}"]
+        )
         final_dir = out_dir / "final"
-        results = run_training(final_run, data, run_dir=final_dir, quiet=quiet, device=str(dev),
-                               command=["gsit", "tune", "--final", *param_overrides(best.params)])
-    summary = {"model": model, "dataset": dataset, "study_name": study.study_name, "storage": storage,
-               "space": space, "n_trials": len(study.trials), "n_complete": len(complete),
-               "n_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
-               "best_trial": best.number, "best_valid_loss": best.value, "best_params": best.params,
-               "search_seed": search_seed, "final_seeds": list(final_seeds) if final else [],
-               "final_run_dir": str(final_dir) if final_dir else None,
-               "final_test_mean": results["mean"], "final_test_std": results["std"]}
+        results = run_training(
+            final_run,
+            data,
+            run_dir=final_dir,
+            quiet=quiet,
+            device=str(dev),
+            command=["gsit", "tune", "--final", *param_overrides(best.params)],
+        )
+    summary = {
+        "model": model,
+        "dataset": dataset,
+        "study_name": study.study_name,
+        "storage": storage,
+        "space": space,
+        "n_trials": len(study.trials),
+        "n_complete": len(complete),
+        "n_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+        "best_trial": best.number,
+        "best_valid_loss": best.value,
+        "best_params": best.params,
+        "search_seed": search_seed,
+        "final_seeds": list(final_seeds) if final else [],
+        "final_run_dir": str(final_dir) if final_dir else None,
+        "final_test_mean": results["mean"],
+        "final_test_std": results["std"],
+    }
     write_json_new(out_dir / "tune.json", summary)
     summary["out"] = str(out_dir)
     return summary

@@ -8,9 +8,9 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    name: str            # id used on the command line and as the sub-run directory
-    label: str           # row label in the table
-    model: str           # gsit | mult | vanilla
+    name: str  # id used on the command line and as the sub-run directory
+    label: str  # row label in the table
+    model: str  # gsit | mult | vanilla
     overrides: tuple[str, ...] = ()
     note: str = ""
 

@@ -27,8 +27,15 @@ import torch
 from gsit.errors import UnsupportedInput
 from gsit.graph import GraphMask
 
-__all__ = ["DEFAULT_BACKEND", "UnsupportedInput", "available_backends", "check_backend", "get_backend",
-           "graph_attention", "register_backend"]
+__all__ = [
+    "DEFAULT_BACKEND",
+    "UnsupportedInput",
+    "available_backends",
+    "check_backend",
+    "get_backend",
+    "graph_attention",
+    "register_backend",
+]
 
 
 @dataclass(frozen=True)
@@ -89,11 +96,15 @@ def _common_checks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Grap
         )
         return reasons
     if q.shape != k.shape or q.shape[:3] != v.shape[:3]:
-        reasons.append(f"q, k, v shapes must agree on (B, H, N) and q/k on D; got {tuple(q.shape)}, "
-                       f"{tuple(k.shape)}, {tuple(v.shape)}")
+        reasons.append(
+            f"q, k, v shapes must agree on (B, H, N) and q/k on D; got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if q.shape[2] != mask.total:
-        reasons.append(f"sequence length {q.shape[2]} != layout total {mask.total} "
-                       f"({dict(zip(mask.layout.modalities, mask.layout.lengths))})")
+        reasons.append(
+            f"sequence length {q.shape[2]} != layout total {mask.total} "
+            f"({dict(zip(mask.layout.modalities, mask.layout.lengths))})"
+        )
     if mask.valid_lengths is not None and mask.valid_lengths.shape[0] != q.shape[0]:
         reasons.append(f"valid_lengths batch {mask.valid_lengths.shape[0]} != q batch {q.shape[0]}")
     if not (q.dtype == k.dtype == v.dtype):
@@ -103,8 +114,9 @@ def _common_checks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Grap
     return reasons
 
 
-def check_backend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *,
-                  dropout_p: float = 0.0) -> list[str]:
+def check_backend(
+    name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *, dropout_p: float = 0.0
+) -> list[str]:
     """Every reason backend ``name`` cannot run these inputs (empty: it can): the common checks, then the
     backend's own.  :func:`graph_attention` raises :class:`UnsupportedInput` with exactly these."""
     return _reasons(get_backend(name), q, k, v, mask, dropout_p)
@@ -114,9 +126,17 @@ def _reasons(impl, q, k, v, mask: GraphMask, dropout_p: float) -> list[str]:
     return _common_checks(q, k, v, mask) + impl.check(q, k, v, mask, dropout_p=dropout_p)
 
 
-def graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *,
-                    backend: str = DEFAULT_BACKEND, scale: float | None = None,
-                    dropout_p: float = 0.0, **options: Any) -> torch.Tensor:
+def graph_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: GraphMask,
+    *,
+    backend: str = DEFAULT_BACKEND,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    **options: Any,
+) -> torch.Tensor:
     """Attention of (B, H, N, D) ``q`` over ``k, v`` restricted by ``mask``; returns (B, H, N, Dv).
 
     ``options`` go to the backend (triton: ``seed`` of the dropout mask, ``config`` tile sizes); a backend
@@ -124,8 +144,10 @@ def graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Gra
     impl = get_backend(backend)
     unknown = sorted(set(options) - set(getattr(impl, "OPTIONS", ())))
     if unknown:
-        raise ValueError(f"attention backend {backend!r} takes no options {unknown}; its options: "
-                         f"{list(getattr(impl, 'OPTIONS', ()))}")
+        raise ValueError(
+            f"attention backend {backend!r} takes no options {unknown}; its options: "
+            f"{list(getattr(impl, 'OPTIONS', ()))}"
+        )
     reasons = _reasons(impl, q, k, v, mask, dropout_p)
     if reasons:
         raise UnsupportedInput(

@@ -60,18 +60,24 @@ def check(q, k, v, mask: GraphMask, *, dropout_p: float) -> list[str]:
     if _IMPORT_ERROR is not None:
         reasons.append(_IMPORT_ERROR)
     if dropout_p > 0.0:
-        reasons.append(f"FlexAttention has no attention dropout, but dropout_p={dropout_p} was requested "
-                       f"(use attention_semantics='official_code' or attn_dropout=0, or the 'pairs' / "
-                       f"'triton' backends)")
+        reasons.append(
+            f"FlexAttention has no attention dropout, but dropout_p={dropout_p} was requested "
+            f"(use attention_semantics='official_code' or attn_dropout=0, or the 'pairs' / "
+            f"'triton' backends)"
+        )
     dev = q.device.type
     if dev == "cpu":
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-            reasons.append(f"FlexAttention in torch {torch.__version__} has no backward on CPU, and the "
-                           f"inputs require grad (run on CUDA, or under torch.no_grad() for inference)")
+            reasons.append(
+                f"FlexAttention in torch {torch.__version__} has no backward on CPU, and the "
+                f"inputs require grad (run on CUDA, or under torch.no_grad() for inference)"
+            )
     elif dev == "cuda":
         if min(q.shape[-1], v.shape[-1]) < MIN_CUDA_HEAD_DIM:
-            reasons.append(f"FlexAttention on CUDA needs head dims >= {MIN_CUDA_HEAD_DIM}, got "
-                           f"D={q.shape[-1]}, Dv={v.shape[-1]}")
+            reasons.append(
+                f"FlexAttention on CUDA needs head dims >= {MIN_CUDA_HEAD_DIM}, got "
+                f"D={q.shape[-1]}, Dv={v.shape[-1]}"
+            )
     else:
         reasons.append(f"the flex backend runs on CUDA (and CPU for inference), not on {q.device}")
     return reasons
@@ -84,8 +90,9 @@ _COMPILED: dict = {}
 def _compiled(name: str):
     """``torch.compile`` of ``flex_attention`` / ``create_block_mask``, made once, at first use."""
     if name not in _COMPILED:
-        _COMPILED[name] = torch.compile({"flex_attention": flex_attention,
-                                         "create_block_mask": create_block_mask}[name])
+        _COMPILED[name] = torch.compile(
+            {"flex_attention": flex_attention, "create_block_mask": create_block_mask}[name]
+        )
     return _COMPILED[name]
 
 
@@ -124,8 +131,9 @@ def block_mask(mask: GraphMask, device: torch.device | str) -> BlockMask:
 
 
 # --------------------------------------------------------------------------- the backend
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *, scale: float,
-              dropout_p: float) -> torch.Tensor:
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *, scale: float, dropout_p: float
+) -> torch.Tensor:
     """Graph-masked attention of (B, H, N, D) ``q`` over ``k``, (B, H, N, Dv) ``v``: returns (B, H, N, Dv).
 
     ``dropout_p`` must be 0 (``check`` refuses anything else)."""

@@ -26,7 +26,7 @@ def _block(x: torch.Tensor, mask: GraphMask, modalities: tuple[int, ...]) -> tor
     # contiguous runs need no copy
     offs = [mask.layout.segment(j) for j in modalities]
     if all(a.stop == b.start for a, b in zip(offs, offs[1:])):
-        return x[:, :, offs[0].start:offs[-1].stop]
+        return x[:, :, offs[0].start : offs[-1].stop]
     return torch.cat(segs, dim=2)
 
 
@@ -49,8 +49,9 @@ def attention(q, k, v, mask: GraphMask, *, scale: float, dropout_p: float) -> to
             has_key = allowed.any(dim=-1, keepdim=True)  # (B, Lq, 1)
             # rows with no allowed key attend to everything and are then zeroed: defined, finite gradients
             allowed = allowed | ~has_key
-            o = F.scaled_dot_product_attention(q[:, :, qs], kb, vb, attn_mask=allowed[:, None],
-                                               dropout_p=dropout_p, scale=scale)
+            o = F.scaled_dot_product_attention(
+                q[:, :, qs], kb, vb, attn_mask=allowed[:, None], dropout_p=dropout_p, scale=scale
+            )
             o = o * has_key[:, None].to(o.dtype)
         pieces.append((qs, o))
     for qs, o in pieces:

@@ -130,31 +130,44 @@ def load_run_data(data_cfg, *, quiet: bool = True) -> MultimodalData:
     no path is given, ``data.zero_modalities`` applied.  A fresh object every call (zeroing is in place)."""
     if not data_cfg.path:
         if data_cfg.dataset != "synthetic":
-            raise DataError(f"--data is required for dataset {data_cfg.dataset!r} (only 'synthetic' is generated)")
+            raise DataError(
+                f"--data is required for dataset {data_cfg.dataset!r} (only 'synthetic' is generated)"
+            )
         if not quiet:
-            print("no --data given: using a freshly generated synthetic dataset (gsit synth)", file=sys.stderr)
+            print(
+                "no --data given: using a freshly generated synthetic dataset (gsit synth)", file=sys.stderr
+            )
         task = data_cfg.synthetic_task
         if task not in SYNTHETIC_TASKS:
             raise DataError(f"data.synthetic_task={task!r}; known: {list(SYNTHETIC_TASKS)}")
         kw: dict = {"seed": 0, "task": task}
         if task == "recall":
             if not 2 <= data_cfg.synthetic_recall_keys <= MAX_RECALL_KEYS:
-                raise DataError(f"data.synthetic_recall_keys={data_cfg.synthetic_recall_keys} must be in "
-                                f"[2, {MAX_RECALL_KEYS}]")
+                raise DataError(
+                    f"data.synthetic_recall_keys={data_cfg.synthetic_recall_keys} must be in "
+                    f"[2, {MAX_RECALL_KEYS}]"
+                )
             kw["recall_keys"] = data_cfg.synthetic_recall_keys
         if data_cfg.synthetic_size != "small":
             kw["preset"] = data_cfg.synthetic_size
         data = make_synthetic(**kw)
     else:
         ds = None if data_cfg.dataset == "synthetic" else data_cfg.dataset
-        data = load_dataset(data_cfg.path, dataset=ds, text_tokenizer_dir=data_cfg.text_encoder or None,
-                            mintrec_binary=data_cfg.binary)
-    return apply_zero_modalities(select_text_kind(data, getattr(data_cfg, "text_kind", "auto")),
-                                 data_cfg.zero_modalities)
+        data = load_dataset(
+            data_cfg.path,
+            dataset=ds,
+            text_tokenizer_dir=data_cfg.text_encoder or None,
+            mintrec_binary=data_cfg.binary,
+        )
+    return apply_zero_modalities(
+        select_text_kind(data, getattr(data_cfg, "text_kind", "auto")), data_cfg.zero_modalities
+    )
 
 
-_TEXT_KEYS = {"features": ("text", "frozen pre-extracted text features (N, L, D)"),
-              "bert": ("text_bert", "token ids (N, 3, L)")}
+_TEXT_KEYS = {
+    "features": ("text", "frozen pre-extracted text features (N, L, D)"),
+    "bert": ("text_bert", "token ids (N, 3, L)"),
+}
 
 
 def select_text_kind(data: MultimodalData, kind: str = "auto") -> MultimodalData:
@@ -174,11 +187,16 @@ def select_text_kind(data: MultimodalData, kind: str = "auto") -> MultimodalData
     for name, s in data.splits.items():
         if getattr(s, key) is None:
             has = other_key if getattr(s, other_key) is not None else "no text"
-            hint = (f"; the file has '{other_key}': set data.text_kind=\"{other_kind}\""
-                    + (" and pass --text-encoder DIR" if other_kind == "bert" else "")
-                    if has == other_key else "")
-            raise DataError(f"{data.source}: data.text_kind=\"{kind}\" needs the key '{key}' ({what}), which "
-                            f"split '{name}' does not have{hint}")
+            hint = (
+                f"; the file has '{other_key}': set data.text_kind=\"{other_kind}\""
+                + (" and pass --text-encoder DIR" if other_kind == "bert" else "")
+                if has == other_key
+                else ""
+            )
+            raise DataError(
+                f"{data.source}: data.text_kind=\"{kind}\" needs the key '{key}' ({what}), which "
+                f"split '{name}' does not have{hint}"
+            )
     for s in data.splits.values():
         setattr(s, other_key, None)
     return data

@@ -25,8 +25,9 @@ def detail(exc: BaseException, limit: int = 200) -> str:
     return text.rstrip(".")
 
 
-def read_json(path: str | os.PathLike, *, error: type[GsitError] = DataError,
-              max_bytes: int = 64 << 20) -> Any:
+def read_json(
+    path: str | os.PathLike, *, error: type[GsitError] = DataError, max_bytes: int = 64 << 20
+) -> Any:
     """Parse the JSON file at ``path``; every failure is one ``error`` naming the file (missing, a directory,
     unreadable, too large, not UTF-8, invalid JSON with line and column, or nested too deeply)."""
     p = Path(path)

@@ -204,8 +204,10 @@ def _check_npz_members(npz_path: Path) -> None:
                         f"{info.compress_size}."
                     )
                 # deflate cannot expand more than ~1032:1; a larger claim is a lie
-                if info.file_size > 1100 * info.compress_size + 4096 or \
-                        info.header_offset + info.compress_size > archive_size:
+                if (
+                    info.file_size > 1100 * info.compress_size + 4096
+                    or info.header_offset + info.compress_size > archive_size
+                ):
                     raise DataError(
                         f"{npz_path}: member '{key}' claims {info.file_size} bytes, which the archive "
                         f"({archive_size} bytes) cannot hold."

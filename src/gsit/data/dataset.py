@@ -45,9 +45,7 @@ def normalize_dataset_name(dataset: str | None) -> str | None:
         return None
     key = canonical_name(dataset)
     if key is None:
-        raise DataError(
-            f"unknown dataset name {dataset!r}; expected one of {', '.join(DATASETS)} (or none)."
-        )
+        raise DataError(f"unknown dataset name {dataset!r}; expected one of {', '.join(DATASETS)} (or none).")
     return key
 
 
@@ -175,8 +173,12 @@ def _check_ids(source: str, s: Split) -> None:
     seen: dict[str, int] = {}
     for i, v in enumerate(ids.tolist()):
         if v in seen:
-            raise _fail(source, s.name, "ids", f"holds the id {v!r} twice (rows {seen[v]} and {i}); "
-                        "sample ids must be unique")
+            raise _fail(
+                source,
+                s.name,
+                "ids",
+                f"holds the id {v!r} twice (rows {seen[v]} and {i}); sample ids must be unique",
+            )
         seen[v] = i
 
 
@@ -331,8 +333,13 @@ def _check_vocabulary(source: str, s: Split, vocab_size: int | None, vocabulary:
     bad = (ids < 0) | (ids >= vocab_size)
     if bad.any():
         idx = _first_bad(bad)
-        raise _fail(source, s.name, "text_bert", f"holds token id {ids[idx]} at (sample, position) {idx}, "
-                                                 f"outside the vocabulary of size {vocab_size}{vocabulary}")
+        raise _fail(
+            source,
+            s.name,
+            "text_bert",
+            f"holds token id {ids[idx]} at (sample, position) {idx}, "
+            f"outside the vocabulary of size {vocab_size}{vocabulary}",
+        )
 
 
 def check_token_ids(data: MultimodalData, vocab_size: int | None, *, vocabulary: str = "") -> None:

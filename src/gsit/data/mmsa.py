@@ -209,10 +209,16 @@ def _apply_override(data: MultimodalData, modality: str, path: str | os.PathLike
         if modality == "text":
             if "text" not in d and "text_bert" not in d:
                 raise DataError(f"{src}: split '{name}' is missing the required key 'text_bert' (or 'text').")
-            new_text = (_float_features(src, name, "text", _take(src, name, d, "text"))
-                        if d.get("text") is not None else None)
-            new_bert = (_text_bert(src, name, _take(src, name, d, "text_bert"))
-                        if d.get("text_bert") is not None else None)
+            new_text = (
+                _float_features(src, name, "text", _take(src, name, d, "text"))
+                if d.get("text") is not None
+                else None
+            )
+            new_bert = (
+                _text_bert(src, name, _take(src, name, d, "text_bert"))
+                if d.get("text_bert") is not None
+                else None
+            )
             for key, arr in (("text", new_text), ("text_bert", new_bert)):
                 if arr is not None and arr.shape[0] != n:
                     raise DataError(

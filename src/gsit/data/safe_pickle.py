@@ -170,8 +170,10 @@ def _checked_dtype(dtype: Any, what: str) -> np.dtype:
 
 
 def _shape(shape: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(shape, tuple) or len(shape) > _MAX_NDIM or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) > _MAX_NDIM
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         raise UnsafePickleError(f"{what} was given the shape {shape!r}, which is not a tuple of sizes >= 0")
     return shape
@@ -265,8 +267,7 @@ def _build_array(arr: np.ndarray, state: Any) -> None:
             raise UnsafePickleError(f"{what} of {dt} was given {type(raw).__name__} instead of raw bytes")
         if len(raw) != n * dt.itemsize:
             raise UnsafePickleError(
-                f"{what} of shape {shape} and {dt} was given {len(raw)} bytes "
-                f"({n * dt.itemsize} expected)"
+                f"{what} of shape {shape} and {dt} was given {len(raw)} bytes ({n * dt.itemsize} expected)"
             )
     arr.__setstate__((1, shape, dt, bool(fortran), raw))
 
@@ -399,7 +400,7 @@ def _load_from(fh, source: str) -> Any:
     except UnsafePickleError as exc:
         msg = str(exc)
         if msg.startswith(source + ": "):
-            msg = msg[len(source) + 2:]
+            msg = msg[len(source) + 2 :]
         raise UnsafePickleError(f"{source}: {unpickler.where()}{msg.rstrip('.')}.") from None
     except DataError:
         raise

@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 
-
 def _preset_shapes(spec) -> dict[str, int]:
     """make_synthetic's keyword view of a dataset's MMSA shapes and split sizes (gsit.data.spec)."""
     out = {}
@@ -105,8 +104,14 @@ def _features(
     return x
 
 
-def _plant(rng, x: np.ndarray, lengths: np.ndarray, amplitude: np.ndarray, direction: np.ndarray,
-           fraction: float = 0.5) -> None:
+def _plant(
+    rng,
+    x: np.ndarray,
+    lengths: np.ndarray,
+    amplitude: np.ndarray,
+    direction: np.ndarray,
+    fraction: float = 0.5,
+) -> None:
     """Add ``amplitude * direction`` over a window of ``ceil(fraction * length)`` consecutive valid steps
     starting at a random valid step (the cue's timing varies per sample; fraction 0 = a single step)."""
     n, t = x.shape[0], x.shape[1]
@@ -126,12 +131,26 @@ def _directions(rng: np.random.Generator, k: int, d: int) -> np.ndarray:
     return (g / np.linalg.norm(g, axis=0, keepdims=True)).T.astype(np.float32)
 
 
-def _split(name: str, audio: np.ndarray, vision: np.ndarray, y: np.ndarray, tl: np.ndarray, al: np.ndarray,
-           vl: np.ndarray) -> Split:
+def _split(
+    name: str,
+    audio: np.ndarray,
+    vision: np.ndarray,
+    y: np.ndarray,
+    tl: np.ndarray,
+    al: np.ndarray,
+    vl: np.ndarray,
+) -> Split:
     """A generated split without its text (the caller adds ``text`` or ``text_bert``)."""
-    return Split(name=name, audio=audio, vision=vision, labels=y.astype(np.float32),
-                 ids=np.array([f"synthetic_{name}_{i:06d}" for i in range(len(y))]),
-                 text_lengths=tl, audio_lengths=al, vision_lengths=vl)
+    return Split(
+        name=name,
+        audio=audio,
+        vision=vision,
+        labels=y.astype(np.float32),
+        ids=np.array([f"synthetic_{name}_{i:06d}" for i in range(len(y))]),
+        text_lengths=tl,
+        audio_lengths=al,
+        vision_lengths=vl,
+    )
 
 
 def _bert_rows(rng: np.random.Generator, length: int, tl: np.ndarray, cue_ids: np.ndarray) -> np.ndarray:
@@ -149,21 +168,31 @@ def _bert_rows(rng: np.random.Generator, length: int, tl: np.ndarray, cue_ids: n
     return np.stack([tok, mask, np.zeros_like(tok)], axis=1)
 
 
-def _make_recall(cfg: dict, *, seed: int, text_kind: str, keys: int, cue_strength: float,
-                 feature_noise: float, label_noise: float, cue_fraction: float, label_scale: float):
+def _make_recall(
+    cfg: dict,
+    *,
+    seed: int,
+    text_kind: str,
+    keys: int,
+    cue_strength: float,
+    feature_noise: float,
+    label_noise: float,
+    cue_fraction: float,
+    label_scale: float,
+):
     """The associative-recall task (``task="recall"``): see :func:`make_synthetic`."""
     shared = np.random.default_rng([seed, 7919, 1])
-    text_codes = _directions(shared, keys, cfg["text_dim"])           # (K, D_t)
-    audio_dirs = _directions(shared, keys + 1, cfg["audio_dim"])       # (K + 1, D_a): K codes + value
+    text_codes = _directions(shared, keys, cfg["text_dim"])  # (K, D_t)
+    audio_dirs = _directions(shared, keys + 1, cfg["audio_dim"])  # (K + 1, D_a): K codes + value
     audio_codes, value_dir = audio_dirs[:keys], audio_dirs[keys]
     splits: dict[str, Split] = {}
     cues: dict[str, dict[str, np.ndarray]] = {}
     for si, name in enumerate(SPLIT_NAMES):
         n = int(cfg[f"n_{name}"])
         rng = np.random.default_rng([seed, si, 1])
-        query = rng.integers(0, keys, size=n)                             # (n,)
-        values = rng.uniform(-1.0, 1.0, size=(n, keys))                   # (n, K): value of key k
-        order = np.argsort(rng.random((n, keys)), axis=1)                 # (n, K): key of segment j
+        query = rng.integers(0, keys, size=n)  # (n,)
+        values = rng.uniform(-1.0, 1.0, size=(n, keys))  # (n, K): value of key k
+        order = np.argsort(rng.random((n, keys)), axis=1)  # (n, K): key of segment j
         matched = values[np.arange(n), query]
         y = np.clip(3.0 * matched + label_noise * rng.standard_normal(n), -3.0, 3.0) * label_scale
 
@@ -173,10 +202,10 @@ def _make_recall(cfg: dict, *, seed: int, text_kind: str, keys: int, cue_strengt
 
         # audio: K back-to-back segments (random key order), segment j = code + value * value_dir
         audio = _features(rng, n, cfg["audio_len"], cfg["audio_dim"], al, feature_noise)
-        width = al // keys                                                # (n,) >= 1
+        width = al // keys  # (n,) >= 1
         offset = (rng.random(n) * (al - keys * width + 1)).astype(np.int64)
         steps = np.arange(cfg["audio_len"])[None, :]
-        seg = (steps - offset[:, None]) // width[:, None]                 # (n, T_a) segment index
+        seg = (steps - offset[:, None]) // width[:, None]  # (n, T_a) segment index
         inside = (steps >= offset[:, None]) & (seg < keys)
         seg_key = np.take_along_axis(order, np.clip(seg, 0, keys - 1), axis=1)  # (n, T_a)
         seg_val = np.take_along_axis(values, seg_key, axis=1)
@@ -196,8 +225,14 @@ def _make_recall(cfg: dict, *, seed: int, text_kind: str, keys: int, cue_strengt
         else:
             split.text_bert = _bert_rows(rng, cfg["text_len"], tl, RECALL_TOKEN_BASE + query)
         splits[name] = split
-        cues[name] = {"query": query, "values": values, "order": order, "matched": matched,
-                      "segment_start": offset, "segment_width": width}
+        cues[name] = {
+            "query": query,
+            "values": values,
+            "order": order,
+            "matched": matched,
+            "segment_start": offset,
+            "segment_width": width,
+        }
     return splits, cues
 
 
@@ -270,8 +305,10 @@ def make_synthetic(
         if int(v) < 1:
             raise ValueError(f"{k} must be at least 1, not {v}")
     if task == "recall" and cfg["audio_len"] < int(recall_keys):
-        raise ValueError(f"audio_len ({cfg['audio_len']}) must be at least recall_keys ({recall_keys}): "
-                         f"every key needs an audio segment")
+        raise ValueError(
+            f"audio_len ({cfg['audio_len']}) must be at least recall_keys ({recall_keys}): "
+            f"every key needs an audio segment"
+        )
     if text_kind == "bert" and cfg["text_len"] < 3:
         raise ValueError(
             f"text_len must be at least 3 for text_kind='bert' ([CLS] cue [SEP]), not {cfg['text_len']}"
@@ -279,13 +316,21 @@ def make_synthetic(
     # the generator's labels live in [-3, 3]; a preset's labels in its dataset's range (SIMS: [-1, 1])
     label_scale = DATASETS[preset].label_range[1] / 3.0 if preset else 1.0
     if task == "recall":
-        splits, cues = _make_recall(cfg, seed=seed, text_kind=text_kind, keys=int(recall_keys),
-                                    cue_strength=cue_strength, feature_noise=feature_noise,
-                                    label_noise=label_noise, cue_fraction=cue_fraction, label_scale=label_scale)
+        splits, cues = _make_recall(
+            cfg,
+            seed=seed,
+            text_kind=text_kind,
+            keys=int(recall_keys),
+            cue_strength=cue_strength,
+            feature_noise=feature_noise,
+            label_noise=label_noise,
+            cue_fraction=cue_fraction,
+            label_scale=label_scale,
+        )
         data = MultimodalData(
             splits=splits,
             source=f"synthetic(task=recall, keys={int(recall_keys)}, preset={preset}, seed={seed}, "
-                   f"text_kind={text_kind})",
+            f"text_kind={text_kind})",
             task="regression",
             dataset=preset if preset else "synthetic",
         )

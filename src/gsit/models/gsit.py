@@ -34,10 +34,10 @@ class GsiTConfig:
     d_model: int = 128
     num_heads: int = 4
     num_layers: int = 4
-    share_layers: bool = True          # one layer reused at every depth, as the official code
-    text_dropout: float = 0.5          # on BERT states, before the conv
+    share_layers: bool = True  # one layer reused at every depth, as the official code
+    text_dropout: float = 0.5  # on BERT states, before the conv
     embed_dropout: float = 0.2
-    attn_dropout: float = 0.3          # applied only with attention_semantics="paper"
+    attn_dropout: float = 0.3  # applied only with attention_semantics="paper"
     relu_dropout: float = 0.0
     res_dropout: float = 0.0
     post_fusion_dropout: float = 0.0
@@ -46,9 +46,9 @@ class GsiTConfig:
         "paper"  # paper: 1/sqrt(hd) + dropout; official_code: 1/hd, no dropout (SPEC §6)
     )
     attention_backend: str = DEFAULT_BACKEND  # any name in gsit.attention.available_backends()
-    padding_aware: bool = False        # off = the paper (padding attends and is pooled); on = ignore padding
-    output_dim: int = 1                # 1 for regression, C for classification
-    nan_policy: str = "auto"           # auto: check CPU inputs only (no GPU sync) | error | ignore
+    padding_aware: bool = False  # off = the paper (padding attends and is pooled); on = ignore padding
+    output_dim: int = 1  # 1 for regression, C for classification
+    nan_policy: str = "auto"  # auto: check CPU inputs only (no GPU sync) | error | ignore
 
 
 # --------------------------------------------------------------------------- graph-masked attention
@@ -60,7 +60,7 @@ def attention_scale_and_dropout(semantics: str, head_dim: int, attn_dropout: flo
     official repository's HEAD behaviour: q pre-scaled by 1/sqrt(hd) and scaled again by xFormers, i.e.
     1/head_dim, and no attention dropout."""
     if semantics == "paper":
-        return head_dim ** -0.5, attn_dropout
+        return head_dim**-0.5, attn_dropout
     if semantics == "official_code":
         return 1.0 / head_dim, 0.0
     raise ValueError(f"unknown attention_semantics {semantics!r}; known: {list(ATTENTION_SEMANTICS)}")
@@ -70,8 +70,15 @@ class GraphSelfAttention(nn.Module):
     """fairseq-style multi-head attention: one packed (3D, D) QKV projection over the whole concatenated
     sequence, attention restricted by a :class:`GraphMask`, then ``out_proj``."""
 
-    def __init__(self, *, d_model: int, num_heads: int, attn_dropout: float, attention_semantics: str,
-                 attention_backend: str) -> None:
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        num_heads: int,
+        attn_dropout: float,
+        attention_semantics: str,
+        attention_backend: str,
+    ) -> None:
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
@@ -93,8 +100,15 @@ class GraphSelfAttention(nn.Module):
         B, N, D = x.shape
         qkv = nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, N, 3D)
         qkv = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
-        out = graph_attention(qkv[0], qkv[1], qkv[2], mask, backend=self.attention_backend, scale=self.scale,
-                              dropout_p=self.attn_dropout if self.training else 0.0)  # (B, H, N, hd)
+        out = graph_attention(
+            qkv[0],
+            qkv[1],
+            qkv[2],
+            mask,
+            backend=self.attention_backend,
+            scale=self.scale,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+        )  # (B, H, N, hd)
         return self.out_proj(out.transpose(1, 2).reshape(B, N, D))
 
 
@@ -102,13 +116,26 @@ class GraphSelfAttention(nn.Module):
 class GraphEncoderLayer(nn.Module):
     """Pre-LN transformer layer: x + MHA(LN(x)); x + FFN(LN(x)) with a GELU FFN of width 4D."""
 
-    def __init__(self, *, d_model: int, num_heads: int, attn_dropout: float, relu_dropout: float,
-                 res_dropout: float, attention_semantics: str, attention_backend: str) -> None:
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        num_heads: int,
+        attn_dropout: float,
+        relu_dropout: float,
+        res_dropout: float,
+        attention_semantics: str,
+        attention_backend: str,
+    ) -> None:
         super().__init__()
         self.attn_norm = nn.LayerNorm(d_model)
-        self.attn = GraphSelfAttention(d_model=d_model, num_heads=num_heads, attn_dropout=attn_dropout,
-                                       attention_semantics=attention_semantics,
-                                       attention_backend=attention_backend)
+        self.attn = GraphSelfAttention(
+            d_model=d_model,
+            num_heads=num_heads,
+            attn_dropout=attn_dropout,
+            attention_semantics=attention_semantics,
+            attention_backend=attention_backend,
+        )
         self.ffn_norm = nn.LayerNorm(d_model)
         self.fc1 = xavier_linear_(nn.Linear(d_model, 4 * d_model))
         self.fc2 = xavier_linear_(nn.Linear(4 * d_model, d_model))
@@ -127,10 +154,20 @@ class GraphEncoder(nn.Module):
     (the official code's default) -- and a final LayerNorm.  Which blocks interact is decided by the
     :class:`GraphMask` passed to ``forward``; the encoder itself holds no mask logic."""
 
-    def __init__(self, *, d_model: int, num_heads: int, num_layers: int, share_layers: bool = True,
-                 embed_dropout: float = 0.2, attn_dropout: float = 0.3, relu_dropout: float = 0.0,
-                 res_dropout: float = 0.0, attention_semantics: str = "paper",
-                 attention_backend: str = DEFAULT_BACKEND) -> None:
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        num_heads: int,
+        num_layers: int,
+        share_layers: bool = True,
+        embed_dropout: float = 0.2,
+        attn_dropout: float = 0.3,
+        relu_dropout: float = 0.0,
+        res_dropout: float = 0.0,
+        attention_semantics: str = "paper",
+        attention_backend: str = DEFAULT_BACKEND,
+    ) -> None:
         super().__init__()
         self.d_model = d_model
         self.num_layers = num_layers
@@ -181,8 +218,11 @@ def static_shapes():
 
 def _static_step() -> bool:
     """True under :func:`static_shapes`, while torch.compile traces, or while a CUDA graph is captured."""
-    return _STATIC_SHAPES[0] or torch.compiler.is_compiling() or (
-        torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+    return (
+        _STATIC_SHAPES[0]
+        or torch.compiler.is_compiling()
+        or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+    )
 
 
 class MultimodalEmbedding(nn.Module):
@@ -203,15 +243,19 @@ class MultimodalEmbedding(nn.Module):
         super().__init__()
         c = self.config = config
         if text_encoder is not None and c.input_dims.get("text") != text_encoder.out_dim:
-            raise ValueError(f"input_dims['text'] = {c.input_dims.get('text')} but the text encoder outputs "
-                             f"{text_encoder.out_dim} features")
+            raise ValueError(
+                f"input_dims['text'] = {c.input_dims.get('text')} but the text encoder outputs "
+                f"{text_encoder.out_dim} features"
+            )
         self.text_encoder = text_encoder
         self.text_dropout = nn.Dropout(c.text_dropout)
-        self.front_end = ConvFrontEnd(modalities=c.modalities, input_dims=c.input_dims, d_model=c.d_model,
-                                      kernel_sizes=c.kernel_sizes)
+        self.front_end = ConvFrontEnd(
+            modalities=c.modalities, input_dims=c.input_dims, d_model=c.d_model, kernel_sizes=c.kernel_sizes
+        )
 
-    def forward(self, inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, SequenceLayout, torch.Tensor | None]:
+    def forward(
+        self, inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, SequenceLayout, torch.Tensor | None]:
         c = self.config
         text = inputs.get("text")
         if text is not None or self.text_encoder is not None:
@@ -220,15 +264,18 @@ class MultimodalEmbedding(nn.Module):
                 lengths = dict(lengths or {})
                 lengths.setdefault("text", text_lengths_from_bert(text))
             inputs = {**inputs, "text": features}
-        check_modal_inputs(inputs, input_dims=c.input_dims, kernel_sizes=c.kernel_sizes,
-                           nan_policy=c.nan_policy)
+        check_modal_inputs(
+            inputs, input_dims=c.input_dims, kernel_sizes=c.kernel_sizes, nan_policy=c.nan_policy
+        )
         if c.padding_aware:
             if lengths is None or any(m not in lengths for m in c.modalities):
-                raise ValueError(f"padding_aware=True needs lengths for {list(c.modalities)}, got "
-                                 f"{sorted(lengths) if lengths else None}")
+                raise ValueError(
+                    f"padding_aware=True needs lengths for {list(c.modalities)}, got "
+                    f"{sorted(lengths) if lengths else None}"
+                )
             if not _static_step():  # a static step's caller has cut the inputs already (gsit.execution)
                 keep = {m: max(int(lengths[m].max()), c.kernel_sizes[m]) for m in c.modalities}
-                inputs = {m: inputs[m][:, :keep[m]] for m in c.modalities}  # trim padding
+                inputs = {m: inputs[m][:, : keep[m]] for m in c.modalities}  # trim padding
         feats = {**inputs, "text": self.text_dropout(inputs["text"])} if "text" in inputs else dict(inputs)
         conv = self.front_end(feats)  # modality -> (B, T_m - k + 1, d)
         layout = SequenceLayout(c.modalities, tuple(conv[m].shape[1] for m in c.modalities))
@@ -249,8 +296,13 @@ def last_steps(x: torch.Tensor, layout: SequenceLayout, valid_lengths: torch.Ten
         )  # (B, M * D)
     # segment offsets/lengths enter as Python ints (no host-to-device copy: CUDA-graph and compile safe)
     valid = valid_lengths.to(x.device)
-    idx = torch.stack([o + (valid[:, i].clamp(max=n) - 1).clamp(min=0)
-                       for i, (o, n) in enumerate(zip(layout.offsets, layout.lengths))], dim=1)  # (B, M)
+    idx = torch.stack(
+        [
+            o + (valid[:, i].clamp(max=n) - 1).clamp(min=0)
+            for i, (o, n) in enumerate(zip(layout.offsets, layout.lengths))
+        ],
+        dim=1,
+    )  # (B, M)
     picked = torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[-1]))  # (B, M, D)
     picked = picked * (valid > 0)[:, :, None].to(x.dtype)  # a block with no valid step -> zeros
     return picked.flatten(1)
@@ -274,18 +326,37 @@ class GraphFusion(nn.Module):
     concatenated sequence, their outputs joined on features (2d), an intra-modal self encoder (2d), and
     last-step pooling of every modality block -> (B, M * 2d)."""
 
-    def __init__(self, *, modalities: tuple[str, ...], d_model: int, num_heads: int, num_layers: int,
-                 share_layers: bool = True, structure: str = "original", embed_dropout: float = 0.2,
-                 attn_dropout: float = 0.3, relu_dropout: float = 0.0, res_dropout: float = 0.0,
-                 attention_semantics: str = "paper", attention_backend: str = DEFAULT_BACKEND) -> None:
+    def __init__(
+        self,
+        *,
+        modalities: tuple[str, ...],
+        d_model: int,
+        num_heads: int,
+        num_layers: int,
+        share_layers: bool = True,
+        structure: str = "original",
+        embed_dropout: float = 0.2,
+        attn_dropout: float = 0.3,
+        relu_dropout: float = 0.0,
+        res_dropout: float = 0.0,
+        attention_semantics: str = "paper",
+        attention_backend: str = DEFAULT_BACKEND,
+    ) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
         self.forward_graph, self.backward_graph = ModalGraph.structure(structure, self.modalities)
         self.self_graph = ModalGraph.named("self", self.modalities)
-        common = dict(num_heads=num_heads, num_layers=num_layers, share_layers=share_layers,
-                      embed_dropout=embed_dropout, attn_dropout=attn_dropout, relu_dropout=relu_dropout,
-                      res_dropout=res_dropout, attention_semantics=attention_semantics,
-                      attention_backend=attention_backend)
+        common = dict(
+            num_heads=num_heads,
+            num_layers=num_layers,
+            share_layers=share_layers,
+            embed_dropout=embed_dropout,
+            attn_dropout=attn_dropout,
+            relu_dropout=relu_dropout,
+            res_dropout=res_dropout,
+            attention_semantics=attention_semantics,
+            attention_backend=attention_backend,
+        )
         self.forward_encoder = GraphEncoder(d_model=d_model, **common)
         self.backward_encoder = GraphEncoder(d_model=d_model, **common)
         self.self_encoder = GraphEncoder(d_model=2 * d_model, **common)
@@ -296,14 +367,20 @@ class GraphFusion(nn.Module):
         """The three encoders' graphs by name: ``forward``, ``backward``, ``self``."""
         return {"forward": self.forward_graph, "backward": self.backward_graph, "self": self.self_graph}
 
-    def forward(self, x: torch.Tensor, layout: SequenceLayout, valid_lengths: torch.Tensor | None = None,
-                graphs: dict[str, ModalGraph] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        layout: SequenceLayout,
+        valid_lengths: torch.Tensor | None = None,
+        graphs: dict[str, ModalGraph] | None = None,
+    ) -> torch.Tensor:
         """x: (B, N, d) concatenated sequence; returns (B, M * 2d).  ``graphs`` replaces some of
         :attr:`graphs` for this call (e.g. a modality dropped from every graph; see analysis/robustness)."""
         g = override_graphs(self.graphs, graphs)
         fwd = GraphMask(g["forward"], layout, valid_lengths)
-        h = torch.cat([self.forward_encoder(x, fwd),
-                       self.backward_encoder(x, fwd.with_graph(g["backward"]))], dim=-1)  # (B, N, 2d)
+        h = torch.cat(
+            [self.forward_encoder(x, fwd), self.backward_encoder(x, fwd.with_graph(g["backward"]))], dim=-1
+        )  # (B, N, 2d)
         h = self.self_encoder(h, fwd.with_graph(g["self"]))  # (B, N, 2d)
         return last_steps(h, layout, valid_lengths)
 
@@ -331,12 +408,20 @@ class GsiT(PretrainedMixin, nn.Module):
         self.text_dropout = embedding.text_dropout
         self.front_end = embedding.front_end
         attach_view(self, "embedding", embedding)
-        self.fusion = GraphFusion(modalities=c.modalities, d_model=c.d_model, num_heads=c.num_heads,
-                                  num_layers=c.num_layers, share_layers=c.share_layers, structure=c.structure,
-                                  embed_dropout=c.embed_dropout, attn_dropout=c.attn_dropout,
-                                  relu_dropout=c.relu_dropout, res_dropout=c.res_dropout,
-                                  attention_semantics=c.attention_semantics,
-                                  attention_backend=c.attention_backend)
+        self.fusion = GraphFusion(
+            modalities=c.modalities,
+            d_model=c.d_model,
+            num_heads=c.num_heads,
+            num_layers=c.num_layers,
+            share_layers=c.share_layers,
+            structure=c.structure,
+            embed_dropout=c.embed_dropout,
+            attn_dropout=c.attn_dropout,
+            relu_dropout=c.relu_dropout,
+            res_dropout=c.res_dropout,
+            attention_semantics=c.attention_semantics,
+            attention_backend=c.attention_backend,
+        )
         self.post_fusion_dropout = nn.Dropout(c.post_fusion_dropout)
         self.head_hidden = nn.Linear(self.fusion.out_dim, c.d_model)  # 6d -> d
         self.head_out = nn.Linear(c.d_model, c.output_dim)
@@ -346,8 +431,13 @@ class GsiT(PretrainedMixin, nn.Module):
         """The fusion's graphs by name (``forward``, ``backward``, ``self``)."""
         return self.fusion.graphs
 
-    def forward(self, inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor] | None = None, *,
-                graphs: dict[str, ModalGraph] | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        inputs: dict[str, torch.Tensor],
+        lengths: dict[str, torch.Tensor] | None = None,
+        *,
+        graphs: dict[str, ModalGraph] | None = None,
+    ) -> dict[str, torch.Tensor]:
         x, layout, valid = self.embedding(inputs, lengths)  # (B, N, d)
         fused = self.post_fusion_dropout(self.fusion(x, layout, valid, graphs))  # (B, M * 2d)
         hidden = torch.relu(self.head_hidden(fused))  # (B, d)

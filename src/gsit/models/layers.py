@@ -53,8 +53,13 @@ class ConvFrontEnd(nn.Module):
 NAN_POLICIES = ("auto", "error", "ignore")
 
 
-def check_modal_inputs(features: dict[str, torch.Tensor], *, input_dims: dict[str, int],
-                       kernel_sizes: dict[str, int], nan_policy: str = "auto") -> None:
+def check_modal_inputs(
+    features: dict[str, torch.Tensor],
+    *,
+    input_dims: dict[str, int],
+    kernel_sizes: dict[str, int],
+    nan_policy: str = "auto",
+) -> None:
     """One clear ``DataError`` naming the modality and shapes for bad model inputs.
 
     ``nan_policy``: ``"auto"`` checks for NaN/inf on CPU tensors only -- on a GPU the check would force a
@@ -70,20 +75,26 @@ def check_modal_inputs(features: dict[str, torch.Tensor], *, input_dims: dict[st
         if x.dim() != 3:
             raise DataError(f"modality {m!r}: expected a (B, T, {dim}) tensor, got shape {tuple(x.shape)}")
         if x.shape[-1] != dim:
-            raise DataError(f"modality {m!r}: feature width {x.shape[-1]} != configured {dim} "
-                            f"(shape {tuple(x.shape)})")
+            raise DataError(
+                f"modality {m!r}: feature width {x.shape[-1]} != configured {dim} (shape {tuple(x.shape)})"
+            )
         if x.shape[1] < kernel_sizes[m]:
-            raise DataError(f"modality {m!r}: sequence length {x.shape[1]} is shorter than the conv kernel "
-                            f"{kernel_sizes[m]} (shape {tuple(x.shape)})")
+            raise DataError(
+                f"modality {m!r}: sequence length {x.shape[1]} is shorter than the conv kernel "
+                f"{kernel_sizes[m]} (shape {tuple(x.shape)})"
+            )
         if batch is None:
             batch = (m, tuple(x.shape))
         elif x.shape[0] != batch[1][0]:
-            raise DataError(f"batch sizes differ: {batch[0]!r} has shape {batch[1]}, {m!r} has shape "
-                            f"{tuple(x.shape)}")
+            raise DataError(
+                f"batch sizes differ: {batch[0]!r} has shape {batch[1]}, {m!r} has shape {tuple(x.shape)}"
+            )
         check = nan_policy == "error" or (nan_policy == "auto" and x.device.type == "cpu")
         if check and x.is_floating_point() and not torch.isfinite(x).all():
-            raise DataError(f"modality {m!r}: input contains NaN or inf (shape {tuple(x.shape)}); "
-                            f"set model.nan_policy='ignore' to pass it through")
+            raise DataError(
+                f"modality {m!r}: input contains NaN or inf (shape {tuple(x.shape)}); "
+                f"set model.nan_policy='ignore' to pass it through"
+            )
 
 
 def xavier_linear_(layer: nn.Linear) -> nn.Linear:
@@ -106,6 +117,8 @@ def attach_view(owner: nn.Module, name: str, view: nn.Module) -> None:
     owned = {id(m) for m in owner.children()}
     stray = [n for n, m in view.named_children() if id(m) not in owned]
     if stray or list(view.parameters(recurse=False)) or list(view.buffers(recurse=False)):
-        raise ValueError(f"{type(view).__name__} holds parts its owner does not register ({stray} or own "
-                         f"tensors); register it as a submodule instead")
+        raise ValueError(
+            f"{type(view).__name__} holds parts its owner does not register ({stray} or own "
+            f"tensors); register it as a submodule instead"
+        )
     object.__setattr__(owner, name, view)

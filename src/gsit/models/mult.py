@@ -49,10 +49,10 @@ class MulTConfig:
     # Feature widths of the inputs (MOSI: BERT 768, COVAREP 5, Facet 20); text = the text encoder's width.
     input_dims: dict[str, int] = field(default_factory=lambda: {"text": 768, "audio": 5, "vision": 20})
     # defaults: mmsa==2.2.1 config_regression.json "mult" mosi
-    d_model: int = 50            # dst_feature_dim_nheads = [50, 10]
+    d_model: int = 50  # dst_feature_dim_nheads = [50, 10]
     num_heads: int = 10
-    num_layers: int = 4          # MMSA "nlevels"; the mem encoders use max(num_layers, 3)
-    share_layers: bool = False   # True: one layer reused at every depth (the GsiT repo's MulT-dagger)
+    num_layers: int = 4  # MMSA "nlevels"; the mem encoders use max(num_layers, 3)
+    share_layers: bool = False  # True: one layer reused at every depth (the GsiT repo's MulT-dagger)
     kernel_sizes: dict[str, int] = field(default_factory=lambda: {"text": 5, "audio": 5, "vision": 5})
     # Attention dropout is chosen by the KEY modality of a cross encoder (MMSA's get_network: "la" -> _a);
     # the mem encoders use attn_dropout.
@@ -64,19 +64,21 @@ class MulTConfig:
     embed_dropout: float = 0.2
     text_dropout: float = 0.5
     output_dropout: float = 0.5
-    causal: bool = True          # MMSA "attn_mask" (true in its config): future mask, also between sequences
+    causal: bool = True  # MMSA "attn_mask" (true in its config): future mask, also between sequences
     #                              of unequal length
     # sinusoidal positions: MMSA <= 2.1 and the original MulT add them; MMSA >= 2.2.0 (its TransformerEncoder
     # defaults to position_embedding=False) and MulT-dagger do not
     positional: bool = False
     ffn_activation: str = "relu"
-    output_dim: int = 1          # 1 = regression; num_classes for classification
-    nan_policy: str = "auto"     # auto: check CPU inputs only (no GPU sync) | error: always | ignore
+    output_dim: int = 1  # 1 = regression; num_classes for classification
+    nan_policy: str = "auto"  # auto: check CPU inputs only (no GPU sync) | error: always | ignore
 
     def __post_init__(self) -> None:
         if sorted(self.modalities) != sorted(MULT_MODALITIES):
-            raise ConfigError(f"MulT needs exactly the modalities {list(MULT_MODALITIES)} (any order); "
-                              f"got {list(self.modalities)}")
+            raise ConfigError(
+                f"MulT needs exactly the modalities {list(MULT_MODALITIES)} (any order); "
+                f"got {list(self.modalities)}"
+            )
         for name in ("input_dims", "kernel_sizes"):
             missing = [m for m in self.modalities if m not in getattr(self, name)]
             if missing:
@@ -86,8 +88,9 @@ class MulTConfig:
         if self.num_layers < 1:
             raise ConfigError(f"MulT num_layers must be >= 1, got {self.num_layers}")
         if self.ffn_activation not in FFN_ACTIVATIONS:
-            raise ConfigError(f"MulT ffn_activation {self.ffn_activation!r} unknown; "
-                              f"known: {list(FFN_ACTIVATIONS)}")
+            raise ConfigError(
+                f"MulT ffn_activation {self.ffn_activation!r} unknown; known: {list(FFN_ACTIVATIONS)}"
+            )
         if self.nan_policy not in NAN_POLICIES:
             raise ConfigError(f"MulT nan_policy {self.nan_policy!r} unknown; known: {list(NAN_POLICIES)}")
 
@@ -159,22 +162,28 @@ class MulTAttention(nn.Module):
         """(B, Tq, D), (B, Tk, D), (B, Tk, D) -> q (B, H, Tq, hd), k, v (B, H, Tk, hd)."""
         D, W, b = self.d_model, self.in_proj_weight, self.in_proj_bias
         q = F.linear(query, W[:D], b[:D])  # (B, Tq, D)
-        k = F.linear(key, W[D:2 * D], b[D:2 * D])  # (B, Tk, D)
-        v = F.linear(value, W[2 * D:], b[2 * D:])  # (B, Tk, D)
+        k = F.linear(key, W[D : 2 * D], b[D : 2 * D])  # (B, Tk, D)
+        v = F.linear(value, W[2 * D :], b[2 * D :])  # (B, Tk, D)
 
         def heads(t):
             return t.view(t.shape[0], t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
         return heads(q), heads(k), heads(v)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                allowed: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor | None
+    ) -> torch.Tensor:
         """``allowed``: (Tq, Tk) bool "may attend" or None (all).  Returns (B, Tq, D)."""
         B, Tq, D = query.shape
         q, k, v = self.project(query, key, value)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, dropout_p=self.attn_dropout if self.training else 0.0,
-            scale=self.head_dim ** -0.5)  # (B, H, Tq, hd)
+            q,
+            k,
+            v,
+            attn_mask=allowed,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+            scale=self.head_dim**-0.5,
+        )  # (B, H, Tq, hd)
         return self.out_proj(out.transpose(1, 2).reshape(B, Tq, D))
 
 
@@ -182,8 +191,16 @@ class MulTEncoderLayer(nn.Module):
     """Pre-LN layer: x + MHA(LN0(x), LN0(k), LN0(v)); x + fc2(act(fc1(LN1(x)))).  LN0 is one module applied to
     queries and keys/values alike; fc1/fc2 are xavier-uniform with zero biases."""
 
-    def __init__(self, *, d_model: int, num_heads: int, attn_dropout: float, relu_dropout: float,
-                 res_dropout: float, ffn_activation: str) -> None:
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        num_heads: int,
+        attn_dropout: float,
+        relu_dropout: float,
+        res_dropout: float,
+        ffn_activation: str,
+    ) -> None:
         super().__init__()
         self.attn = MulTAttention(d_model=d_model, num_heads=num_heads, attn_dropout=attn_dropout)
         self.fc1 = xavier_linear_(nn.Linear(d_model, 4 * d_model))
@@ -194,8 +211,13 @@ class MulTEncoderLayer(nn.Module):
         self.relu_dropout = nn.Dropout(relu_dropout)
         self.res_dropout = nn.Dropout(res_dropout)
 
-    def forward(self, x: torch.Tensor, key: torch.Tensor | None, value: torch.Tensor | None,
-                allowed: torch.Tensor | None) -> torch.Tensor:  # (B, Tq, D) -> (B, Tq, D)
+    def forward(
+        self,
+        x: torch.Tensor,
+        key: torch.Tensor | None,
+        value: torch.Tensor | None,
+        allowed: torch.Tensor | None,
+    ) -> torch.Tensor:  # (B, Tq, D) -> (B, Tq, D)
         h = self.attn_norm(x)
         if key is None:  # self-attention
             k_in = v_in = h
@@ -212,9 +234,21 @@ class MulTEncoder(nn.Module):
     attention with queries from x and keys/values from source (which is scaled, given positions and dropped
     out like x -- keys and values with independent dropout masks -- and fed unchanged to every layer)."""
 
-    def __init__(self, *, d_model: int, num_heads: int, num_layers: int, share_layers: bool,
-                 attn_dropout: float, relu_dropout: float, res_dropout: float, embed_dropout: float,
-                 causal: bool, positional: bool, ffn_activation: str) -> None:
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        num_heads: int,
+        num_layers: int,
+        share_layers: bool,
+        attn_dropout: float,
+        relu_dropout: float,
+        res_dropout: float,
+        embed_dropout: float,
+        causal: bool,
+        positional: bool,
+        ffn_activation: str,
+    ) -> None:
         super().__init__()
         self.num_layers = num_layers
         self.share_layers = share_layers
@@ -224,9 +258,15 @@ class MulTEncoder(nn.Module):
         self.embed_dropout = nn.Dropout(embed_dropout)
 
         def make():
-            return MulTEncoderLayer(d_model=d_model, num_heads=num_heads, attn_dropout=attn_dropout,
-                                    relu_dropout=relu_dropout, res_dropout=res_dropout,
-                                    ffn_activation=ffn_activation)
+            return MulTEncoderLayer(
+                d_model=d_model,
+                num_heads=num_heads,
+                attn_dropout=attn_dropout,
+                relu_dropout=relu_dropout,
+                res_dropout=res_dropout,
+                ffn_activation=ffn_activation,
+            )
+
         # one module reused at every depth (shared) or distinct ones; the state_dict never holds aliases
         self.layers = nn.ModuleList([make()] if share_layers else [make() for _ in range(num_layers)])
         self.final_norm = nn.LayerNorm(d_model)
@@ -264,21 +304,35 @@ class MulTFusion(nn.Module):
         c = config
         self.modalities = tuple(c.modalities)
         d = c.d_model
-        common = dict(num_heads=c.num_heads, share_layers=c.share_layers, relu_dropout=c.relu_dropout,
-                      res_dropout=c.res_dropout, embed_dropout=c.embed_dropout, causal=c.causal,
-                      positional=c.positional, ffn_activation=c.ffn_activation)
+        common = dict(
+            num_heads=c.num_heads,
+            share_layers=c.share_layers,
+            relu_dropout=c.relu_dropout,
+            res_dropout=c.res_dropout,
+            embed_dropout=c.embed_dropout,
+            causal=c.causal,
+            positional=c.positional,
+            ffn_activation=c.ffn_activation,
+        )
         # "q->k": queries of q read keys/values of k; attention dropout follows the key modality (MMSA)
         self.pairs = [(q, k) for q in self.modalities for k in self.modalities if k != q]
-        self.cross = nn.ModuleDict({
-            f"{q}->{k}": MulTEncoder(d_model=d, num_layers=c.num_layers, attn_dropout=c.key_attn_dropout(k),
-                                     **common)
-            for q, k in self.pairs
-        })
+        self.cross = nn.ModuleDict(
+            {
+                f"{q}->{k}": MulTEncoder(
+                    d_model=d, num_layers=c.num_layers, attn_dropout=c.key_attn_dropout(k), **common
+                )
+                for q, k in self.pairs
+            }
+        )
         mem_width = (len(self.modalities) - 1) * d  # 2d
-        self.mem = nn.ModuleDict({
-            m: MulTEncoder(d_model=mem_width, num_layers=c.mem_layers, attn_dropout=c.attn_dropout, **common)
-            for m in self.modalities
-        })
+        self.mem = nn.ModuleDict(
+            {
+                m: MulTEncoder(
+                    d_model=mem_width, num_layers=c.mem_layers, attn_dropout=c.attn_dropout, **common
+                )
+                for m in self.modalities
+            }
+        )
         self.out_dim = len(self.modalities) * mem_width  # 6d
 
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -307,16 +361,18 @@ class MulT(PretrainedMixin, nn.Module):
         super().__init__()
         self.config = c = config
         if text_encoder is not None and int(text_encoder.out_dim) != int(c.input_dims["text"]):
-            raise ConfigError(f"text encoder width {text_encoder.out_dim} != MulT input_dims['text'] "
-                              f"{c.input_dims['text']}")
+            raise ConfigError(
+                f"text encoder width {text_encoder.out_dim} != MulT input_dims['text'] {c.input_dims['text']}"
+            )
         self.text_encoder = text_encoder
         self.modalities = tuple(c.modalities)
         self.input_dims = {m: int(c.input_dims[m]) for m in self.modalities}
         self.kernel_sizes = {m: int(c.kernel_sizes[m]) for m in self.modalities}
         d = c.d_model
         self.text_dropout = nn.Dropout(c.text_dropout)
-        self.front_end = ConvFrontEnd(modalities=self.modalities, input_dims=self.input_dims, d_model=d,
-                                      kernel_sizes=self.kernel_sizes)
+        self.front_end = ConvFrontEnd(
+            modalities=self.modalities, input_dims=self.input_dims, d_model=d, kernel_sizes=self.kernel_sizes
+        )
         # MulT registers the fusion's two encoder dicts itself, under the names checkpoints hold ("cross.*",
         # "mem.*"); ``fusion`` is kept outside ``_modules`` so every parameter is registered once.  The fusion
         # holds no parameters or dropout of its own, so nothing it stores can go stale under .to() / .eval().
@@ -332,14 +388,19 @@ class MulT(PretrainedMixin, nn.Module):
         self.output_dropout = nn.Dropout(c.output_dropout)
         self.out_layer = nn.Linear(combined, c.output_dim)
 
-    def forward(self, inputs: dict[str, torch.Tensor],
-                lengths: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, inputs: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         if "text" not in inputs:
             raise DataError(f"model input is missing modality 'text'; got {sorted(inputs)}")
         features = {m: inputs[m] for m in self.modalities if m in inputs}
         features["text"] = encode_text(inputs["text"], self.text_encoder)
-        check_modal_inputs(features, input_dims=self.input_dims, kernel_sizes=self.kernel_sizes,
-                           nan_policy=self.config.nan_policy)
+        check_modal_inputs(
+            features,
+            input_dims=self.input_dims,
+            kernel_sizes=self.kernel_sizes,
+            nan_policy=self.config.nan_policy,
+        )
         features["text"] = self.text_dropout(features["text"])
         x = self.front_end(features)  # m -> (B, T_m - k_m + 1, d)
 

@@ -62,16 +62,22 @@ class PretrainedMixin:
 
         from gsit import __version__
         from gsit.checkpoint import atomic_save_tensors, atomic_write_json
+
         out = Path(directory)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise ConfigError(f"{str(out)!r} already exists and is not an empty directory; "
-                              f"save_pretrained never overwrites")
+            raise ConfigError(
+                f"{str(out)!r} already exists and is not an empty directory; save_pretrained never overwrites"
+            )
         out.mkdir(parents=True, exist_ok=True)
         encoder = getattr(self, "text_encoder", None)
-        meta = {"architecture": type(self).__name__, "gsit_version": __version__,
-                "config": config_to_json(self.config),
-                "text_encoder": None if encoder is None else
-                {"transformers_config": encoder.bert.config.to_dict()}}
+        meta = {
+            "architecture": type(self).__name__,
+            "gsit_version": __version__,
+            "config": config_to_json(self.config),
+            "text_encoder": None
+            if encoder is None
+            else {"transformers_config": encoder.bert.config.to_dict()},
+        }
         state = {k: v for k, v in self.state_dict().items() if isinstance(v, torch.Tensor)}
         atomic_save_tensors(out / WEIGHTS_NAME, state, metadata={"format": "pt", "gsit_version": __version__})
         atomic_write_json(out / CONFIG_NAME, meta)
@@ -82,9 +88,11 @@ class PretrainedMixin:
         """The model saved in ``directory`` by :meth:`save_pretrained`, in eval mode on ``device``."""
         meta = read_pretrained_config(directory)
         if meta["architecture"] != cls.__name__:
-            raise ConfigError(f"{str(directory)!r} holds a {meta['architecture']} model, not a "
-                              f"{cls.__name__}; use gsit.{meta['architecture']}.from_pretrained or "
-                              f"gsit.from_pretrained")
+            raise ConfigError(
+                f"{str(directory)!r} holds a {meta['architecture']} model, not a "
+                f"{cls.__name__}; use gsit.{meta['architecture']}.from_pretrained or "
+                f"gsit.from_pretrained"
+            )
         return _build_and_load(cls, meta, Path(directory), device)
 
 
@@ -104,15 +112,19 @@ def read_pretrained_config(directory: str | Path) -> dict[str, Any]:
 
 def _build_and_load(cls, meta: dict[str, Any], directory: Path, device: str):
     from gsit.checkpoint import load_model_weights
+
     config = config_from_json(cls.config_class, meta["config"])
     encoder = None
     if meta.get("text_encoder"):
         try:
             from transformers import AutoConfig
         except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ConfigError(f"{str(directory)!r} holds a BERT-family text encoder, which needs the "
-                              f"'transformers' package: pip install 'gsit[text]'") from e
+            raise ConfigError(
+                f"{str(directory)!r} holds a BERT-family text encoder, which needs the "
+                f"'transformers' package: pip install 'gsit[text]'"
+            ) from e
         from gsit.models.text import BertTextEncoder
+
         tcfg = dict(meta["text_encoder"]["transformers_config"])
         encoder = BertTextEncoder.from_config(AutoConfig.for_model(tcfg.pop("model_type"), **tcfg))
     model = cls(config, text_encoder=encoder)
@@ -127,6 +139,7 @@ def from_pretrained(directory: str | Path, *, device: str = "cpu"):
     import importlib
 
     from gsit.models.registry import MODELS
+
     modules = {model_cls: module for module, _, model_cls in MODELS.values()}
     if arch not in modules:
         raise ConfigError(f"{str(directory)!r}: unknown architecture {arch!r}; known: {sorted(modules)}")

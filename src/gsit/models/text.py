@@ -32,13 +32,16 @@ class BertTextEncoder(nn.Module):
     def from_pretrained(cls, path: str | Path) -> BertTextEncoder:
         path = Path(path)
         if not path.is_dir() or not (path / "config.json").is_file():
-            raise ConfigError(f"text encoder path {str(path)!r} is not a model directory "
-                              f"(expected a folder with config.json and weights)")
+            raise ConfigError(
+                f"text encoder path {str(path)!r} is not a model directory "
+                f"(expected a folder with config.json and weights)"
+            )
         try:
             from transformers import AutoModel
         except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ConfigError(f"a BERT text encoder needs the 'transformers' package ({e}); "
-                              "install gsit[text]") from e
+            raise ConfigError(
+                f"a BERT text encoder needs the 'transformers' package ({e}); install gsit[text]"
+            ) from e
         try:
             bert = AutoModel.from_pretrained(str(path), local_files_only=True)
         except Exception as e:  # transformers raises many types; report one clear message
@@ -49,6 +52,7 @@ class BertTextEncoder(nn.Module):
     def from_config(cls, config) -> BertTextEncoder:
         """A randomly initialised encoder from a ``transformers`` config (tests, or training from scratch)."""
         from transformers import AutoModel
+
         return cls(AutoModel.from_config(config))
 
     def forward(self, text_bert: torch.Tensor) -> torch.Tensor:  # (B, 3, L) -> (B, L, D)

@@ -28,11 +28,18 @@ class Vanilla(PretrainedMixin, nn.Module):
         self.front_end = embedding.front_end
         attach_view(self, "embedding", embedding)
         self.graph = ModalGraph.named("full", c.modalities)
-        self.encoder = GraphEncoder(d_model=c.d_model, num_heads=c.num_heads, num_layers=c.num_layers,
-                                    share_layers=c.share_layers, embed_dropout=c.embed_dropout,
-                                    attn_dropout=c.attn_dropout, relu_dropout=c.relu_dropout,
-                                    res_dropout=c.res_dropout, attention_semantics=c.attention_semantics,
-                                    attention_backend=c.attention_backend)
+        self.encoder = GraphEncoder(
+            d_model=c.d_model,
+            num_heads=c.num_heads,
+            num_layers=c.num_layers,
+            share_layers=c.share_layers,
+            embed_dropout=c.embed_dropout,
+            attn_dropout=c.attn_dropout,
+            relu_dropout=c.relu_dropout,
+            res_dropout=c.res_dropout,
+            attention_semantics=c.attention_semantics,
+            attention_backend=c.attention_backend,
+        )
         self.head_hidden = nn.Linear(len(c.modalities) * c.d_model, c.d_model)
         self.head_out = nn.Linear(c.d_model, c.output_dim)
 

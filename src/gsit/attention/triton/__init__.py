@@ -53,9 +53,17 @@ def check(q, k, v, mask: GraphMask, *, dropout_p: float) -> list[str]:
     return check_inputs(q, k, v, mask, dropout_p=dropout_p)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: GraphMask, *, scale: float,
-              dropout_p: float, seed: int | torch.Tensor | None = None,
-              config: TileConfig | None = None) -> torch.Tensor:
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: GraphMask,
+    *,
+    scale: float,
+    dropout_p: float,
+    seed: int | torch.Tensor | None = None,
+    config: TileConfig | None = None,
+) -> torch.Tensor:
     """Graph-masked attention of (B, H, N, D) ``q`` over ``k``, (B, H, N, Dv) ``v``: returns (B, H, N, Dv).
 
     Differentiable in q, k, v.  Called by the registry after ``check``; see the module docstring for the

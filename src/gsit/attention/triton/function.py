@@ -39,6 +39,7 @@ def triton_import_error() -> str | None:
 
 def _kernels():
     from gsit.attention.triton import kernel
+
     return kernel
 
 
@@ -55,31 +56,40 @@ def check_inputs(q, k, v, mask: GraphMask, *, dropout_p: float) -> list[str]:
         reasons.append(f"q, k, v are on different devices: {q.device}, {k.device}, {v.device}")
     if q.device.type != "cuda":
         if not interpret_mode():
-            reasons.append(f"tensors are on {q.device.type}; the triton backend needs CUDA tensors "
-                           f"(or TRITON_INTERPRET=1 for Triton's CPU interpreter, slow, for tests)")
+            reasons.append(
+                f"tensors are on {q.device.type}; the triton backend needs CUDA tensors "
+                f"(or TRITON_INTERPRET=1 for Triton's CPU interpreter, slow, for tests)"
+            )
         elif err is None and "gsit.attention.triton.kernel" in sys.modules and not _kernels().INTERPRET:
-            reasons.append("TRITON_INTERPRET=1 was set after the triton kernels were compiled for the GPU; "
-                           "set it before gsit.attention.triton runs its first launch")
+            reasons.append(
+                "TRITON_INTERPRET=1 was set after the triton kernels were compiled for the GPU; "
+                "set it before gsit.attention.triton runs its first launch"
+            )
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dtype not in SUPPORTED_DTYPES:
             reasons.append(f"{name} dtype {t.dtype} is not supported (float16, bfloat16, float32)")
     if q.dtype == torch.bfloat16:
         if interpret_mode():
-            reasons.append("bfloat16 is not supported under TRITON_INTERPRET=1 (the interpreter's tl.dot "
-                           "gives wrong bfloat16 products); use float16/float32 there, bfloat16 on the GPU")
+            reasons.append(
+                "bfloat16 is not supported under TRITON_INTERPRET=1 (the interpreter's tl.dot "
+                "gives wrong bfloat16 products); use float16/float32 there, bfloat16 on the GPU"
+            )
         elif q.device.type == "cuda" and torch.cuda.get_device_capability(q.device) < (8, 0):
             reasons.append("bfloat16 needs a GPU of compute capability 8.0 or newer")
     d, dv = q.shape[-1], v.shape[-1]
     if not 1 <= d <= MAX_HEAD_DIM or not 1 <= dv <= MAX_HEAD_DIM:
-        reasons.append(f"head dims (q/k {d}, v {dv}) must be in 1..{MAX_HEAD_DIM} "
-                       f"(non-powers of 2 are padded inside the kernel)")
+        reasons.append(
+            f"head dims (q/k {d}, v {dv}) must be in 1..{MAX_HEAD_DIM} "
+            f"(non-powers of 2 are padded inside the kernel)"
+        )
     if q.shape[0] * q.shape[1] > MAX_BATCH_HEADS:
         reasons.append(f"B * H = {q.shape[0] * q.shape[1]} exceeds {MAX_BATCH_HEADS} (grid limit)")
     if not 0.0 <= dropout_p < 1.0:
         reasons.append(f"dropout_p must be in [0, 1), got {dropout_p}")
     elif dropout_p > 0.0 and q.shape[2] > MAX_DROPOUT_SEQ:
-        reasons.append(f"attention dropout needs N <= {MAX_DROPOUT_SEQ} (int32 Philox offsets), "
-                       f"got {q.shape[2]}")
+        reasons.append(
+            f"attention dropout needs N <= {MAX_DROPOUT_SEQ} (int32 Philox offsets), got {q.shape[2]}"
+        )
     return reasons
 
 
@@ -123,8 +133,9 @@ INTERPRETER_TILES = small_tiles(16, 16)
 LONG_SEGMENT = 1024  # segments at least this long get the taller tiles (see default_config)
 
 
-def default_config(head_dim: int, dtype: torch.dtype, device: torch.device,
-                   lengths: tuple[int, ...] = ()) -> TileConfig:
+def default_config(
+    head_dim: int, dtype: torch.dtype, device: torch.device, lengths: tuple[int, ...] = ()
+) -> TileConfig:
     """Tiles for the GPU (H100/H200 class); small tiles under the CPU interpreter.
 
     16-bit inputs use tensor cores with 64-row tiles for MOSI/MOSEI-sized segments (tens to hundreds of
@@ -167,15 +178,16 @@ def _links(key_sets: tuple[tuple[int, ...], ...], lengths: tuple[int, ...], reve
 
 
 @functools.lru_cache(maxsize=512)
-def meta_table(key_sets: tuple[tuple[int, ...], ...], lengths: tuple[int, ...], block: int, reverse: bool,
-               device: str) -> tuple[torch.Tensor, int]:
+def meta_table(
+    key_sets: tuple[tuple[int, ...], ...], lengths: tuple[int, ...], block: int, reverse: bool, device: str
+) -> tuple[torch.Tensor, int]:
     """The packed int32 table of one kernel launch (layout in :mod:`.kernel`) and its number of tiles."""
     m = len(lengths)
     starts = [sum(lengths[:i]) for i in range(m)]
     links = _links(key_sets, lengths, reverse)
     flat = [0] * (m * m)
     for i, row in enumerate(links):
-        flat[i * m:i * m + len(row)] = row
+        flat[i * m : i * m + len(row)] = row
     tile_mod = [i for i, n in enumerate(lengths) for _ in range(0, n, block)]
     tile_start = [starts[i] + t for i, n in enumerate(lengths) for t in range(0, n, block)]
     table = starts + list(lengths) + [len(r) for r in links] + flat + tile_mod + tile_start
@@ -226,9 +238,18 @@ def _seed_arg(ln: _Launch, dummy: torch.Tensor) -> torch.Tensor:
 
 def _consts(q, v, ln: _Launch, block_m: int, block_n: int, warps: int, stages: int) -> dict:
     D, DV = q.shape[-1], v.shape[-1]
-    return dict(HEAD_D=D, HEAD_DV=DV, BLOCK_D=_pow2(D), BLOCK_DV=_pow2(DV), BLOCK_M=block_m, BLOCK_N=block_n,
-                DROPOUT=ln.dropout_p > 0.0, DOT_PREC=_dot_precision(q.dtype),
-                num_warps=warps, num_stages=stages)
+    return dict(
+        HEAD_D=D,
+        HEAD_DV=DV,
+        BLOCK_D=_pow2(D),
+        BLOCK_DV=_pow2(DV),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        DROPOUT=ln.dropout_p > 0.0,
+        DOT_PREC=_dot_precision(q.dtype),
+        num_warps=warps,
+        num_stages=stages,
+    )
 
 
 def _forward(q, k, v, ln: _Launch):
@@ -241,10 +262,28 @@ def _forward(q, k, v, ln: _Launch):
     if tiles == 0 or B * H == 0:
         return o, lse
     kern._fwd_kernel[(tiles, B * H)](
-        q, k, v, o, lse, meta, ln.vl,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        H, N, len(ln.lengths), ln.scale * kern.LOG2E, ln.dropout_p, _seed_arg(ln, lse),
+        q,
+        k,
+        v,
+        o,
+        lse,
+        meta,
+        ln.vl,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        H,
+        N,
+        len(ln.lengths),
+        ln.scale * kern.LOG2E,
+        ln.dropout_p,
+        _seed_arg(ln, lse),
         **_consts(q, v, ln, cfg.fwd_m, cfg.fwd_n, cfg.fwd_warps, cfg.fwd_stages),
     )
     return o, lse
@@ -261,19 +300,50 @@ def _backward(q, k, v, o, lse, do, ln: _Launch):
         return dq, dk, dv
     do = do.contiguous()
     delta = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
-    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-               v.stride(0), v.stride(1), v.stride(2))
+    strides = (
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+    )
     scalars = (H, N, len(ln.lengths), ln.scale * kern.LOG2E, ln.dropout_p, _seed_arg(ln, delta))
     dev = str(q.device)
     # dQ first: it also writes delta = rowsum(dO * O), which the dK/dV kernel reads
     meta, tiles = meta_table(ln.key_sets, ln.lengths, cfg.dq_m, False, dev)
     kern._bwd_dq_kernel[(tiles, B * H)](
-        q, k, v, o, do, lse, delta, dq, meta, ln.vl, *strides, *scalars,
+        q,
+        k,
+        v,
+        o,
+        do,
+        lse,
+        delta,
+        dq,
+        meta,
+        ln.vl,
+        *strides,
+        *scalars,
         **_consts(q, v, ln, cfg.dq_m, cfg.dq_n, cfg.dq_warps, cfg.dq_stages),
     )
     meta, tiles = meta_table(ln.key_sets, ln.lengths, cfg.dkdv_n, True, dev)
     kern._bwd_dkdv_kernel[(tiles, B * H)](
-        q, k, v, do, lse, delta, dk, dv, meta, ln.vl, *strides, *scalars,
+        q,
+        k,
+        v,
+        do,
+        lse,
+        delta,
+        dk,
+        dv,
+        meta,
+        ln.vl,
+        *strides,
+        *scalars,
         **_consts(q, v, ln, cfg.dkdv_m, cfg.dkdv_n, cfg.dkdv_warps, cfg.dkdv_stages),
     )
     return dq, dk, dv
@@ -299,8 +369,20 @@ def _pack(ln: _Launch) -> tuple[list[int], list[int], list[int]]:
         for j in keys:
             adj[i * m + j] = 1
     c = ln.cfg
-    tiles = [c.fwd_m, c.fwd_n, c.fwd_warps, c.fwd_stages, c.dkdv_m, c.dkdv_n, c.dkdv_warps, c.dkdv_stages,
-             c.dq_m, c.dq_n, c.dq_warps, c.dq_stages]
+    tiles = [
+        c.fwd_m,
+        c.fwd_n,
+        c.fwd_warps,
+        c.fwd_stages,
+        c.dkdv_m,
+        c.dkdv_n,
+        c.dkdv_warps,
+        c.dkdv_stages,
+        c.dq_m,
+        c.dq_n,
+        c.dq_warps,
+        c.dq_stages,
+    ]
     return adj, list(ln.lengths), tiles
 
 
@@ -313,16 +395,30 @@ def _unpack(q, vl, adj, lengths, scale, dropout_p, seed, tiles) -> _Launch:  # n
     lengths = tuple(int(n) for n in lengths)
     if vl is None:
         vl = _full_lengths(lengths, q.shape[0], str(q.device))
-    return _Launch(_key_sets(adj, len(lengths)), lengths, vl, float(scale), float(dropout_p), seed,
-                   TileConfig(*tiles))
+    return _Launch(
+        _key_sets(adj, len(lengths)), lengths, vl, float(scale), float(dropout_p), seed, TileConfig(*tiles)
+    )
 
 
 @torch.library.custom_op("gsit::graph_attention_fwd", mutates_args=())
-def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vl: torch.Tensor | None, adj: list[int],
-            lengths: list[int], scale: float, dropout_p: float, seed: torch.Tensor | None,
-            tiles: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(_unit_last(q), _unit_last(k), _unit_last(v),
-                    _unpack(q, vl, adj, lengths, scale, dropout_p, seed, tiles))
+def _fwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    vl: torch.Tensor | None,
+    adj: list[int],
+    lengths: list[int],
+    scale: float,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+    tiles: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(
+        _unit_last(q),
+        _unit_last(k),
+        _unit_last(v),
+        _unpack(q, vl, adj, lengths, scale, dropout_p, seed, tiles),
+    )
 
 
 def _warm_tables(q, adj, lengths, tiles) -> None:
@@ -334,6 +430,7 @@ def _warm_tables(q, adj, lengths, tiles) -> None:
     if q.device.type != "cuda":
         return
     from torch._subclasses.fake_tensor import unset_fake_temporarily
+
     lengths = tuple(int(n) for n in lengths)
     key_sets = _key_sets(adj, len(lengths))
     cfg = TileConfig(*tiles)
@@ -369,15 +466,24 @@ def _bwd_op(
     seed: torch.Tensor | None,
     tiles: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(_unit_last(q), _unit_last(k), _unit_last(v), o.contiguous(), lse.contiguous(), do,
-                     _unpack(q, vl, adj, lengths, scale, dropout_p, seed, tiles))
+    return _backward(
+        _unit_last(q),
+        _unit_last(k),
+        _unit_last(v),
+        o.contiguous(),
+        lse.contiguous(),
+        do,
+        _unpack(q, vl, adj, lengths, scale, dropout_p, seed, tiles),
+    )
 
 
 @_bwd_op.register_fake
 def _(q, k, v, o, lse, do, vl, adj, lengths, scale, dropout_p, seed, tiles):
-    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
-            torch.empty(k.shape, dtype=k.dtype, device=k.device),
-            torch.empty(v.shape, dtype=v.dtype, device=v.device))
+    return (
+        torch.empty(q.shape, dtype=q.dtype, device=q.device),
+        torch.empty(k.shape, dtype=k.dtype, device=k.device),
+        torch.empty(v.shape, dtype=v.dtype, device=v.device),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -454,8 +560,17 @@ def _valid_lengths(mask: GraphMask, lengths: tuple[int, ...], q_device: torch.de
     return torch.stack([vl[:, i].clamp(0, n) for i, n in enumerate(lengths)], dim=1)  # Python-int bounds
 
 
-def apply_unchecked(q, k, v, mask: GraphMask, *, scale: float, dropout_p: float,
-                    seed: int | torch.Tensor | None = None, config: TileConfig | None = None) -> torch.Tensor:
+def apply_unchecked(
+    q,
+    k,
+    v,
+    mask: GraphMask,
+    *,
+    scale: float,
+    dropout_p: float,
+    seed: int | torch.Tensor | None = None,
+    config: TileConfig | None = None,
+) -> torch.Tensor:
     """Launch without re-checking (the registry's ``graph_attention`` has already run ``check``)."""
     if not scale > 0.0:  # the forward kernel takes the row max of the raw logits, then scales it
         raise UnsupportedInput(f"triton attention needs a positive scale, got {scale}")
@@ -463,11 +578,17 @@ def apply_unchecked(q, k, v, mask: GraphMask, *, scale: float, dropout_p: float,
     if dropout_p > 0.0:
         # drawn on the device from torch's generator: reproducible under torch.manual_seed, and a fresh
         # draw per call even inside a compiled graph or a CUDA-graph replay
-        seed_t = (torch.randint(0, 2**31 - 1, (1,), device=q.device, dtype=torch.int64) if seed is None
-                  else _seed_tensor(seed, q.device))
+        seed_t = (
+            torch.randint(0, 2**31 - 1, (1,), device=q.device, dtype=torch.int64)
+            if seed is None
+            else _seed_tensor(seed, q.device)
+        )
     lengths = tuple(int(n) for n in mask.layout.lengths)
-    cfg = config if config is not None else default_config(max(q.shape[-1], v.shape[-1]), q.dtype, q.device,
-                                                           lengths)
+    cfg = (
+        config
+        if config is not None
+        else default_config(max(q.shape[-1], v.shape[-1]), q.dtype, q.device, lengths)
+    )
     ln = _Launch(mask.graph.key_sets, lengths, None, float(scale), float(dropout_p), seed_t, cfg)
     return _graph_attention_op(q, k, v, _valid_lengths(mask, ln.lengths, q.device), ln)
 
@@ -485,8 +606,9 @@ def fused_graph_attention(
 ) -> torch.Tensor:
     """Kept for callers of the earlier name: exactly ``graph_attention(..., backend="triton", seed=seed,
     config=config)`` (the registry's checks, then the launch); see the package docstring."""
-    return graph_attention(q, k, v, mask, backend="triton", scale=scale, dropout_p=dropout_p, seed=seed,
-                           config=config)
+    return graph_attention(
+        q, k, v, mask, backend="triton", scale=scale, dropout_p=dropout_p, seed=seed, config=config
+    )
 
 
 def dropout_keep_mask(batch_heads: int, n: int, dropout_p: float, seed: int, device) -> torch.Tensor:
@@ -495,9 +617,16 @@ def dropout_keep_mask(batch_heads: int, n: int, dropout_p: float, seed: int, dev
     out = torch.empty(batch_heads, n, n, dtype=torch.int8, device=device)
     block = 16
     kern._dropout_keep_kernel[(triton_cdiv(n, block), triton_cdiv(n, block), batch_heads)](
-        out, n, float(dropout_p), _seed_tensor(seed, out.device), BLOCK=block)
+        out, n, float(dropout_p), _seed_tensor(seed, out.device), BLOCK=block
+    )
     return out.bool()
 
 
-__all__ = ["TileConfig", "check_inputs", "fused_graph_attention", "dropout_keep_mask", "default_config",
-           "INTERPRETER_TILES"]
+__all__ = [
+    "TileConfig",
+    "check_inputs",
+    "fused_graph_attention",
+    "dropout_keep_mask",
+    "default_config",
+    "INTERPRETER_TILES",
+]

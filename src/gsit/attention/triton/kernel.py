@@ -74,13 +74,36 @@ def _keep(SEED, bh, rows, cols, N, p_drop):
 # ----------------------------------------------------------------------------------------- forward
 @triton.jit
 def _fwd_kernel(
-    Q, K, V, O, LSE, META, VL,
-    stride_qb, stride_qh, stride_qn,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    H, N, M, qk_scale, p_drop, SEED,
-    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    META,
+    VL,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    H,
+    N,
+    M,
+    qk_scale,
+    p_drop,
+    SEED,
+    HEAD_D: tl.constexpr,
+    HEAD_DV: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    DOT_PREC: tl.constexpr,
 ):
     tile = tl.program_id(0)
     bh = tl.program_id(1)
@@ -103,14 +126,22 @@ def _fwd_kernel(
     lse_ptrs = LSE + bh.to(tl.int64) * N + offs_m
 
     if m0 >= q_end:  # the whole tile is padding: zeros, no work
-        tl.store(o_ptrs, tl.zeros([BLOCK_M, BLOCK_DV], dtype=O.dtype.element_ty),
-                 mask=in_seg[:, None] & dv_ok[None, :])
+        tl.store(
+            o_ptrs,
+            tl.zeros([BLOCK_M, BLOCK_DV], dtype=O.dtype.element_ty),
+            mask=in_seg[:, None] & dv_ok[None, :],
+        )
         tl.store(lse_ptrs, tl.full([BLOCK_M], float("inf"), tl.float32), mask=in_seg)
         return
 
     row_ok = offs_m < q_end
-    q_ptrs = (Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-              + offs_m[:, None] * stride_qn + offs_d[None, :])
+    q_ptrs = (
+        Q
+        + b.to(tl.int64) * stride_qb
+        + h.to(tl.int64) * stride_qh
+        + offs_m[:, None] * stride_qn
+        + offs_d[None, :]
+    )
     q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + offs_d[None, :]
     v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + offs_dv[None, :]
@@ -129,10 +160,10 @@ def _fwd_kernel(
         for n0 in range(k_seg, k_end, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             col_ok = offs_n < k_end
-            k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=col_ok[:, None] & d_ok[None, :],
-                        other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=col_ok[:, None] & dv_ok[None, :],
-                        other=0.0)
+            k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+            v = tl.load(
+                v_base + offs_n[:, None] * stride_vn, mask=col_ok[:, None] & dv_ok[None, :], other=0.0
+            )
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
             if n0 + BLOCK_N > k_end:  # only the last key tile of a segment is partial
                 s = tl.where(col_ok[None, :], s, float("-inf"))
@@ -159,13 +190,39 @@ def _fwd_kernel(
 # ---------------------------------------------------------------------------------------- backward
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, O, DO, LSE, DELTA, DQ, META, VL,
-    stride_qb, stride_qh, stride_qn,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    H, N, M, qk_scale, p_drop, SEED,
-    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    Q,
+    K,
+    V,
+    O,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    META,
+    VL,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    H,
+    N,
+    M,
+    qk_scale,
+    p_drop,
+    SEED,
+    HEAD_D: tl.constexpr,
+    HEAD_DV: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    DOT_PREC: tl.constexpr,
 ):
     """One program per query tile: delta = rowsum(dO * O) (stored for the dK/dV kernel), then dQ over
     the same key tiles the forward read (no atomics)."""
@@ -189,14 +246,23 @@ def _bwd_dq_kernel(
     dq_ptrs = DQ + bh.to(tl.int64) * N * HEAD_D + offs_m[:, None] * HEAD_D + offs_d[None, :]
 
     if m0 >= q_end:
-        tl.store(dq_ptrs, tl.zeros([BLOCK_M, BLOCK_D], dtype=DQ.dtype.element_ty),
-                 mask=in_seg[:, None] & d_ok[None, :])
+        tl.store(
+            dq_ptrs,
+            tl.zeros([BLOCK_M, BLOCK_D], dtype=DQ.dtype.element_ty),
+            mask=in_seg[:, None] & d_ok[None, :],
+        )
         return
 
     row_ok = offs_m < q_end
-    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-                + offs_m[:, None] * stride_qn + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :],
-                other=0.0)
+    q = tl.load(
+        Q
+        + b.to(tl.int64) * stride_qb
+        + h.to(tl.int64) * stride_qh
+        + offs_m[:, None] * stride_qn
+        + offs_d[None, :],
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
     ov_off = bh.to(tl.int64) * N * HEAD_DV + offs_m[:, None] * HEAD_DV + offs_dv[None, :]
     ov_mask = row_ok[:, None] & dv_ok[None, :]
     do = tl.load(DO + ov_off, mask=ov_mask, other=0.0)
@@ -218,10 +284,10 @@ def _bwd_dq_kernel(
         for n0 in range(k_seg, k_end, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             col_ok = offs_n < k_end
-            k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=col_ok[:, None] & d_ok[None, :],
-                        other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * stride_vn, mask=col_ok[:, None] & dv_ok[None, :],
-                        other=0.0)
+            k = tl.load(k_base + offs_n[:, None] * stride_kn, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+            v = tl.load(
+                v_base + offs_n[:, None] * stride_vn, mask=col_ok[:, None] & dv_ok[None, :], other=0.0
+            )
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
             p = tl.exp2(s * qk_scale - lse[:, None])
             if n0 + BLOCK_N > k_end:  # only the last key tile of a segment is partial
@@ -233,19 +299,48 @@ def _bwd_dq_kernel(
             ds = p * (dp - delta[:, None])
             dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
 
-    tl.store(dq_ptrs, (dq * (qk_scale / 1.4426950408889634)).to(DQ.dtype.element_ty),
-             mask=in_seg[:, None] & d_ok[None, :])
+    tl.store(
+        dq_ptrs,
+        (dq * (qk_scale / 1.4426950408889634)).to(DQ.dtype.element_ty),
+        mask=in_seg[:, None] & d_ok[None, :],
+    )
 
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV, META, VL,
-    stride_qb, stride_qh, stride_qn,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    H, N, M, qk_scale, p_drop, SEED,
-    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    META,
+    VL,
+    stride_qb,
+    stride_qh,
+    stride_qn,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    H,
+    N,
+    M,
+    qk_scale,
+    p_drop,
+    SEED,
+    HEAD_D: tl.constexpr,
+    HEAD_DV: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    DOT_PREC: tl.constexpr,
 ):
     """One program per key tile: dK, dV over every query tile of every query segment reading it
     (``META`` holds the reverse adjacency here)."""
@@ -270,19 +365,37 @@ def _bwd_dkdv_kernel(
     dv_ptrs = DV + bh.to(tl.int64) * N * HEAD_DV + offs_n[:, None] * HEAD_DV + offs_dv[None, :]
 
     if n0 >= k_end:  # padded keys are never read: zero gradient
-        tl.store(dk_ptrs, tl.zeros([BLOCK_N, BLOCK_D], dtype=DK.dtype.element_ty),
-                 mask=in_seg[:, None] & d_ok[None, :])
-        tl.store(dv_ptrs, tl.zeros([BLOCK_N, BLOCK_DV], dtype=DV.dtype.element_ty),
-                 mask=in_seg[:, None] & dv_ok[None, :])
+        tl.store(
+            dk_ptrs,
+            tl.zeros([BLOCK_N, BLOCK_D], dtype=DK.dtype.element_ty),
+            mask=in_seg[:, None] & d_ok[None, :],
+        )
+        tl.store(
+            dv_ptrs,
+            tl.zeros([BLOCK_N, BLOCK_DV], dtype=DV.dtype.element_ty),
+            mask=in_seg[:, None] & dv_ok[None, :],
+        )
         return
 
     col_ok = offs_n < k_end
-    k = tl.load(K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-                + offs_n[:, None] * stride_kn + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :],
-                other=0.0)
-    v = tl.load(V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-                + offs_n[:, None] * stride_vn + offs_dv[None, :], mask=col_ok[:, None] & dv_ok[None, :],
-                other=0.0)
+    k = tl.load(
+        K
+        + b.to(tl.int64) * stride_kb
+        + h.to(tl.int64) * stride_kh
+        + offs_n[:, None] * stride_kn
+        + offs_d[None, :],
+        mask=col_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    v = tl.load(
+        V
+        + b.to(tl.int64) * stride_vb
+        + h.to(tl.int64) * stride_vh
+        + offs_n[:, None] * stride_vn
+        + offs_dv[None, :],
+        mask=col_ok[:, None] & dv_ok[None, :],
+        other=0.0,
+    )
     q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + offs_d[None, :]
     do_base = DO + bh.to(tl.int64) * N * HEAD_DV + offs_dv[None, :]
     lse_base = LSE + bh.to(tl.int64) * N
@@ -301,8 +414,9 @@ def _bwd_dkdv_kernel(
             offs_m = m0 + tl.arange(0, BLOCK_M)
             row_ok = offs_m < q_end
             q = tl.load(q_base + offs_m[:, None] * stride_qn, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * HEAD_DV, mask=row_ok[:, None] & dv_ok[None, :],
-                         other=0.0)
+            do = tl.load(
+                do_base + offs_m[:, None] * HEAD_DV, mask=row_ok[:, None] & dv_ok[None, :], other=0.0
+            )
             lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
             delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
             # (BLOCK_N, BLOCK_M); padded query rows have lse = +inf, so their p is exactly 0.  Key rows
