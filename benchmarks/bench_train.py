@@ -101,7 +101,7 @@ def make_data(work: Path, dataset: str, *, scale: float, mosei_train: int, kind:
 
 
 def make_bert(work: Path, tiny: bool) -> Path:
-    """A BERT-base-sized encoder with random weights, saved locally (``tiny``: 2 layers x 64, for CPU smoke)."""
+    """A BERT-base-sized encoder with random weights, saved locally (``tiny``: 2 layers x 64, CPU smoke)."""
     from transformers import BertConfig, BertModel
 
     path = work / ("bert-tiny-random" if tiny else "bert-base-random")

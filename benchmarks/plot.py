@@ -44,7 +44,7 @@ def scaling_series(rows, *, dataset: str, batch: str, dtype: str) -> dict[str, l
 
 
 def padding_groups(rows) -> dict[str, dict[str, float]]:
-    """ "backend/mode" -> padding -> median_ms for the padding experiment's rows (several batches each)."""
+    """Per "backend/mode": padding -> median_ms of the padding experiment's rows (several batches each)."""
     groups = defaultdict(dict)
     for r in rows:
         if r["status"] == "ok" and "batches" in r["note"] and r["padding"] in PADDINGS:

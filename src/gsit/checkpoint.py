@@ -73,7 +73,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _plain(obj: Any) -> Any:
-    """JSON-safe plain values (numpy scalars and tensors to Python); NaN stays NaN (Python's json writes it)."""
+    """JSON-safe plain values (numpy scalars and tensors to Python); NaN stays NaN (json writes it)."""
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -210,7 +210,7 @@ def row_losses(pred: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Ten
 
 
 def modality_dropout_(inputs: dict[str, torch.Tensor], p: float) -> None:
-    """Training-time: zero each non-text modality of a sample with probability ``p`` (in place in the dict)."""
+    """Training-time: zero each non-text modality of a sample with probability ``p`` (in place)."""
     if p <= 0:
         return
     for m in ("audio", "vision"):

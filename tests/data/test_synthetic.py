@@ -90,7 +90,7 @@ def test_cues_window_covers_fraction_of_valid_steps():
 
 
 def test_cues_are_planted_exactly_once():
-    """With the feature noise switched off and cue_fraction=0, each modality holds exactly one planted step."""
+    """With the feature noise off and cue_fraction=0, each modality holds exactly one planted step."""
     data, cues = make_synthetic(seed=3, feature_noise=0.0, cue_fraction=0.0, return_cues=True)
     for name, s in data.splits.items():
         c = cues[name]

@@ -1,9 +1,10 @@
 """Synthetic multimodal data whose label can only be predicted by combining modalities.
 
 Every sample draws a text cue ``s_t`` in {-1, +1}, an audio cue ``s_a`` in {-1, +1} and a magnitude
-``m`` in [0.5, 2].  The text cue is planted over a window of consecutive valid steps (``cue_fraction`` of the length, random start) (a fixed direction added to the
-text features, or, for ``text_kind="bert"``, one of two cue token ids), the audio cue likewise in audio, and
-the magnitude as ``m`` times a fixed direction at one random valid vision step.  The label is
+``m`` in [0.5, 2].  The text cue is planted over a window of consecutive valid steps (``cue_fraction`` of
+the length, random start) (a fixed direction added to the text features, or, for ``text_kind="bert"``, one
+of two cue token ids), the audio cue likewise in audio, and the magnitude as ``m`` times a fixed direction
+at one random valid vision step.  The label is
 
     y = clip(1.5 * s_t * s_a * m + noise, -3, 3)
 
