@@ -281,7 +281,9 @@ class StepRunner:
         self.forward = self.train_module  # training forward (through DDP when there is one)
         self.eval_forward = model  # prediction never goes through DDP (ranks hold uneven batch counts)
         if execution.compiled:
-            _raise_recompile_limit(2 * len(LENGTH_LEVELS) + 4)
+            # one compiled graph per (shape, train/eval) and per new model structure (seeds, tuning trials);
+            # past Dynamo's limit a frame would silently run eager, so the limit is set well above it
+            _raise_recompile_limit(64)
             self.forward = torch.compile(self.train_module, dynamic=False)
             self.eval_forward = (
                 self.forward if self.train_module is model else torch.compile(model, dynamic=False)

@@ -55,7 +55,15 @@ from gsit.config import load_config, parse_override, read_toml
 from gsit.distributed import Dist
 from gsit.errors import ConfigError, GsitError
 from gsit.evaluate import evaluate_split
-from gsit.train import make_optimizer, make_scheduler, run_training, set_seed, train_epoch
+from gsit.train import (
+    make_optimizer,
+    make_runner,
+    make_scheduler,
+    run_execution,
+    run_training,
+    set_seed,
+    train_epoch,
+)
 
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "model.d_model": {"type": "categorical", "choices": [16, 32]},
@@ -247,14 +255,27 @@ def train_for_validation(
     model = build_model(run, data, load_text_encoder(run, data)).to(device)
     optimizer = make_optimizer(run, model)
     scheduler = make_scheduler(run, optimizer)
+    # the same execution as gsit train (on a GPU: compiled + CUDA-graphed steps; a trial's new shapes
+    # compile once, in its first epoch)
+    runner = make_runner(run, model, run_execution(run, ctx), task=data.task, ctx=ctx)
     cap = max_epochs or run.train.max_epochs
     best, best_epoch, best_metrics, epoch = math.inf, 0, None, 0
     while True:
         epoch += 1
         train_loss = train_epoch(
-            model, optimizer, data.splits["train"], run=run, seed=seed, epoch=epoch, task=data.task, ctx=ctx
+            model,
+            optimizer,
+            data.splits["train"],
+            run=run,
+            seed=seed,
+            epoch=epoch,
+            task=data.task,
+            ctx=ctx,
+            runner=runner,
         )
-        valid = evaluate_split(model, data.splits["valid"], run=run, dataset=dataset, task=data.task, ctx=ctx)
+        valid = evaluate_split(
+            model, data.splits["valid"], run=run, dataset=dataset, task=data.task, ctx=ctx, runner=runner
+        )
         if valid["Loss"] <= best - 1e-6:
             best, best_epoch, best_metrics = valid["Loss"], epoch, valid
         if scheduler is not None:
