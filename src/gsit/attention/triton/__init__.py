@@ -34,8 +34,9 @@ interpreter, for tests: it must be set before the first launch); head dims 1..12
 are padded to the next power of two inside the kernel, masked); B * H <= 65535; with dropout,
 N <= 46340; ``scale`` > 0 (refused otherwise, at launch: the forward kernel scales the row maximum of
 the raw logits).  Backward is deterministic (no atomics).  Kernel design: :mod:`.kernel`; launch tables
-and tile sizes: :mod:`.function`.  Layers: :mod:`.kernel` (jit kernels only) -> :mod:`.function`
-(tables, launches, the autograd routes) -> this module's ``check`` / ``attention``, called by the registry.
+and tile sizes: :mod:`.launch`.  Layers: :mod:`.kernel` (jit kernels only) -> :mod:`.launch` (tables,
+launches) -> :mod:`.function` (checks, the autograd routes) -> this module's ``check`` / ``attention``,
+called by the registry.
 """
 
 from __future__ import annotations

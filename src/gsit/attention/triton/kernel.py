@@ -1,6 +1,6 @@
 """Triton kernels of the fused graph-attention backend (imported lazily: this module needs Triton).
 
-Layout and tables (built in :mod:`gsit.attention.triton.function`)
+Layout and tables (built in :mod:`gsit.attention.triton.launch`)
 ------------------------------------------------------------------
 ``q, k, v`` are (B, H, N, D|Dv) with unit stride on the last dimension and any other strides; every
 tensor the kernels allocate (O, dO, dQ, dK, dV) is contiguous (B, H, N, D|Dv), so only the inputs'
