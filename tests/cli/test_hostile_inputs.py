@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gsit import cli
+from gsit import cli, commands
 from gsit.data import load_dataset, make_synthetic, save_converted, write_mmsa_pickle
 from gsit.data.safe_pickle import loads_pickle
 from gsit.errors import DataError
@@ -463,7 +463,7 @@ def test_data_and_text_encoder_are_paths_not_toml(tmp_path, name):
         model="gsit",
         config=None,
     )
-    run = cli._load_run(args, "mosi")
+    run = commands._load_run(args, "mosi")
     assert run.data.path == str(tmp_path / name) and run.data.text_encoder == str(tmp_path / name)
 
 
