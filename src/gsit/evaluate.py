@@ -31,11 +31,16 @@ def batch_loss(pred: torch.Tensor, labels: torch.Tensor, task: str, reduction: s
     return F.l1_loss(pred.float().view(-1), labels.float().view(-1), reduction=reduction)
 
 
-def autocast_for(run: RunConfig, ctx: Dist):
-    """bf16 autocast when ``train.amp = \"bf16\"``, else a no-op context."""
-    if run.train.amp == "bf16":
-        return torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16)
+def amp_context(amp: str, device: torch.device):
+    """bf16 autocast on ``device`` when ``amp == "bf16"``, else a no-op context."""
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def autocast_for(run: RunConfig, ctx: Dist):
+    """The run's ``train.amp`` context on this process's device."""
+    return amp_context(run.train.amp, ctx.device)
 
 
 def split_dataset(split) -> SplitDataset:

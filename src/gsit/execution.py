@@ -39,16 +39,15 @@ generator but in a different order (per captured graph), so runs agree in distri
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gsit.errors import ConfigError
+from gsit.evaluate import amp_context, batch_loss
 from gsit.models.gsit import static_shapes
 
 EXECUTIONS = ("auto", "eager", "compiled", "graphed", "compiled_graphed")
@@ -94,7 +93,6 @@ def resolve_execution(
     device: torch.device,
     world: int = 1,
     legacy_compile: bool = False,
-    deterministic: bool = False,
     model_name: str = "gsit",
 ) -> Execution:
     """The execution mode for ``requested`` on ``device`` (``world`` processes); an impossible explicit
@@ -143,8 +141,6 @@ def resolve_execution(
                 f"train.execution={requested!r} is single-process: under DDP ({world} "
                 f"processes) use 'eager' or 'compiled'"
             )
-    if deterministic and requested != "eager":
-        return Execution(requested, requested, "as requested (with --deterministic)")
     return Execution(requested, requested, "as requested")
 
 
@@ -200,13 +196,6 @@ def cut_to_level(
 
 
 # ----------------------------------------------------------------------------- one step
-
-
-def row_losses(pred: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
-    """(B,) per-row training loss: L1 on the score, or cross-entropy on the class."""
-    if task == "classification":
-        return F.cross_entropy(pred.float(), labels.long(), reduction="none")
-    return (pred.float().reshape(-1) - labels.float().reshape(-1)).abs()
 
 
 def modality_dropout_(inputs: dict[str, torch.Tensor], p: float) -> None:
@@ -293,10 +282,12 @@ class StepRunner:
         self.captures = 0
 
     # ----------------------------------------------------------------- helpers
+    def _require_static(self) -> None:
+        if not self.execution.static:  # eager steps are train.py's and evaluate.py's own loops
+            raise RuntimeError("StepRunner runs static-shape steps only; the eager path does not use it")
+
     def autocast(self):
-        if self.amp == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return amp_context(self.amp, self.device)
 
     def _cpu_batch(self, dataset, rows: np.ndarray, size: int | None):
         if size is None:
@@ -309,15 +300,7 @@ class StepRunner:
 
     # ----------------------------------------------------------------- training
     def train_batch(self, dataset, rows: np.ndarray, scale: float = 1.0) -> torch.Tensor:
-        if not self.execution.static:
-            batch = dataset.__getitems__(rows).to(self.device)
-            modality_dropout_(batch.inputs, self.modality_dropout)
-            with self.autocast():
-                out = self.train_module(batch.inputs, batch.lengths)
-            loss = row_losses(out["prediction"], batch.labels, self.task).mean()
-            (loss * scale).backward()
-            self._clip()
-            return loss.detach()
+        self._require_static()
         batch, weights = self._cpu_batch(dataset, rows, self.batch_size)
         if not self.execution.graphed:
             batch = batch.to(self.device)
@@ -335,7 +318,7 @@ class StepRunner:
         modality_dropout_(inputs, self.modality_dropout)
         with self.autocast(), static_shapes():
             out = self.forward(inputs, lengths)
-        per = row_losses(out["prediction"], labels, self.task)
+        per = batch_loss(out["prediction"], labels, self.task, reduction="none")  # (B,)
         return (per * weights).sum() / weights.sum()
 
     def _clip(self) -> None:
@@ -364,10 +347,7 @@ class StepRunner:
     @torch.no_grad()
     def predict(self, dataset, rows: np.ndarray) -> torch.Tensor:
         n = len(rows)
-        if not self.execution.static:
-            batch = dataset.__getitems__(rows).to(self.device)
-            with self.autocast():
-                return self.model(batch.inputs, batch.lengths)["prediction"].float()
+        self._require_static()
         batch, weights = self._cpu_batch(dataset, rows, self.eval_batch_size)
         if not self.execution.graphed:
             batch = batch.to(self.device)

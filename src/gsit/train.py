@@ -48,7 +48,7 @@ from gsit.config import RunConfig
 from gsit.distributed import Dist, all_gather, barrier, init_distributed, rank_slice
 from gsit.errors import GsitError
 from gsit.evaluate import autocast_for, batch_from, batch_loss, evaluate_split, split_dataset
-from gsit.execution import Execution, StepRunner, resolve_execution
+from gsit.execution import Execution, StepRunner, modality_dropout_, resolve_execution
 from gsit.progress import Progress
 from gsit.runs import append_epoch_row, data_facts, versions, write_results
 
@@ -143,17 +143,6 @@ def make_scheduler(run: RunConfig, optimizer):
     return None
 
 
-def _modality_dropout(batch, p: float):
-    """Zero each sample's audio and vision with probability ``p`` each (``train.modality_dropout``)."""
-    if p <= 0:
-        return batch
-    for m in ("audio", "vision"):
-        x = batch.inputs[m]
-        keep = (torch.rand(x.shape[0], device=x.device) >= p).to(x.dtype)
-        batch.inputs[m] = x * keep[:, None, None]
-    return batch
-
-
 def train_epoch(
     model,
     optimizer,
@@ -171,10 +160,8 @@ def train_epoch(
     (compiled / CUDA-graphed steps, :mod:`gsit.execution`) replaces the eager step below when given."""
     t = run.train
     model.train()
-    if runner is not None and runner.execution.static:
-        return _train_epoch_static(
-            runner, optimizer, split, run=run, seed=seed, epoch=epoch, ctx=ctx, progress=progress
-        )
+    static = runner is not None and runner.execution.static
+    dataset = split_dataset(split) if static else None
     batches = epoch_batches(
         len(split),
         t.batch_size,
@@ -196,14 +183,21 @@ def train_epoch(
         weight = len(mine) / len(batch_idx)  # this rank's share of the global mean
         if len(mine) == 0:  # a tiny last batch: keep DDP's collective in step with zero weight
             mine, weight = batch_idx[:1], 0.0
-        batch = _modality_dropout(batch_from(split, mine, ctx.device), t.modality_dropout)
-        with autocast:
-            out = model(batch.inputs, batch.lengths)
-        loss = batch_loss(out["prediction"], batch.labels, task)
         # DDP averages gradients over ranks: scale so the sum equals the global-batch mean
-        (loss * weight * ctx.world).backward()
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_value_([p for p in model.parameters() if p.requires_grad], t.grad_clip)
+        scale = weight * ctx.world
+        if static:  # compiled / CUDA-graphed step on a static shape (gsit.execution)
+            loss = runner.train_batch(dataset, mine, scale)
+        else:
+            batch = batch_from(split, mine, ctx.device)
+            modality_dropout_(batch.inputs, t.modality_dropout)
+            with autocast:
+                out = model(batch.inputs, batch.lengths)
+            loss = batch_loss(out["prediction"], batch.labels, task)
+            (loss * scale).backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_value_(
+                    [p for p in model.parameters() if p.requires_grad], t.grad_clip
+                )
         if (i + 1) % t.accumulation_steps == 0:
             optimizer.step()
         total_t += loss.detach().to(acc_dtype) * weight
@@ -211,41 +205,6 @@ def train_epoch(
         if progress is not None and ((i + 1) % every == 0 or i + 1 == len(batches)):
             progress(i + 1, len(batches), float(total_t) / count)
     # the partial window is never stepped (SPEC §9); its gradients are zeroed by the next epoch
-    losses = all_gather(float(total_t), ctx)
-    return float(sum(losses)) / max(count, 1)
-
-
-def _train_epoch_static(
-    runner: StepRunner, optimizer, split, *, run: RunConfig, seed: int, epoch: int, ctx: Dist, progress
-) -> float:
-    """:func:`train_epoch` with static-shape steps (same batches, same windows, same loss)."""
-    t = run.train
-    dataset = split_dataset(split)
-    batches = epoch_batches(
-        len(split),
-        t.batch_size,
-        shuffle=True,
-        seed=seed,
-        epoch=epoch,
-        sizes=total_lengths(split) if t.length_bucketing else None,
-    )
-    total_t, count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
-    every = max(1, len(batches) // 50)
-    for i, batch_idx in enumerate(batches):
-        if i % t.accumulation_steps == 0:
-            optimizer.zero_grad(set_to_none=False)
-        mine = rank_slice(batch_idx, ctx)
-        weight = len(mine) / len(batch_idx)  # this rank's share of the global mean
-        if len(mine) == 0:
-            mine, weight = batch_idx[:1], 0.0
-        scale = weight * ctx.world
-        loss = runner.train_batch(dataset, mine, scale if ctx.enabled else 1.0)
-        if (i + 1) % t.accumulation_steps == 0:
-            optimizer.step()
-        total_t += loss.to(torch.float64) * weight
-        count += 1
-        if progress is not None and ((i + 1) % every == 0 or i + 1 == len(batches)):
-            progress(i + 1, len(batches), float(total_t) / count)
     losses = all_gather(float(total_t), ctx)
     return float(sum(losses)) / max(count, 1)
 
@@ -280,7 +239,6 @@ def run_execution(run: RunConfig, ctx: Dist) -> Execution:
         device=ctx.device,
         world=ctx.world,
         legacy_compile=run.train.compile,
-        deterministic=run.train.deterministic,
         model_name=run.model_name,
     )
 
