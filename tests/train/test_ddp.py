@@ -78,6 +78,27 @@ def single(*args: str) -> list[str]:
     return [sys.executable, "-m", "gsit.cli", *args]
 
 
+def train_cmd(data_pkl: Path, run_dir: Path, *extra: str, resume: bool = False) -> list[str]:
+    """``gsit train`` arguments on the tiny data, into (or resuming) ``run_dir``."""
+    target = ["--resume", str(run_dir)] if resume else ["--quiet", "--run-dir", str(run_dir)]
+    return [
+        "train",
+        "--device",
+        "cpu",
+        "--data",
+        str(data_pkl),
+        "--dataset",
+        "synthetic",
+        *target,
+        *ARGS,
+        *extra,
+    ]
+
+
+def launch(cmd: list[str], *, timeout: float = 300, **env_extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env(**env_extra), capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def data_pkl(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp_data")
@@ -88,25 +109,7 @@ def data_pkl(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def one_process_run(data_pkl, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("ddp_ref") / "one"
-    r = subprocess.run(
-        single(
-            "train",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--data",
-            str(data_pkl),
-            "--dataset",
-            "synthetic",
-            "--run-dir",
-            str(run_dir),
-            *ARGS,
-        ),
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = launch(single(*train_cmd(data_pkl, run_dir)))
     assert r.returncode == 0, r.stderr
     return run_dir
 
@@ -114,26 +117,7 @@ def one_process_run(data_pkl, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_two_processes_match_one_process(data_pkl, one_process_run, tmp_path):
     run_dir = tmp_path / "two"
-    r = subprocess.run(
-        torchrun(
-            2,
-            "train",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--data",
-            str(data_pkl),
-            "--dataset",
-            "synthetic",
-            "--run-dir",
-            str(run_dir),
-            *ARGS,
-        ),
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = launch(torchrun(2, *train_cmd(data_pkl, run_dir)))
     assert r.returncode == 0, r.stderr[-3000:]
     one = json.loads((one_process_run / "results.json").read_text())
     two = json.loads((run_dir / "results.json").read_text())
@@ -166,26 +150,7 @@ def test_dead_worker_fails_the_job_and_checkpoint_stays_resumable(data_pkl, one_
     then finishes the run from the epoch-2 state with the 1-process result."""
     run_dir = tmp_path / "dies"
     start = time.time()
-    r = subprocess.run(
-        torchrun(
-            2,
-            "train",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--data",
-            str(data_pkl),
-            "--dataset",
-            "synthetic",
-            "--run-dir",
-            str(run_dir),
-            *ARGS,
-        ),
-        env=env(GSIT_TEST_DIE_AT_EPOCH="3"),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    r = launch(torchrun(2, *train_cmd(data_pkl, run_dir)), timeout=240, GSIT_TEST_DIE_AT_EPOCH="3")
     elapsed = time.time() - start
     assert r.returncode != 0
     assert elapsed < 120, f"the job took {elapsed:.0f} s to fail"
@@ -193,24 +158,7 @@ def test_dead_worker_fails_the_job_and_checkpoint_stays_resumable(data_pkl, one_
     assert state["epoch"] == 2 and not state["done"]
     assert not (run_dir / "results.json").exists()
     assert set(load_file(str(run_dir / "seed-4" / "last.safetensors"))) >= {"rng.torch"}
-    r = subprocess.run(
-        single(
-            "train",
-            "--device",
-            "cpu",
-            "--data",
-            str(data_pkl),
-            "--dataset",
-            "synthetic",
-            "--resume",
-            str(run_dir),
-            *ARGS,
-        ),
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = launch(single(*train_cmd(data_pkl, run_dir, resume=True)))
     assert r.returncode == 0, r.stderr
     assert "resumed after epoch 2" in r.stderr
     one = json.loads((one_process_run / "results.json").read_text())["per_seed"][0]
@@ -226,27 +174,7 @@ def test_two_processes_compiled_match_one_eager_process(data_pkl, one_process_ru
     last global batch of 9 rows is split 5/4 and each rank's share is padded to 6 zero-weight rows) gives
     the one-process eager run's results up to float noise."""
     run_dir = tmp_path / "two_compiled"
-    r = subprocess.run(
-        torchrun(
-            2,
-            "train",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--data",
-            str(data_pkl),
-            "--dataset",
-            "synthetic",
-            "--run-dir",
-            str(run_dir),
-            *ARGS,
-            "train.execution=compiled",
-        ),
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    r = launch(torchrun(2, *train_cmd(data_pkl, run_dir, "train.execution=compiled")), timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["execution"]["chosen"] == "compiled"
