@@ -12,7 +12,8 @@ the dataset's real widths and padded lengths (MOSI 50/375/500, MOSEI 50/500/500;
 generator, planted cross-modal label).  The MOSEI-shaped training split is cut to ``--mosei-train`` samples
 to fit a device session; ``full_epoch_s`` extrapolates to the real split size from the measured samples/s
 (marked in the CSV).  Paths: ``eager`` = ``train.execution=eager`` (today's default), ``fast`` =
-``train.execution=auto`` (what a user now gets on a GPU).  Text: ``none`` = precomputed 768-d features;
+``train.execution=auto`` (what a user now gets on a GPU); any other execution name is passed as is (the
+``execution`` column always records what the run chose).  Text: ``none`` = precomputed 768-d features;
 ``bert-base`` = a BERT-base-sized encoder (``transformers.BertConfig()``: 12 layers, 768 wide) with random
 weights, saved locally and fine-tuned as the paper does (nothing is downloaded).
 
@@ -152,7 +153,7 @@ def one_run(
         str(run_dir),
         f"train.max_epochs={epochs}",
         "train.early_stop=1000",
-        f"train.execution={'eager' if path == 'eager' else 'auto'}",
+        f"train.execution={'auto' if path == 'fast' else path}",
     ]
     if bert is not None:
         cmd += ["--text-encoder", str(bert), 'data.text_kind="bert"']
@@ -225,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", default="mosi,mosei")
     p.add_argument("--models", default="gsit,mult")
     p.add_argument("--encoders", default="none,bert-base", help="none | bert-base (comma-separated)")
-    p.add_argument("--paths", default="eager,fast")
+    p.add_argument(
+        "--paths",
+        default="eager,fast",
+        help="eager | fast (= train.execution=auto) | graphed | compiled | compiled_graphed",
+    )
     p.add_argument("--device", default="cuda")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--amp", default="none", choices=["none", "bf16"])

@@ -378,7 +378,13 @@ def load_training_state(
                 else:
                     entry[name] = extra
             opt_state[int(pid)] = entry
-        optimizer.load_state_dict({"state": opt_state, "param_groups": meta["optimizer"]["param_groups"]})
+        # ``capturable`` is how this process steps (a CUDA-graphed step sets it), not a property of the
+        # state: a checkpoint of a graphed GPU run resumes eagerly on a CPU and vice versa
+        groups = [
+            {**g, "capturable": cur["capturable"]} if "capturable" in cur else g
+            for g, cur in zip(meta["optimizer"]["param_groups"], optimizer.param_groups)
+        ]
+        optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
         if scheduler is not None and meta["scheduler"] is not None:
             scheduler.load_state_dict(meta["scheduler"])
         torch.set_rng_state(tensors["rng.torch"])

@@ -28,9 +28,10 @@ evaluation shapes.  Valid-length maxima come from the CPU batch: no host synchro
 
 **Gradient accumulation** is the paper's (SPEC §9): the captured step adds its gradients into the
 parameters' ``.grad`` tensors (owned outside the graph, zeroed at the start of every window); the
-optimizer steps eagerly after the window's last batch; the partial window is never stepped.  Under
+optimizer steps after the window's last batch; the partial window is never stepped.  Under
 ``compiled_graphed``/``graphed`` the step uses ``torch.autograd.grad`` + ``_foreach_add_`` instead of
-``backward()`` so that the accumulation happens inside the graph, in place.
+``backward()`` so that the accumulation happens inside the graph, in place, and the optimizer update
+itself is a captured graph too (Adam in its ``capturable`` form, :class:`CapturedOptimizerStep`).
 
 **Exactness.**  With dropout off, fp32 losses and metrics equal the eager path up to float summation order
 (GPU test ``tests/train/test_execution_gpu.py``).  With dropout on, the masks are drawn from the same
@@ -280,6 +281,7 @@ class StepRunner:
         self._train_graphs: dict[tuple, _Captured] = {}
         self._eval_graphs: dict[tuple, _Captured] = {}
         self.captures = 0
+        self._optimizer_step: CapturedOptimizerStep | None = None
 
     # ----------------------------------------------------------------- helpers
     def _require_static(self) -> None:
@@ -409,16 +411,87 @@ class StepRunner:
     def graph_count(self) -> int:
         """Compiled graphs (Dynamo, whole process) plus captured CUDA graphs so far: constant once every
         shape of the run has been seen (no recompiles, no recaptures)."""
-        return (dynamo_graph_count() if self.execution.compiled else 0) + self.captures
+        optimizer_graphs = len(self._optimizer_step.graphs) if self._optimizer_step is not None else 0
+        return (dynamo_graph_count() if self.execution.compiled else 0) + self.captures + optimizer_graphs
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The window's optimizer update: captured in a CUDA graph under ``graphed``/``compiled_graphed``
+        (:class:`CapturedOptimizerStep`), else ``optimizer.step()``."""
+        if not self.execution.graphed:
+            optimizer.step()
+            return
+        if self._optimizer_step is None or self._optimizer_step.optimizer is not optimizer:
+            self._optimizer_step = CapturedOptimizerStep(optimizer, self.device)
+        self._optimizer_step.step()
+
+
+class CapturedOptimizerStep:
+    """``optimizer.step()`` captured in a CUDA graph and replayed once per accumulation window.
+
+    The optimizer is switched to its ``capturable`` form (step counters on the device, bias corrections
+    computed there), the same update as the eager step up to float round-off.  Its first step runs
+    eagerly: that creates the optimizer state (moments, counters) outside any graph, so a replay never
+    re-initialises it.  The learning rates and other hyper-parameters are constants of a captured graph,
+    so a graph is kept per distinct setting (a plateau scheduler's reductions add one each; bounded by the
+    number of reductions)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+        if not all("capturable" in g for g in optimizer.param_groups):
+            raise ConfigError(f"{type(optimizer).__name__} has no capturable form; it cannot be captured")
+        self.optimizer = optimizer
+        self.device = device
+        self.graphs: dict[tuple, Any] = {}
+        for g in optimizer.param_groups:
+            g["capturable"] = True
+        for state in optimizer.state.values():  # a resumed optimizer: counters to the device
+            step = state.get("step")
+            if isinstance(step, torch.Tensor) and step.device != device:
+                state["step"] = step.to(device=device, dtype=torch.float32)
+
+    def _key(self) -> tuple:
+        return tuple(
+            tuple(
+                (k, float(v) if isinstance(v, (int, float)) else repr(v))
+                for k, v in sorted(g.items())
+                if k != "params"
+            )
+            for g in self.optimizer.param_groups
+        )
+
+    def _initialised(self) -> bool:
+        return all(
+            "step" in self.optimizer.state.get(p, {})
+            for g in self.optimizer.param_groups
+            for p in g["params"]
+            if p.grad is not None
+        )
+
+    def step(self) -> None:
+        if not self._initialised():
+            self.optimizer.step()  # creates the state eagerly (on the device: capturable)
+            return
+        key = self._key()
+        graph = self.graphs.get(key)
+        if graph is None:
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):  # recorded, not run
+                self.optimizer.step()
+            self.graphs[key] = graph
+        graph.replay()
 
 
 def _copy_batch(c: _Captured, batch, weights: torch.Tensor) -> None:
+    """Copy a CPU batch into a captured graph's input buffers without stalling the host: the sources go
+    through pinned (page-locked) memory, so each copy is queued behind the previous replay instead of
+    waiting for it (a copy from pageable memory synchronises the stream first)."""
+    pin = c.weights.is_cuda
     for m, t in batch.inputs.items():
-        c.inputs[m].copy_(t, non_blocking=True)
+        c.inputs[m].copy_(t.pin_memory() if pin else t, non_blocking=True)
     for m, t in batch.lengths.items():
-        c.lengths[m].copy_(t, non_blocking=True)
-    c.labels.copy_(batch.labels, non_blocking=True)
-    c.weights.copy_(weights, non_blocking=True)
+        c.lengths[m].copy_(t.pin_memory() if pin else t, non_blocking=True)
+    c.labels.copy_(batch.labels.pin_memory() if pin else batch.labels, non_blocking=True)
+    c.weights.copy_(weights.pin_memory() if pin else weights, non_blocking=True)
 
 
 def _raise_recompile_limit(n: int) -> None:

@@ -199,7 +199,10 @@ def train_epoch(
                     [p for p in model.parameters() if p.requires_grad], t.grad_clip
                 )
         if (i + 1) % t.accumulation_steps == 0:
-            optimizer.step()
+            if static:
+                runner.optimizer_step(optimizer)  # captured in a CUDA graph under graphed modes
+            else:
+                optimizer.step()
         total_t += loss.detach().to(acc_dtype) * weight
         count += 1
         if progress is not None and ((i + 1) % every == 0 or i + 1 == len(batches)):
