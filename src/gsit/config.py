@@ -51,6 +51,8 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms + cuDNN deterministic
     compile: bool = False  # legacy switch: with execution="auto", same as execution="compiled"
     execution: str = "auto"  # auto | eager | compiled | graphed | compiled_graphed (gsit.execution)
+    compile_text_encoder: bool = False  # compiled modes: also compile a fine-tuned text encoder (slow to
+    # compile; it is captured in the CUDA graph either way)
     eval_batch_size: int = 0  # 0 = batch_size
     length_bucketing: bool = False  # batches of similar total length (pays with model.padding_aware)
     modality_dropout: float = 0.0  # training-time probability of zeroing each non-text modality per sample

@@ -253,6 +253,7 @@ class StepRunner:
         kernel_sizes: dict[str, int],
         device: torch.device,
         train_module: torch.nn.Module | None = None,
+        compile_text_encoder: bool = False,
     ) -> None:
         self.model = model
         self.execution = execution
@@ -274,6 +275,8 @@ class StepRunner:
             # one compiled graph per (shape, train/eval) and per new model structure (seeds, tuning trials);
             # past Dynamo's limit a frame would silently run eager, so the limit is set well above it
             _raise_recompile_limit(64)
+            if not compile_text_encoder:
+                keep_text_encoder_eager(model)
             self.forward = torch.compile(self.train_module, dynamic=False)
             self.eval_forward = (
                 self.forward if self.train_module is model else torch.compile(model, dynamic=False)
@@ -492,6 +495,17 @@ def _copy_batch(c: _Captured, batch, weights: torch.Tensor) -> None:
         c.lengths[m].copy_(t.pin_memory() if pin else t, non_blocking=True)
     c.labels.copy_(batch.labels.pin_memory() if pin else batch.labels, non_blocking=True)
     c.weights.copy_(weights.pin_memory() if pin else weights, non_blocking=True)
+
+
+def keep_text_encoder_eager(model: torch.nn.Module) -> None:
+    """Leave ``model.text_encoder`` (a BERT-family module) out of ``torch.compile``: Dynamo calls it as an
+    ordinary function, and it still runs inside the captured CUDA graph.  Compiling BERT-base costs about
+    as much warm-up as the whole fusion model (``train.compile_text_encoder`` opts in; see the bench)."""
+    enc = getattr(model, "text_encoder", None)
+    if enc is None or getattr(enc, "_gsit_eager_under_compile", False):
+        return
+    enc.forward = torch.compiler.disable(enc.forward, recursive=True)  # instance attribute; eager ignores it
+    enc._gsit_eager_under_compile = True
 
 
 def _raise_recompile_limit(n: int) -> None:

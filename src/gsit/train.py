@@ -232,6 +232,7 @@ def make_runner(
         kernel_sizes=dict(getattr(cfg, "kernel_sizes", {})),
         device=ctx.device,
         train_module=train_module,
+        compile_text_encoder=t.compile_text_encoder,
     )
 
 
