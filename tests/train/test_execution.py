@@ -272,3 +272,82 @@ def test_static_shapes_context_stops_the_models_own_trim():
     finally:
         torch.Tensor.max = real
     torch.testing.assert_close(static, trimmed, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- captured optimizer step
+
+
+STATE = {"epoch": 1, "best_valid": 1.0, "best_epoch": 1, "done": False, "best_state_id": None}
+
+
+def test_a_capturable_optimizer_checkpoint_resumes_in_a_non_capturable_optimizer(tmp_path):
+    """A graphed GPU run saves Adam with ``capturable=True``; resuming it eagerly (e.g. on a CPU, where
+    capturable Adam cannot run) must get this process's setting, not the saved one, and keep the state."""
+    from gsit.checkpoint import load_training_state, save_training_state
+
+    run = load_config("gsit", "synthetic", None, TINY)
+    data = _data()
+    torch.manual_seed(0)
+    model = build_model(run, data).to("cpu")
+    opt = make_optimizer(run, model)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    for g in opt.param_groups:  # what CapturedOptimizerStep leaves in the param groups
+        g["capturable"] = True
+    save_training_state(tmp_path / "last.pt", model=model, optimizer=opt, scheduler=None, state=STATE)
+    model2 = build_model(run, data)
+    fresh = make_optimizer(run, model2)
+    load_training_state(tmp_path / "last.pt", model=model2, optimizer=fresh, scheduler=None)
+    assert all(g["capturable"] is False for g in fresh.param_groups)
+    before = [p.detach().clone() for p in model2.parameters()]
+    for p in model2.parameters():
+        p.grad = torch.ones_like(p)
+    fresh.step()  # a capturable=True group would refuse CPU parameters
+    assert any(not torch.equal(a, p) for a, p in zip(before, model2.parameters()))
+    steps = {float(s["step"]) for s in fresh.state.values()}
+    assert steps == {2.0}
+
+
+def test_the_text_encoder_stays_out_of_torch_compile_but_trains():
+    from gsit.execution import keep_text_encoder_eager
+
+    class Enc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.lin(x).relu()
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.text_encoder, self.head = Enc(), torch.nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.head(self.text_encoder(x) * 2)
+
+    torch.manual_seed(0)
+    model, x = Model(), torch.randn(3, 4)
+    ref = model(x)
+    keys = list(model.state_dict())
+    keep_text_encoder_eager(model)
+    keep_text_encoder_eager(model)  # idempotent
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
+    assert torch.compiler.is_compiling() is False
+    seen = []
+    inner = model.text_encoder.forward
+
+    def spy(*a, **k):
+        seen.append(torch.compiler.is_compiling())
+        return inner(*a, **k)
+
+    model.text_encoder.forward = spy  # what runs inside the compiled model: the eager (disabled) forward
+    torch._dynamo.reset()
+    out = torch.compile(model, dynamic=False)(x)
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+    assert model.text_encoder.lin.weight.grad is not None
+    assert seen and not any(seen), "the text encoder was traced by Dynamo"
