@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python benchmarks/bench_memory.py --device cpu  --out benchmarks/results   # ~3 min
     PYTHONPATH=src python benchmarks/bench_memory.py --device cuda --out benchmarks/results
-    python benchmarks/bench_memory.py --plot-only benchmarks/results/memory_scaling_cpu.csv --out /tmp
+    python benchmarks/plot_memory.py benchmarks/results/memory_scaling_cpu.csv --out /tmp/m.png  # redraw
 
 Every segment of a MOSEI-like layout (conv-output lengths text 46, vision 496, audio 496; ``--dataset mosi``:
 46/496/371) is multiplied by a length scale s in ``--scales`` (1/8 ... 64 on the GPU).  For each (scale,
@@ -21,10 +21,12 @@ allocated just before it (inputs, parameters, cached masks; gradients are set to
 gradients the step creates count).  GPU: ``torch.cuda.max_memory_allocated() - memory_allocated()`` after
 ``reset_peak_memory_stats``.  CPU: the running sum of the allocation / free events that torch's CPU
 allocator reports to ``torch.profiler`` (``profile_memory=True``), its maximum over the step
-(:func:`cpu_peak_bytes`).  It counts every tensor torch allocates on the CPU, like the GPU number, but not
-memory that oneDNN / MKL / OpenMP allocate on their own, Python objects, or allocator fragmentation; it is
-not resident-set size.  Time: median (p10, p90) of ``--reps`` steps after ``--warmup`` (CUDA events on the
-GPU, wall clock on CPU), in separate steps from the memory step (the profiler adds overhead).
+(:func:`cpu_peak_bytes`).  The CPU number counts every tensor torch allocates on the CPU, like the GPU
+number, but not memory that oneDNN / MKL / OpenMP allocate on their own, Python objects, or allocator
+fragmentation; it is not resident-set size.  Neither counts what the un-measured warm-up step builds and
+caches: the reference's (N, N) bool mask (N^2 bytes, cached per shape, as in training).  Time: median
+(p10, p90) of ``--reps`` steps after ``--warmup`` (CUDA events on the GPU, wall clock on CPU), in other
+steps than the memory step (the profiler adds overhead).
 
 Correctness first: at lengths up to ``--check-max-n`` each row's output and input gradients on the first
 sample are compared with the fp32 ``reference`` (``check_rel_err``); over the tolerance the row is
@@ -54,7 +56,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,6 +72,7 @@ from bench_fusion import (  # noqa: E402  (this folder)
     run_oracle,
     time_steps,
 )
+from plot_memory import SCOPES, plot, slope_rows  # noqa: E402  (this folder)
 
 from gsit.attention import check_backend, graph_attention  # noqa: E402
 from gsit.config import load_config  # noqa: E402
@@ -106,7 +108,6 @@ COLUMNS = (
     "mem_method",
     "command",
 )
-SCOPES = ("attention", "fusion_block")
 BACKENDS = ("reference", "naive", "pairs", "triton")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 TOL = {"bf16": 5e-2, "fp32": 1e-4}
@@ -285,6 +286,9 @@ def _is_oom(exc: BaseException) -> bool:
 def _release(device: str) -> None:
     import gc
 
+    from gsit import graph
+
+    graph._static_dense.cache_clear()  # the reference's cached (N, N) masks: each row builds its own
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -332,47 +336,6 @@ def measure(scope: str, backend: str, scale: Fraction, cfg: MemConfig) -> dict:
         _release(cfg.device)
 
 
-# --------------------------------------------------------------------------- slopes
-def loglog_slope(ns, ys) -> float:
-    """Least-squares slope of log(y) against log(n) (nan with fewer than two points)."""
-    if len(ns) < 2:
-        return float("nan")
-    return float(np.polyfit(np.log(np.asarray(ns, float)), np.log(np.asarray(ys, float)), 1)[0])
-
-
-def slope_rows(rows: list[dict], fit_from: Fraction) -> list[dict]:
-    """One ``row=slope`` line per (scope, backend) with points: memory and time slopes over the ok points
-    at scale >= ``fit_from`` (all ok points when fewer than two are there)."""
-    out = []
-    keys = dict.fromkeys((r["scope"], r["backend"]) for r in rows if r.get("row") == "point")
-    for scope, backend in keys:
-        ok = [
-            r
-            for r in rows
-            if r.get("row") == "point"
-            and (r["scope"], r["backend"]) == (scope, backend)
-            and r.get("status") == "ok"
-            and float(r["peak_mem_mb"]) > 0
-        ]
-        fit = [r for r in ok if Fraction(r["scale"]) >= fit_from]
-        fit = fit if len(fit) >= 2 else ok
-        row = {
-            "row": "slope",
-            "scope": scope,
-            "backend": backend,
-            "status": "ok" if len(fit) >= 2 else "no fit",
-        }
-        if len(fit) >= 2:
-            ns = [int(r["n"]) for r in fit]
-            row["slope_mem"] = loglog_slope(ns, [float(r["peak_mem_mb"]) for r in fit])
-            row["slope_time"] = loglog_slope(ns, [float(r["median_ms"]) for r in fit])
-            row["fit"] = (
-                f"n={min(ns)}..{max(ns)} ({len(ns)} points, scale {fit[0]['scale']}..{fit[-1]['scale']})"
-            )
-        out.append(row)
-    return out
-
-
 # --------------------------------------------------------------------------- files
 def _fmt(v) -> str:
     if v is None:
@@ -393,11 +356,6 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def output_paths(out_dir: Path, device: str) -> tuple[Path, Path]:
     tag = (
         "cpu"
@@ -405,56 +363,6 @@ def output_paths(out_dir: Path, device: str) -> tuple[Path, Path]:
         else re.sub(r"[^A-Za-z0-9_.-]+", "-", environment(device)["gpu"])
     )
     return out_dir / f"memory_scaling_{tag}.csv", out_dir / f"memory_scaling_{tag}.png"
-
-
-def plot(rows: list[dict], out: Path) -> Path:
-    """2 x 2 log-log panels: (attention, fusion block) x (peak memory, time) against N, one line per
-    backend (legend: its fitted slopes); a cross marks a backend's first failed (OOM) length."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    slopes = {(r["scope"], r["backend"]): r for r in rows if r["row"] == "slope"}
-    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
-    for i, scope in enumerate(SCOPES):
-        for j, (col, label) in enumerate((("peak_mem_mb", "peak memory, MiB"), ("median_ms", "median ms"))):
-            ax = axes[i][j]
-            for k, backend in enumerate(dict.fromkeys(r["backend"] for r in rows if r["scope"] == scope)):
-                pts = [
-                    r for r in rows if r["row"] == "point" and (r["scope"], r["backend"]) == (scope, backend)
-                ]
-                ok = [(int(r["n"]), float(r[col])) for r in pts if r["status"] == "ok"]
-                if not ok:
-                    continue
-                s = slopes.get((scope, backend), {})
-                key = "slope_mem" if col == "peak_mem_mb" else "slope_time"
-                name = (
-                    f"{backend} (slope {float(s[key]):.2f})"
-                    if s.get(key) not in (None, "", "nan")
-                    else backend
-                )
-                line = ax.plot(*zip(*ok), marker="o", label=name, color=f"C{k}")[0]
-                oom = [int(r["n"]) for r in pts if r["status"].startswith("failed: OOM")]
-                if oom:
-                    ax.plot([oom[0]], [ok[-1][1]], "x", ms=10, mew=2, color=line.get_color())
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("sequence length N (tokens, all segments)")
-            ax.set_ylabel(label)
-            ax.set_title(f"{scope}: fwd+bwd {label.split(',')[0]}")
-            ax.grid(True, which="both", alpha=0.3)
-            if ax.lines:
-                ax.legend(fontsize=8)
-    first = next((r for r in rows if r["row"] == "point"), {})
-    fig.suptitle(
-        f"{first.get('gpu', '?')}  torch {first.get('torch', '?')}  {first.get('dtype', '')}  "
-        f"B={first.get('batch', '')}  (x: out of memory; slopes: log-log fit)"
-    )
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -531,11 +439,10 @@ def _names(text: str, known: tuple[str, ...], flag: str) -> tuple[str, ...]:
     return names
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[MemConfig | None, Path, Path | None]:
+def parse_args(argv: list[str] | None = None) -> tuple[MemConfig, Path, Path]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--out", type=Path, required=True, help="folder for memory_scaling_<device>.csv / .png")
-    p.add_argument("--plot-only", type=Path, default=None, help="only draw the PNG of this CSV into --out")
     p.add_argument("--dataset", default="mosei", choices=sorted(DATASET_LENGTHS))
     p.add_argument("--scales", type=_scales, default=None, help=f"GPU default {GPU_SCALES}; CPU {CPU_SCALES}")
     p.add_argument("--scopes", type=lambda t: _names(t, SCOPES, "--scopes"), default=SCOPES)
@@ -564,10 +471,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[MemConfig | None, Path, P
     p.add_argument("--max-seconds", type=float, default=None, help="later rows are written as skipped")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.plot_only is not None:
-        if not args.plot_only.is_file():
-            p.error(f"--plot-only {args.plot_only}: no such file")
-        return None, args.plot_only, args.out / (args.plot_only.stem + ".png")
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         p.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA GPU (use --device cpu)")
@@ -608,18 +511,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[MemConfig | None, Path, P
 
 def main(argv: list[str] | None = None) -> int:
     cfg, csv_path, png_path = parse_args(argv)
-    if cfg is None:  # --plot-only
-        if png_path.exists():
-            print(f"{png_path} exists; not overwritten", file=sys.stderr)
-            return 2
-        print(f"wrote {plot(read_csv(csv_path), png_path)}")
-        return 0
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     rows = run(cfg, csv_path)
     try:
         print(f"wrote {plot([{k: _fmt(r.get(k)) for k in COLUMNS} for r in rows], png_path)}")
     except ImportError as exc:  # matplotlib is optional: the CSV is the result
-        print(f"no PNG ({exc}); draw it later with --plot-only {csv_path}", file=sys.stderr)
+        print(f"no PNG ({exc}); draw it later: python benchmarks/plot_memory.py {csv_path}", file=sys.stderr)
     return 0
 
 
