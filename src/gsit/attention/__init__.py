@@ -69,6 +69,11 @@ register_backend("reference", "gsit.attention.reference", "dense masked softmax 
 register_backend("pairs", "gsit.attention.pairs", "one scaled_dot_product_attention call per query block")
 register_backend("flex", "gsit.attention.flex", "FlexAttention with a BlockMask from the graph")
 register_backend("triton", "gsit.attention.triton", "fused Triton kernel over all allowed block pairs")
+register_backend(
+    "naive",
+    "gsit.attention.naive",
+    "paper-era naive decomposition: per query block bmm + softmax + bmm (stores the block scores)",
+)
 
 
 # The one default, used by graph_attention and by the models' configs: ``pairs`` is exact (one SDPA call per
