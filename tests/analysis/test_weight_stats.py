@@ -242,6 +242,9 @@ def test_attention_hooks_refuse_probabilities_that_miss_the_call(monkeypatch):
 
 # ----------------------------------------------------------------------------- the command on trained runs
 TINY = {"model.d_model": 8, "model.num_layers": 1, "train.max_epochs": 1, "train.batch_size": 16}
+# GsiT trained with a learning rate so small that no nonzero weight can change in float32: its best
+# checkpoint IS its initialisation, which tests that init_weights re-creates gsit train's start exactly
+FROZEN = {"train.learning_rate_other": 1e-30, "train.learning_rate_bert": 1e-30}
 
 
 @pytest.fixture(scope="module")
@@ -251,9 +254,14 @@ def tiny_runs(tmp_path_factory):
     data = make_synthetic(n_train=32, n_valid=16, n_test=16, text_len=10, audio_len=12, vision_len=12, seed=1)
     data_dir = save_converted(data, root / "data")
     runs = {}
-    for model in ("gsit", "mult_dagger"):
+    for model, extra in (("gsit", FROZEN), ("mult_dagger", {})):
         res = gsit.run(
-            model=model, dataset="synthetic", data=data_dir, seeds=[3], overrides=TINY, run_dir=root / model
+            model=model,
+            dataset="synthetic",
+            data=data_dir,
+            seeds=[3],
+            overrides={**TINY, **extra},
+            run_dir=root / model,
         )
         runs[model] = res["run_dir"]
     return runs
@@ -292,7 +300,11 @@ def test_weight_stats_cli_end_to_end(tiny_runs, tmp_path, capsys):
     model, _ = gsit.load_run(tiny_runs["gsit"], seed=3)
     ref = weight_stats(model)["rows"]["self"]
     assert_matches(gsit_col["weights"]["rows"]["self"], ref)
-    assert gsit_col["init_weights"]["rows"]["self"] != ref  # one epoch moved the weights
+    # init_weights = the run's own start: equal to the frozen GsiT checkpoint, not to the trained MulT one
+    for scope in (*FUSION_SCOPES, "front_end", "head"):
+        assert gsit_col["init_weights"]["rows"][scope] == gsit_col["weights"]["rows"][scope], scope
+    mult_col = next(c for c in doc["columns"] if c["model"] == "mult_dagger")
+    assert mult_col["init_weights"]["rows"]["self"] != mult_col["weights"]["rows"]["self"]
     # never overwrite: a second run into the same folder is one clear error and changes nothing
     before = (out / "weight_stats.csv").read_bytes()
     rc = cli.main(["weight-stats", tiny_runs["gsit"], "--out", str(out), "--no-plots"])

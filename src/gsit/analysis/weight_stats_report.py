@@ -95,6 +95,10 @@ def _check_runs(run_dirs: list[str | Path], data_path) -> list[Any]:
     return runs
 
 
+def _read_text(path: Path) -> str:
+    return path.read_text().strip() if path.is_file() else ""
+
+
 def _init_model(run, data, seed: int):
     """The model as ``gsit train`` creates it before its first step (same seeding and calls); the global
     random states are restored afterwards."""
@@ -147,6 +151,7 @@ def collect(
                     "data_source": getattr(data, "source", ""),
                     "seed": seed,
                     "model_config": run.model,
+                    "train_command": _read_text(Path(run_dir) / "command.txt"),
                     "weights": weight_stats(model, tensors, keep_values=True),
                     "init_weights": weight_stats(_init_model(run, data, seed), tensors, keep_values=True),
                     "attention": attention_stats(model, batch.inputs, batch.lengths),
@@ -210,8 +215,8 @@ def tables_markdown(columns: list[dict[str, Any]], tensors: str) -> str:
         att_rows = [[s] + [_fmt(c["attention"]["scopes"][s][pop]) for c in columns] for s in FUSION_SCOPES]
         rows_of = columns[0]["batch"] if columns else {"rows": 0, "split": ""}
         out += [
-            f"\nAttention probabilities ({pop} entries, {rows_of['rows']} {rows_of['split']} rows): "
-            "mean / variance / skewness / kurtosis\n",
+            f"\nAttention probabilities ({pop} entries; first {rows_of['rows']} rows of the "
+            f"{rows_of['split']} split): mean / variance / skewness / kurtosis\n",
             markdown_table(["scope"] + labels, att_rows),
         ]
     return "".join(out)
@@ -278,7 +283,7 @@ def plot_attention(columns: list[dict[str, Any]], path: Path) -> Path:
                 )
         ax.set_yscale("log")
         ax.set_title(f"attention: {scope}", fontsize=10)
-        ax.set_xlabel("log10 probability")
+        ax.set_xlabel("log10 probability (first bin: all values <= 1e-8)")
     axes[0, 0].set_ylabel("fraction of entries")
     axes[0, -1].legend(fontsize=7)
     fig.tight_layout()
