@@ -132,6 +132,7 @@ def cmd_weight_stats(args) -> int:
         samples=args.samples,
         device=args.device,
         plots=not args.no_plots,
+        command=["gsit", *getattr(args, "argv", ["weight-stats"])],
     )
     print(res["markdown"])
     print(f"wrote {', '.join(Path(p).name for p in res['paths'].values())} into {res['out']}")
