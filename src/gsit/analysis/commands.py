@@ -1,4 +1,5 @@
-"""CLI subcommands of the analysis tools: ablate, robustness, attention-map, tune, report, efficiency.
+"""CLI subcommands of the analysis tools: ablate, robustness, attention-map, tune, report, efficiency,
+weight-stats.
 
 Thin wrappers: each parses its arguments and calls one library function of :mod:`gsit.analysis`.  Plotting
 commands need matplotlib and ``tune`` needs optuna; both are imported lazily and a missing package is one
@@ -112,6 +113,29 @@ def cmd_attention_map(args) -> int:
     print(
         f"wrote {res['png']} (sample {res['sample']} of {res['split']}, id {res['id']}, seed {res['seed']})"
     )
+    return 0
+
+
+def cmd_weight_stats(args) -> int:
+    from gsit.analysis._common import require_matplotlib
+    from gsit.analysis.weight_stats_report import run_weight_stats
+
+    if not args.no_plots:
+        require_matplotlib()
+    res = run_weight_stats(
+        args.run_dirs,
+        out=args.out,
+        data_path=args.data,
+        seeds=list(_seeds(args.seeds) or ()) or None,
+        tensors=args.tensors,
+        split=args.split,
+        samples=args.samples,
+        device=args.device,
+        plots=not args.no_plots,
+        command=["gsit", *getattr(args, "argv", ["weight-stats"])],
+    )
+    print(res["markdown"])
+    print(f"wrote {', '.join(Path(p).name for p in res['paths'].values())} into {res['out']}")
     return 0
 
 
@@ -269,6 +293,30 @@ def register(sub) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.set_defaults(func=cmd_attention_map)
+
+    p = sub.add_parser(
+        "weight-stats",
+        help="weight statistics per scope (paper Table 5) and attention-probability statistics",
+        description="Mean / variance / skewness / kurtosis of the weights per scope (cross forward, "
+        "cross backward, self; GsiT and MulT) for every run and seed, trained and at initialisation, "
+        "and of the attention probabilities per encoder on one batch; CSV, JSON, Markdown and "
+        "histogram PNGs into a new directory, the paper's Table 5 beside.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by gsit train")
+    p.add_argument("--data", default=None, help="replace the runs' data path")
+    p.add_argument("--out", default=None, help="new output directory (default runs/weight-stats-<time>)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds of every run (default: all)")
+    p.add_argument(
+        "--tensors",
+        default="matrices",
+        choices=("matrices", "all"),
+        help="matrices: parameters with >= 2 dims (no biases, no LayerNorm); all: every parameter",
+    )
+    p.add_argument("--split", default="valid", help="split of the attention batch")
+    p.add_argument("--samples", type=int, default=32, help="rows of the attention batch (the first ones)")
+    p.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.set_defaults(func=cmd_weight_stats)
 
     p = sub.add_parser(
         "tune",
