@@ -76,37 +76,45 @@ def cmd_collect(args) -> int:
         if p.exists():
             sys.exit(f"{p} exists; nothing is overwritten")
     out.mkdir(parents=True, exist_ok=True)
-    rows, summary = [], {}
+    rows: dict[tuple, dict] = {}
     for spec in args.run:
         task, _, root = spec.partition("=")
-        for arm_dir in sorted(p for p in Path(root).iterdir() if (p / "variant.json").is_file()):
-            variant = json.loads((arm_dir / "variant.json").read_text())
-            per_seed = json.loads((arm_dir / "results.json").read_text())["per_seed"]
+        # every finished seed of every arm (seed-*/results.json): an arm's seeds may come from several
+        # processes (one per seed); the same seed twice must agree, and is kept once
+        for res in sorted(Path(root).glob("*/seed-*/results.json")):
+            arm_dir = res.parent.parent
             cfg = json.loads((arm_dir / "config.json").read_text())
-            for r in per_seed:
-                rows.append(
-                    {
-                        "task": task,
-                        "arm": variant["variant"],
-                        "model": variant["model"],
-                        "contrastive_weight": cfg["train"]["contrastive_weight"],
-                        "contrastive_temperature": cfg["train"]["contrastive_temperature"],
-                        "seed": r["seed"],
-                        "best_epoch": r["best_epoch"],
-                        "epochs": r["epochs"],
-                        "valid_loss": r["valid_loss"],
-                        **{m: r["test"][m] for m in METRICS},
-                    }
-                )
-            arm = [r for r in rows if r["task"] == task and r["arm"] == variant["variant"]]
-            summary[f"{task}/{variant['variant']}"] = {
-                "n_seeds": len(arm),
+            r = json.loads(res.read_text())
+            row = {
+                "task": task,
+                "arm": arm_dir.name,
+                "model": cfg["model_name"],
+                "contrastive_weight": cfg["train"]["contrastive_weight"],
+                "contrastive_temperature": cfg["train"]["contrastive_temperature"],
+                "seed": r["seed"],
+                "best_epoch": r["best_epoch"],
+                "epochs": r["epochs"],
+                "valid_loss": r["valid_loss"],
+                **{m: r["test"][m] for m in METRICS},
                 "config": cfg,
-                **{
-                    k: dict(zip(("mean", "std"), _mean_std([r[k] for r in arm])))
-                    for k in ("valid_loss", *METRICS)
-                },
             }
+            key = (task, row["arm"], row["seed"])
+            if key in rows and rows[key] != row:
+                sys.exit(f"{res}: seed {row['seed']} of {task}/{row['arm']} differs from an earlier copy")
+            rows[key] = row
+    summary = {}
+    for task, arm in dict.fromkeys((t, a) for t, a, _ in rows):
+        per = [r for (t, a, _), r in rows.items() if (t, a) == (task, arm)]
+        summary[f"{task}/{arm}"] = {
+            "n_seeds": len(per),
+            "seeds": [r["seed"] for r in per],
+            "config": per[0]["config"],
+            **{
+                k: dict(zip(("mean", "std"), _mean_std([r[k] for r in per])))
+                for k in ("valid_loss", *METRICS)
+            },
+        }
+    rows = [{k: v for k, v in r.items() if k != "config"} for r in rows.values()]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
@@ -117,7 +125,7 @@ def cmd_collect(args) -> int:
             w.writerow(
                 {"task": task, "arm": arm, "seed": stat, **{k: s[k][stat] for k in ("valid_loss", *METRICS)}}
             )
-    csv_path.write_text(buf.getvalue())
+    csv_path.write_text(buf.getvalue())  # per-seed rows, then a mean and a std row per (task, arm)
     commands = Path(args.commands).read_text().splitlines() if args.commands else []
     json_path.write_text(
         json.dumps(
