@@ -56,6 +56,11 @@ class TrainConfig:
     eval_batch_size: int = 0  # 0 = batch_size
     length_bucketing: bool = False  # batches of similar total length (pays with model.padding_aware)
     modality_dropout: float = 0.0  # training-time probability of zeroing each non-text modality per sample
+    # optional auxiliary objective (not the paper's; 0 = off, the paper's protocol): training loss = task loss
+    # + contrastive_weight x InfoNCE between the pooled per-modality summaries of the same sample
+    # (gsit.evaluate.contrastive_loss); temperature divides the cosine similarities
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.1
 
 
 # [train] keys accepted under another name (MMSA's), mapped to ours in TOML files, overrides and run dirs
@@ -182,6 +187,8 @@ _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "train.plateau_patience": (0, None, True, False),
     "train.plateau_factor": (0, 1, False, False),
     "train.modality_dropout": (0, 1, True, True),
+    "train.contrastive_weight": (0, None, True, False),  # 0 = off
+    "train.contrastive_temperature": (0, None, False, False),
     "data.synthetic_recall_keys": (2, None, True, False),
     "model.d_model": (1, None, True, False),
     "model.num_heads": (1, None, True, False),

@@ -31,6 +31,78 @@ def batch_loss(pred: torch.Tensor, labels: torch.Tensor, task: str, reduction: s
     return F.l1_loss(pred.float().view(-1), labels.float().view(-1), reduction=reduction)
 
 
+def contrastive_loss(
+    summaries: torch.Tensor, temperature: float, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """InfoNCE between the per-modality summaries of the same sample (``train.contrastive_weight``).
+
+    ``summaries``: (B, M, D), the model's pooled summary of each modality (``out["summaries"]``).  For every
+    pair of modalities (m, n), m < n, the cosine similarities s_ij = <z^m_i, z^n_j> / ``temperature`` of the
+    L2-normalised summaries are scored with a symmetric cross-entropy: sample i's m-summary must pick its own
+    n-summary among the n-summaries of the batch, and the other way round.  The result is the mean over the
+    M(M-1)/2 pairs and the two directions of the anchor-weighted mean ``sum(w_i l_i) / sum(w_i)``.
+
+    ``weights`` (B,): per-row weights (None = all 1).  A row of weight 0 (a static batch's padding copy,
+    :mod:`gsit.execution`) is neither an anchor nor a negative of any other row, so padding a batch with
+    zero-weight rows changes neither the loss nor its gradient.  A batch with one real row gives 0 (its only
+    candidate is its own positive).  Computed in fp32.  No parameters: no projection head is added, so a
+    run's checkpoint and parameter count are those of the model alone.  Under DDP the negatives are the rows
+    of this process's slice of the batch only (no gather across ranks)."""
+    if summaries.dim() != 3 or summaries.shape[1] < 2:
+        raise ValueError(
+            f"contrastive_loss needs summaries of shape (B, M >= 2, D), got {tuple(summaries.shape)}"
+        )
+    if not temperature > 0:
+        raise ValueError(f"contrastive_loss: temperature must be > 0, got {temperature}")
+    B, M, _ = summaries.shape
+    z = F.normalize(summaries.float(), dim=-1)  # (B, M, D)
+    w = torch.ones(B, device=z.device) if weights is None else weights.to(z.device, torch.float32)  # (B,)
+    # candidate j is allowed for anchor i if j is a real row, or j == i (every row keeps its positive, so no
+    # row of logits is empty and a zero-weight anchor stays finite before its weight 0 removes it)
+    eye = torch.eye(B, dtype=torch.bool, device=z.device)
+    allowed = (w > 0)[None, :] | eye  # (B, B)
+    target = torch.arange(B, device=z.device)
+    total, terms = z.new_zeros(()), 0
+    for m in range(M):
+        for n in range(m + 1, M):
+            logits = (z[:, m] @ z[:, n].T) / temperature  # (B, B): anchors m (rows), candidates n
+            for lg in (logits, logits.T):  # m -> n, then n -> m
+                per = F.cross_entropy(lg.masked_fill(~allowed, float("-inf")), target, reduction="none")
+                total = total + (per * w).sum() / w.sum()
+                terms += 1
+    return total / terms
+
+
+def training_loss(
+    out: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    task: str,
+    *,
+    weights: torch.Tensor | None = None,
+    contrastive_weight: float = 0.0,
+    contrastive_temperature: float = 0.1,
+) -> torch.Tensor:
+    """The loss a training step minimises: the mean :func:`batch_loss` (weighted ``sum(w_i l_i) / sum(w_i)``
+    with per-row ``weights``, as the static steps of :mod:`gsit.execution` pad batches), plus
+    ``contrastive_weight`` x :func:`contrastive_loss` of ``out["summaries"]`` when that weight is > 0.  With
+    the weight 0 (the default, the paper's protocol) nothing else is computed: the loss is the task loss."""
+    if weights is None:
+        loss = batch_loss(out["prediction"], labels, task)
+    else:
+        per = batch_loss(out["prediction"], labels, task, reduction="none")  # (B,)
+        loss = (per * weights).sum() / weights.sum()
+    if contrastive_weight > 0:
+        if "summaries" not in out:
+            raise GsitError(
+                "train.contrastive_weight > 0 needs a model that returns per-modality summaries "
+                f"(out['summaries'], (B, M, D)); this model returns {sorted(out)}"
+            )
+        loss = loss + contrastive_weight * contrastive_loss(
+            out["summaries"], contrastive_temperature, weights
+        )
+    return loss
+
+
 def amp_context(amp: str, device: torch.device):
     """bf16 autocast on ``device`` when ``amp == "bf16"``, else a no-op context."""
     if amp == "bf16":

@@ -17,7 +17,8 @@ compiles and captures a bounded number of times and never afterwards:
 * the batch dimension is always ``batch_size`` (evaluation: the evaluation batch size): a short last batch
   is padded with copies of its first row that carry weight 0.  The loss is the weighted mean
   ``sum(w_i * l_i) / sum(w_i)``, which equals the mean over the real rows, so padded rows contribute
-  nothing to the loss, the gradient or the predictions (samples never interact inside the model);
+  nothing to the loss, the gradient or the predictions (samples never interact inside the model); the
+  optional contrastive term (``train.contrastive_weight``) masks them out of its anchors and negatives;
 * in padding-aware mode (``model.padding_aware``) the audio/vision (and precomputed text) inputs are cut,
   on the CPU, to the smallest of ``len(LENGTH_LEVELS)`` levels (a fraction of the padded length, the same
   fraction for every modality) that holds the batch's longest valid input: padding cannot change a valid
@@ -48,7 +49,7 @@ import numpy as np
 import torch
 
 from gsit.errors import ConfigError
-from gsit.evaluate import amp_context, batch_loss
+from gsit.evaluate import amp_context, training_loss
 from gsit.models.gsit import static_shapes
 
 EXECUTIONS = ("auto", "eager", "compiled", "graphed", "compiled_graphed")
@@ -254,6 +255,8 @@ class StepRunner:
         device: torch.device,
         train_module: torch.nn.Module | None = None,
         compile_text_encoder: bool = False,
+        contrastive_weight: float = 0.0,
+        contrastive_temperature: float = 0.1,
     ) -> None:
         self.model = model
         self.execution = execution
@@ -267,6 +270,8 @@ class StepRunner:
         self.modalities = modalities
         self.kernel_sizes = kernel_sizes
         self.device = device
+        self.contrastive_weight = contrastive_weight
+        self.contrastive_temperature = contrastive_temperature
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.train_module = train_module if train_module is not None else model  # DDP wrapper, if any
         self.forward = self.train_module  # training forward (through DDP when there is one)
@@ -323,8 +328,15 @@ class StepRunner:
         modality_dropout_(inputs, self.modality_dropout)
         with self.autocast(), static_shapes():
             out = self.forward(inputs, lengths)
-        per = batch_loss(out["prediction"], labels, self.task, reduction="none")  # (B,)
-        return (per * weights).sum() / weights.sum()
+        # weighted mean: padded rows (weight 0) add nothing, nor are they contrastive anchors or negatives
+        return training_loss(
+            out,
+            labels,
+            self.task,
+            weights=weights,
+            contrastive_weight=self.contrastive_weight,
+            contrastive_temperature=self.contrastive_temperature,
+        )
 
     def _clip(self) -> None:
         if self.grad_clip > 0:

@@ -47,7 +47,7 @@ from gsit.checkpoint import (
 from gsit.config import RunConfig
 from gsit.distributed import Dist, all_gather, barrier, init_distributed, rank_slice
 from gsit.errors import GsitError
-from gsit.evaluate import autocast_for, batch_from, batch_loss, evaluate_split, split_dataset
+from gsit.evaluate import autocast_for, batch_from, evaluate_split, split_dataset, training_loss
 from gsit.execution import Execution, StepRunner, modality_dropout_, resolve_execution
 from gsit.progress import Progress
 from gsit.runs import append_epoch_row, data_facts, versions, write_results
@@ -192,7 +192,14 @@ def train_epoch(
             modality_dropout_(batch.inputs, t.modality_dropout)
             with autocast:
                 out = model(batch.inputs, batch.lengths)
-            loss = batch_loss(out["prediction"], batch.labels, task)
+            # task loss (+ the optional contrastive term; under DDP its negatives are this rank's rows only)
+            loss = training_loss(
+                out,
+                batch.labels,
+                task,
+                contrastive_weight=t.contrastive_weight,
+                contrastive_temperature=t.contrastive_temperature,
+            )
             (loss * scale).backward()
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_value_(
@@ -233,6 +240,8 @@ def make_runner(
         device=ctx.device,
         train_module=train_module,
         compile_text_encoder=t.compile_text_encoder,
+        contrastive_weight=t.contrastive_weight,
+        contrastive_temperature=t.contrastive_temperature,
     )
 
 

@@ -393,7 +393,9 @@ class GsiT(PretrainedMixin, nn.Module):
     which may also be MMSA ``text_bert`` rows (B, 3, L) when a ``text_encoder`` is given; ``lengths`` maps
     modality -> (B,) valid lengths (needed only with ``padding_aware``); ``graphs`` replaces some of the
     fusion's graphs for one call (:meth:`GraphFusion.forward`).  Returns ``{"prediction": (B,
-    output_dim), "features": (B, d)}``.
+    output_dim), "features": (B, d), "summaries": (B, M, 2d)}``; ``summaries`` is the head's input before
+    ``post_fusion_dropout``, one row per modality in config order (the last step of its block after the self
+    encoder), read by the optional contrastive objective (``train.contrastive_weight``).
     """
 
     config_class = GsiTConfig
@@ -439,9 +441,11 @@ class GsiT(PretrainedMixin, nn.Module):
         graphs: dict[str, ModalGraph] | None = None,
     ) -> dict[str, torch.Tensor]:
         x, layout, valid = self.embedding(inputs, lengths)  # (B, N, d)
-        fused = self.post_fusion_dropout(self.fusion(x, layout, valid, graphs))  # (B, M * 2d)
+        pooled = self.fusion(x, layout, valid, graphs)  # (B, M * 2d)
+        fused = self.post_fusion_dropout(pooled)  # (B, M * 2d)
         hidden = torch.relu(self.head_hidden(fused))  # (B, d)
-        return {"prediction": self.head_out(hidden), "features": hidden}
+        summaries = pooled.unflatten(1, (len(layout.modalities), -1))  # (B, M, 2d), a view
+        return {"prediction": self.head_out(hidden), "features": hidden, "summaries": summaries}
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by part: text_encoder, front_end (convs), fusion (graph encoders), head."""

@@ -351,8 +351,9 @@ class MulT(PretrainedMixin, nn.Module):
     ``inputs``: ``{"text": (B, L, D_t) float features, or (B, 3, L) MMSA text_bert rows when a text encoder is
     given, "audio": (B, T_a, D_a), "vision": (B, T_v, D_v)}``.  ``lengths`` is accepted for interface parity
     with GsiT and ignored: MulT, as in MMSA, reads padded frames and pools the last (possibly padded) step.
-    Returns ``{"prediction": (B, output_dim), "features": (B, 6d)}`` where features is the residual block's
-    output (the input of ``out_layer``).
+    Returns ``{"prediction": (B, output_dim), "features": (B, 6d), "summaries": (B, 3, 2d)}`` where features
+    is the residual block's output (the input of ``out_layer``) and summaries the last steps of the three mem
+    encoders (``last_hs`` per modality, config order), read by the optional contrastive objective.
     """
 
     config_class = MulTConfig
@@ -407,7 +408,8 @@ class MulT(PretrainedMixin, nn.Module):
         last_hs = self.fusion(x)  # (B, 6d)
 
         h = self.proj2(self.output_dropout(F.relu(self.proj1(last_hs)))) + last_hs  # (B, 6d)
-        return {"prediction": self.out_layer(h), "features": h}
+        summaries = last_hs.unflatten(1, (len(self.modalities), -1))  # (B, 3, 2d), a view
+        return {"prediction": self.out_layer(h), "features": h, "summaries": summaries}
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Disjoint groups covering every parameter: text encoder (empty without one), conv front end,

@@ -52,8 +52,10 @@ class Vanilla(PretrainedMixin, nn.Module):
         """As :meth:`GsiT.forward`; ``graphs`` may replace ``full`` for one call."""
         x, layout, valid = self.embedding(inputs, lengths)  # (B, N, d)
         h = self.encoder(x, GraphMask(override_graphs(self.graphs, graphs)["full"], layout, valid))
-        hidden = torch.relu(self.head_hidden(last_steps(h, layout, valid)))
-        return {"prediction": self.head_out(hidden), "features": hidden}
+        pooled = last_steps(h, layout, valid)  # (B, M * d)
+        hidden = torch.relu(self.head_hidden(pooled))
+        summaries = pooled.unflatten(1, (len(layout.modalities), -1))  # (B, M, d), a view
+        return {"prediction": self.head_out(hidden), "features": hidden, "summaries": summaries}
 
     def parameter_groups(self):
         return {
