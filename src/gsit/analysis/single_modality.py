@@ -20,6 +20,8 @@ Outputs (new files only): ``single_modality.csv``, ``single_modality.md`` (the p
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +44,22 @@ from gsit.analysis.robustness import (
     zeroed_split,
 )
 from gsit.metrics import primary_metric_names
+from gsit.models.registry import model_config_class
 from gsit.runs import versions
 
 KEPT = MODALITIES + ("none",)  # text, audio, vision, then nothing kept
+
+
+def _default(model_name: str, key: str):
+    """The default of ``model.<key>`` for ``model_name`` (None if the model has no such key)."""
+    fields = {f.name: f for f in dataclasses.fields(model_config_class(model_name))}
+    return fields[key].default if key in fields else None
+
+
+def _cell(r: dict[str, Any], m: str) -> str:
+    if math.isnan(r[f"{m}_mean"]):
+        return "n/a"
+    return fmt_mean_std(r[f"{m}_mean"], r[f"{m}_std"]) + f" ({r[f'{m}_delta']:+.4f})"
 
 
 def kept_label(kept: str) -> str:
@@ -85,14 +100,14 @@ def single_modality(
     for r in rows:
         r["label"] = kept_label(r["kept"])
         for k in metric_names:
-            r[f"{k}_delta"] = r[f"{k}_mean"] - full[f"{k}_mean"]
+            r[f"{k}_delta"] = round(r[f"{k}_mean"] - full[f"{k}_mean"], 6)
     return {
         "run_dir": str(run_dir),
         "split": split,
         "dataset": run.data.dataset,
         "data_source": scored["data"].source,
         "model": run.model_name,
-        "structure": run.model.get("structure"),
+        "structure": run.model.get("structure", _default(run.model_name, "structure")),
         "seeds": scored["seeds"],
         "metrics": metric_names,
         "primary_metrics": primary_metric_names(metric_dataset(run.data.dataset)),
@@ -116,11 +131,7 @@ def write_single_modality(result: dict[str, Any], out_dir: Path) -> dict[str, Pa
         f"{k}_{s}" for k in metrics for s in ("mean", "std", "delta")
     ]
     shown = [m for m in result["primary_metrics"] if m in metrics] or metrics
-    md_rows = [
-        [r["label"], r["policy"]]
-        + [fmt_mean_std(r[f"{m}_mean"], r[f"{m}_std"]) + f" ({r[f'{m}_delta']:+.4f})" for m in shown]
-        for r in result["rows"]
-    ]
+    md_rows = [[r["label"], r["policy"]] + [_cell(r, m) for m in shown] for r in result["rows"]]
     md = (
         f"Single-modality check of {result['model']} ({result['structure']}) on {result['dataset']} "
         f"({result['split']} split; mean ± std over seeds {result['seeds']}; in brackets: difference from "
