@@ -189,6 +189,43 @@ def test_robustness_removing_a_cue_modality_hurts_more_than_vision(ablation, tmp
     assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 400
 
 
+def test_robustness_keep_one_single_modalities_collapse_on_a_joint_label(ablation, tmp_path):
+    """``gsit robustness --keep-one`` on the sign task (y = 1.5 s_t s_a m: no modality alone predicts it):
+    every single-modality row is far worse than the full model, under every policy."""
+    from gsit.analysis.single_modality import lookup, run_single_modality
+    from gsit.cli import main
+
+    run_dir = Path(ablation["out"]) / "original"
+    res = run_single_modality(run_dir, out=tmp_path / "one", command="test")
+    assert res["seeds"] == [1, 2]
+    keys = [(r["kept"], r["policy"]) for r in res["rows"]]
+    assert keys[0] == ("all", "intact")
+    for kept in ("text", "audio", "vision", "none"):
+        for pol in ("zeroed", "mean", "graph"):
+            assert (kept, pol) in keys
+    full = lookup(res, "all", "intact", "MAE")
+    assert res["rows"][0]["MAE_delta"] == 0.0
+    for kept in ("text", "audio", "vision"):
+        for pol in ("zeroed", "mean", "graph"):
+            row = next(r for r in res["rows"] if (r["kept"], r["policy"]) == (kept, pol))
+            assert row["MAE_mean"] > full + 0.5, (kept, pol)
+            assert row["MAE_delta"] == pytest.approx(row["MAE_mean"] - full)
+            assert row["label"] == f"{kept} only" and row["n_seeds"] == 2
+    with open(res["paths"]["csv"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["label"] for r in rows][:2] == ["full", "text only"] and len(rows) == len(res["rows"])
+    assert {"MAE_mean", "MAE_std", "MAE_delta", "Corr_delta"} <= set(rows[0])
+    saved = json.loads(Path(res["paths"]["json"]).read_text())
+    assert saved["command"] == "test" and "torch" in saved["versions"] and len(saved["per_seed"]) == 2 * 13
+    assert "| full | intact |" in Path(res["paths"]["md"]).read_text()
+    # the CLI option: one seed, refuses --rates, never overwrites
+    out = tmp_path / "cli"
+    assert main(["robustness", str(run_dir), "--keep-one", "--seeds", "1", "--out", str(out)]) == 0
+    assert (out / "single_modality.csv").is_file()
+    assert main(["robustness", str(run_dir), "--keep-one", "--out", str(out)]) != 0
+    assert main(["robustness", str(run_dir), "--keep-one", "--rates", "0.5"]) != 0
+
+
 def test_robustness_masking_rules():
     from gsit.analysis.robustness import masked_split, mean_split, training_means, zeroed_split
 

@@ -69,6 +69,8 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_robustness(args) -> int:
+    if args.keep_one:
+        return _keep_one(args)
     from gsit.analysis._common import require_matplotlib
     from gsit.analysis.robustness import run_robustness
 
@@ -93,6 +95,36 @@ def cmd_robustness(args) -> int:
                 f"± {r[f'{m}_std']:.4f}"
             )
     print(f"wrote {res['paths']['csv']}, {res['paths']['json']} and {res['paths']['png']}")
+    return 0
+
+
+def _keep_one(args) -> int:
+    """``robustness --keep-one``: full model vs one modality kept (gsit.analysis.single_modality)."""
+    import sys
+
+    from gsit.analysis.single_modality import run_single_modality
+
+    if args.rates is not None:
+        raise GsitError("--rates has no effect with --keep-one (modalities are removed whole)")
+    res = run_single_modality(
+        args.run_dir,
+        data_path=args.data,
+        out=args.out,
+        split=args.split,
+        seeds=list(_seeds(args.seeds) or ()) or None,
+        device=args.device,
+        command=" ".join(["gsit", *sys.argv[1:]]),
+    )
+    m = args.metric or res["primary_metrics"][0]
+    if f"{m}_mean" not in res["rows"][0]:
+        raise GsitError(f"unknown metric {m!r}; available: {res['metrics']}")
+    print(f"{res['model']} on {res['dataset']} ({res['split']}, {len(res['seeds'])} seed(s)); {m}:")
+    for r in res["rows"]:
+        print(
+            f"  {r['label']:12s} {r['policy']:7s} {r[f'{m}_mean']:.4f} ± {r[f'{m}_std']:.4f}  "
+            f"({r[f'{m}_delta']:+.4f} vs full)"
+        )
+    print(f"wrote {res['paths']['csv']}, {res['paths']['md']} and {res['paths']['json']}")
     return 0
 
 
@@ -274,6 +306,13 @@ def register(sub) -> None:
     p.add_argument("--mask-seed", type=int, default=0, help="seed of the random masks (MMSA missing_seed)")
     p.add_argument("--metric", default=None, help="metric to plot (default: the dataset's first primary one)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument(
+        "--keep-one",
+        action="store_true",
+        help="single-modality check instead: the full model beside each modality kept alone "
+        "(and none), per removal policy; writes single_modality.csv/.md/.json "
+        "(default dir RUN_DIR/single-modality-<time>)",
+    )
     p.set_defaults(func=cmd_robustness)
 
     p = sub.add_parser(

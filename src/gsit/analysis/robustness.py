@@ -224,6 +224,54 @@ def _sweep(model, part, means, score, rates, mask_seed: int) -> list[dict[str, A
     return out
 
 
+def score_seeds(
+    run_dir: str | Path,
+    sweep,
+    *,
+    data_path: str | None = None,
+    split: str = "test",
+    seeds: list[int] | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Load every seed's best checkpoint of ``run_dir`` and call ``sweep(model, part, means, score)`` (-> a
+    list of row dicts, each with the metrics of one condition); returns ``{"run", "data", "seeds",
+    "per_seed"}`` with the seed added to every row.  Shared by ``robustness`` and ``--keep-one``."""
+    run_dir = Path(run_dir)
+    run, data = run_config_from_dir(run_dir, data_path)
+    if split not in data.splits:
+        raise GsitError(f"split {split!r} not in the data (splits: {sorted(data.splits)})")
+    ctx = Dist(device=torch.device(device))
+    means = training_means(data.splits["train"])
+    part = data.splits[split]
+    part.fill_lengths()
+    seeds = seeds or run_seeds(run_dir)
+    per_seed: list[dict[str, Any]] = []
+    for s in seeds:
+        _, model = model_from_run_dir(run_dir, data, seed=s, device=device)
+
+        def score(sp, model=model):
+            return evaluate_split(model, sp, run=run, dataset=run.data.dataset, task=data.task, ctx=ctx)
+
+        per_seed += [{"seed": s, **r} for r in sweep(model, part, means, score)]
+    return {"run": run, "data": data, "seeds": seeds, "per_seed": per_seed}
+
+
+def aggregate(
+    per_seed: list[dict[str, Any]], keys: tuple[str, ...]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """(metric names with Loss first, one row per distinct ``keys`` value in first-seen order with
+    ``n_seeds`` and ``<metric>_mean`` / ``<metric>_std`` over seeds)."""
+    metric_names = ["Loss"] + [k for k in per_seed[0] if k not in ("seed", *keys, "Loss")]
+    rows = []
+    for key in dict.fromkeys(tuple(r[k] for k in keys) for r in per_seed):
+        group = [r for r in per_seed if tuple(r[k] for k in keys) == key]
+        row = {**dict(zip(keys, key)), "n_seeds": len(group)}
+        for k in metric_names:
+            row[f"{k}_mean"], row[f"{k}_std"] = mean_std([g[k] for g in group])
+        rows.append(row)
+    return metric_names, rows
+
+
 def robustness(
     run_dir: str | Path,
     *,
@@ -237,42 +285,20 @@ def robustness(
 ) -> dict[str, Any]:
     """Score every condition for every seed of ``run_dir``; returns ``{"rows", "per_seed", "metric",
     ...}``."""
-    run_dir = Path(run_dir)
-    run, data = run_config_from_dir(run_dir, data_path)
-    if split not in data.splits:
-        raise GsitError(f"split {split!r} not in the data (splits: {sorted(data.splits)})")
-    dataset = run.data.dataset
-    ctx = Dist(device=torch.device(device))
-    means = training_means(data.splits["train"])
-    part = data.splits[split]
-    part.fill_lengths()
-    seeds = seeds or run_seeds(run_dir)
-    per_seed: list[dict[str, Any]] = []
-    for s in seeds:
-        _, model = model_from_run_dir(run_dir, data, seed=s, device=device)
 
-        def score(sp, model=model):
-            return evaluate_split(model, sp, run=run, dataset=dataset, task=data.task, ctx=ctx)
+    def sweep(model, part, means, score):
+        return _sweep(model, part, means, score, rates, mask_seed)
 
-        per_seed += [{"seed": s, **r} for r in _sweep(model, part, means, score, rates, mask_seed)]
-    metric_names = ["Loss"] + [
-        k for k in per_seed[0] if k not in ("seed", "condition", "policy", "rate", "Loss")
-    ]
-    rows = []
-    keys = list(dict.fromkeys((r["condition"], r["policy"], r["rate"]) for r in per_seed))
-    for cond, pol, rate in keys:
-        group = [r for r in per_seed if (r["condition"], r["policy"], r["rate"]) == (cond, pol, rate)]
-        row = {"condition": cond, "policy": pol, "rate": rate, "n_seeds": len(group)}
-        for k in metric_names:
-            row[f"{k}_mean"], row[f"{k}_std"] = mean_std([g[k] for g in group])
-        rows.append(row)
-    default_metric = primary_metric_names(metric_dataset(dataset))[0]
+    scored = score_seeds(run_dir, sweep, data_path=data_path, split=split, seeds=seeds, device=device)
+    run, per_seed = scored["run"], scored["per_seed"]
+    metric_names, rows = aggregate(per_seed, ("condition", "policy", "rate"))
+    default_metric = primary_metric_names(metric_dataset(run.data.dataset))[0]
     return {
         "run_dir": str(run_dir),
         "split": split,
-        "dataset": dataset,
+        "dataset": run.data.dataset,
         "model": run.model_name,
-        "seeds": seeds,
+        "seeds": scored["seeds"],
         "mask_seed": mask_seed,
         "metrics": metric_names,
         "metric": metric or default_metric,
