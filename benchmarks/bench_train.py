@@ -58,6 +58,8 @@ COLUMNS = (
     "full_epoch_s",
     "status",
     "error",
+    "overrides",
+    "code",
     "gpu",
     "torch",
     "triton",
@@ -81,6 +83,20 @@ def versions() -> dict[str, str]:
         except Exception:  # noqa: BLE001 - optional packages: an empty column says it is absent
             out[mod] = ""
     return out
+
+
+def _code_version() -> str:
+    """The repository commit the run used (empty where the copy has no git metadata)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def make_data(work: Path, dataset: str, *, scale: float, mosei_train: int, kind: str) -> Path:
@@ -178,6 +194,8 @@ def one_run(
         "path": path,
         "amp": amp,
         "attention_backend": backend if model != "mult" else "mult",
+        "overrides": " ".join(overrides),
+        "code": _code_version(),
     }
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
