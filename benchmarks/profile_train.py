@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 def _instrument(runner, optimizer, split, *, run, seed, epoch) -> dict:
     import numpy as np
 
+    from gsit.capture import _copy_batch
     from gsit.evaluate import split_dataset
-    from gsit.execution import _copy_batch
     from gsit.train import epoch_batches
 
     dataset = split_dataset(split)

@@ -313,7 +313,7 @@ def test_a_capturable_optimizer_checkpoint_resumes_in_a_non_capturable_optimizer
 
 
 def test_the_text_encoder_stays_out_of_torch_compile_but_trains():
-    from gsit.execution import keep_text_encoder_eager
+    from gsit.capture import keep_text_encoder_eager
 
     traced = []  # per call of the encoder: was it being traced by Dynamo?
 

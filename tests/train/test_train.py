@@ -139,14 +139,14 @@ def test_train_epoch_loss_is_read_once_not_per_batch(seed, monkeypatch):
     model = build_model(run, data)
     opt = make_optimizer(run, model)
     losses: list[float] = []
-    real_loss = train_mod.batch_loss
+    real_loss = train_mod.training_loss
 
     def spy_loss(*a, **k):
         out = real_loss(*a, **k)
         losses.append(out.detach().clone())
         return out
 
-    monkeypatch.setattr(train_mod, "batch_loss", spy_loss)
+    monkeypatch.setattr(train_mod, "training_loss", spy_loss)
     reads = []
     real_float = torch.Tensor.__float__
     monkeypatch.setattr(torch.Tensor, "__float__", lambda t: (reads.append(1), real_float(t))[1])
