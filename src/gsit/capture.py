@@ -31,6 +31,7 @@ class _Captured:
     labels: torch.Tensor
     weights: torch.Tensor
     output: torch.Tensor
+    scale: torch.Tensor | None = None  # training: the loss scale (a DDP rank's share), a device scalar
 
 
 class CapturedOptimizerStep:
@@ -89,7 +90,7 @@ class CapturedOptimizerStep:
         graph.replay()
 
 
-def _copy_batch(c: _Captured, batch, weights: torch.Tensor) -> None:
+def _copy_batch(c: _Captured, batch, weights: torch.Tensor, scale: float = 1.0) -> None:
     """Copy a CPU batch into a captured graph's input buffers without stalling the host: the sources go
     through pinned (page-locked) memory, so each copy is queued behind the previous replay instead of
     waiting for it (a copy from pageable memory synchronises the stream first)."""
@@ -100,6 +101,8 @@ def _copy_batch(c: _Captured, batch, weights: torch.Tensor) -> None:
         c.lengths[m].copy_(t.pin_memory() if pin else t, non_blocking=True)
     c.labels.copy_(batch.labels.pin_memory() if pin else batch.labels, non_blocking=True)
     c.weights.copy_(weights.pin_memory() if pin else weights, non_blocking=True)
+    if c.scale is not None:
+        c.scale.fill_(scale)
 
 
 def keep_text_encoder_eager(model: torch.nn.Module) -> None:

@@ -71,3 +71,24 @@ def barrier(ctx: Dist) -> None:
 def rank_slice(batch: np.ndarray, ctx: Dist) -> np.ndarray:
     """This rank's fixed share of a global batch of row indices."""
     return batch[ctx.rank :: ctx.world]
+
+
+def broadcast_parameters(model: torch.nn.Module) -> None:
+    """Every rank takes rank 0's parameters and buffers (what DDP's constructor does), for the static
+    steps of :mod:`gsit.execution`, which run the plain model under ``torchrun``."""
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
+def all_reduce_mean_(tensors: list[torch.Tensor], world: int) -> None:
+    """Average ``tensors`` over the ``world`` processes in place, with one collective (flattened)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat.div_(world)
+    for t, v in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(v.view_as(t))

@@ -7,9 +7,17 @@
 * ``graphed``: the whole training step -- forward (text encoder included), loss, backward and the
   accumulation of the gradients -- captured once per input shape in a CUDA graph and replayed;
 * ``compiled_graphed``: the compiled model inside that captured step (the fastest on a GPU);
-* ``auto`` (default): ``compiled_graphed`` on one CUDA device, ``eager`` on a CPU and under DDP.
+* ``auto`` (default): on one CUDA device ``compiled_graphed`` for GsiT/Vanilla and ``graphed`` for
+  MulT (:data:`AUTO_FAST`); ``eager`` on a CPU and under DDP.
 
 What is run is recorded in the run's ``config.json`` (``execution``: requested, chosen, why).
+
+**Under DDP** (``torchrun``) the non-eager modes run the plain model (no DDP wrapper, whose per-backward
+hooks a captured step would bypass): rank 0's weights are broadcast once, every rank accumulates its
+share of each batch (loss scaled by its share, as in the eager DDP loop), and the window's summed
+gradients are averaged with one all-reduce just before the optimizer step -- the same arithmetic as DDP
+averaging every batch, with 1/``accumulation_steps`` of the collectives.  Value clipping would need the
+averaged gradient after every batch, so ``train.grad_clip > 0`` is refused there.
 
 **Static shapes, bounded.**  Every mode but ``eager`` sees only a small, fixed set of input shapes, so it
 compiles and captures a bounded number of times and never afterwards:
@@ -55,6 +63,7 @@ from gsit.capture import (
     dynamo_graph_count,
     keep_text_encoder_eager,
 )
+from gsit.distributed import all_reduce_mean_
 from gsit.errors import ConfigError
 from gsit.evaluate import amp_context, training_loss
 from gsit.models.gsit import static_shapes
@@ -108,6 +117,7 @@ def resolve_execution(
     world: int = 1,
     legacy_compile: bool = False,
     model_name: str = "gsit",
+    grad_clip: float = 0.0,
 ) -> Execution:
     """The execution mode for ``requested`` on ``device`` (``world`` processes); an impossible explicit
     request is an error, never a silent substitute."""
@@ -128,8 +138,9 @@ def resolve_execution(
             return Execution(
                 requested,
                 "eager",
-                f"DDP over {world} processes: the captured step bypasses "
-                "DDP's gradient hooks, so DDP runs eager (train.execution=compiled is allowed)",
+                f"DDP over {world} processes: the fast path under DDP (train.execution=compiled, "
+                "graphed or compiled_graphed: one gradient all-reduce per accumulation window) is "
+                "tested on CPU processes only, not yet on 2 GPUs, so auto keeps DDP eager",
             )
         mode = AUTO_FAST.get(model_name)
         if mode is None:
@@ -158,11 +169,12 @@ def resolve_execution(
                 f"train.execution={requested!r} needs a CUDA device (device is {device}); "
                 f"use 'eager' or 'compiled'"
             )
-        if world > 1:
-            raise ConfigError(
-                f"train.execution={requested!r} is single-process: under DDP ({world} "
-                f"processes) use 'eager' or 'compiled'"
-            )
+    if world > 1 and requested != "eager" and grad_clip > 0:
+        raise ConfigError(
+            f"train.grad_clip={grad_clip} with train.execution={requested!r} under DDP ({world} processes): "
+            "clipping needs the rank-averaged gradient after every batch, which the fast path's one "
+            "all-reduce per accumulation window does not give; use train.execution='eager' or no clipping"
+        )
     return Execution(requested, requested, "as requested")
 
 
@@ -255,6 +267,7 @@ class StepRunner:
         device: torch.device,
         train_module: torch.nn.Module | None = None,
         compile_text_encoder: bool = False,
+        world: int = 1,
         contrastive_weight: float = 0.0,
         contrastive_temperature: float = 0.1,
     ) -> None:
@@ -273,6 +286,11 @@ class StepRunner:
         self.contrastive_weight = contrastive_weight
         self.contrastive_temperature = contrastive_temperature
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # under DDP (world > 1) the static steps run the plain model and average the gradients once per
+        # accumulation window (optimizer_step); DDP's per-backward hooks would not see a captured step
+        self.world = world
+        if world > 1 and train_module is not None and train_module is not model:
+            raise ValueError("under DDP the static steps take the plain model (no DDP wrapper)")
         self.train_module = train_module if train_module is not None else model  # DDP wrapper, if any
         self.forward = self.train_module  # training forward (through DDP when there is one)
         self.eval_forward = model  # prediction never goes through DDP (ranks hold uneven batch counts)
@@ -311,6 +329,8 @@ class StepRunner:
     # ----------------------------------------------------------------- training
     def train_batch(self, dataset, rows: np.ndarray, scale: float = 1.0) -> torch.Tensor:
         self._require_static()
+        if self.world > 1:
+            self.ensure_grads()  # every rank all-reduces the same tensors, used or not
         batch, weights = self._cpu_batch(dataset, rows, self.batch_size)
         if not self.execution.graphed:
             batch = batch.to(self.device)
@@ -319,9 +339,7 @@ class StepRunner:
             (loss * scale).backward()
             self._clip()
             return loss.detach()
-        if scale != 1.0:
-            raise ValueError("a captured training step takes no loss scale (it is single-process)")
-        return self._replay(self._train_graphs, batch, weights, self._train_step, training=True)
+        return self._replay(self._train_graphs, batch, weights, self._train_step, training=True, scale=scale)
 
     def _weighted_loss(self, inputs, lengths, labels, weights) -> torch.Tensor:
         inputs = dict(inputs)
@@ -344,7 +362,7 @@ class StepRunner:
 
     def _train_step(self, c: _Captured) -> torch.Tensor:
         loss = self._weighted_loss(c.inputs, c.lengths, c.labels, c.weights)
-        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        grads = torch.autograd.grad(loss * c.scale, self.params, allow_unused=True)
         pairs = [(p.grad, g) for p, g in zip(self.params, grads) if g is not None]
         torch._foreach_add_([a for a, _ in pairs], [g for _, g in pairs])
         if self.grad_clip > 0:
@@ -377,17 +395,21 @@ class StepRunner:
             return self.eval_forward(c.inputs, c.lengths)["prediction"].float()
 
     # ----------------------------------------------------------------- CUDA graphs
-    def _replay(self, graphs: dict, batch, weights: torch.Tensor, step, *, training: bool) -> torch.Tensor:
+    def _replay(
+        self, graphs: dict, batch, weights: torch.Tensor, step, *, training: bool, scale: float = 1.0
+    ) -> torch.Tensor:
         key = (training, tuple((m, tuple(t.shape), t.dtype) for m, t in sorted(batch.inputs.items())))
         c = graphs.get(key)
         if c is None:
-            c = graphs[key] = self._capture(batch, weights, step, training=training)
+            c = graphs[key] = self._capture(batch, weights, step, training=training, scale=scale)
         else:
-            _copy_batch(c, batch, weights)
+            _copy_batch(c, batch, weights, scale)
         c.graph.replay()
         return c.output
 
-    def _capture(self, batch, weights: torch.Tensor, step, *, training: bool) -> _Captured:
+    def _capture(
+        self, batch, weights: torch.Tensor, step, *, training: bool, scale: float = 1.0
+    ) -> _Captured:
         """Warm the step up on a side stream, then capture it.  Neither the gradients, the weights nor the
         random streams see the warm-up or the capture: the accumulated gradients and the RNG states are
         restored afterwards, so capturing mid-window changes nothing."""
@@ -399,6 +421,7 @@ class StepRunner:
             batch.labels.to(dev),
             weights.to(dev),
             torch.empty(0),
+            torch.full((), float(scale), device=dev) if training else None,
         )
         if training:
             self.ensure_grads()
@@ -432,6 +455,8 @@ class StepRunner:
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """The window's optimizer update: captured in a CUDA graph under ``graphed``/``compiled_graphed``
         (:class:`CapturedOptimizerStep`), else ``optimizer.step()``."""
+        if self.world > 1:  # DDP without DDP's hooks: the window's summed gradients, averaged once
+            all_reduce_mean_([p.grad for p in self.params], self.world)
         if not self.execution.graphed:
             optimizer.step()
             return

@@ -45,7 +45,14 @@ from gsit.checkpoint import (
     stage_epoch,
 )
 from gsit.config import RunConfig
-from gsit.distributed import Dist, all_gather, barrier, init_distributed, rank_slice
+from gsit.distributed import (
+    Dist,
+    all_gather,
+    barrier,
+    broadcast_parameters,
+    init_distributed,
+    rank_slice,
+)
 from gsit.errors import GsitError
 from gsit.evaluate import autocast_for, batch_from, evaluate_split, split_dataset, training_loss
 from gsit.execution import Execution, StepRunner, modality_dropout_, resolve_execution
@@ -240,6 +247,7 @@ def make_runner(
         device=ctx.device,
         train_module=train_module,
         compile_text_encoder=t.compile_text_encoder,
+        world=ctx.world,
         contrastive_weight=t.contrastive_weight,
         contrastive_temperature=t.contrastive_temperature,
     )
@@ -253,6 +261,7 @@ def run_execution(run: RunConfig, ctx: Dist) -> Execution:
         world=ctx.world,
         legacy_compile=run.train.compile,
         model_name=run.model_name,
+        grad_clip=run.train.grad_clip,
     )
 
 
@@ -278,13 +287,15 @@ def train_seed(
     optimizer = make_optimizer(run, model)
     scheduler = make_scheduler(run, optimizer)
     train_model = model
-    if ctx.enabled:
+    execution = run_execution(run, ctx)
+    if ctx.enabled and not execution.static:
         train_model = DDP(
             model,
             device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
             find_unused_parameters=True,
         )
-    execution = run_execution(run, ctx)
+    elif ctx.enabled:  # the static steps average gradients themselves, once per window (gsit.execution)
+        broadcast_parameters(model)
     runner = make_runner(run, model, execution, task=task, ctx=ctx, train_module=train_model)
     state = {"epoch": 0, "best_valid": math.inf, "best_epoch": 0, "done": False, "best_state_id": None}
     if resume:

@@ -155,7 +155,6 @@ def test_resolve_execution_auto_and_refusals():
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert resolve_execution("auto", device=cpu).mode == "eager"
     assert resolve_execution("auto", device=gpu).mode == "compiled_graphed"
-    assert resolve_execution("auto", device=gpu, world=2).mode == "eager"
     assert resolve_execution("auto", device=gpu, model_name="vanilla").mode == "compiled_graphed"
     for name in ("mult", "mult_dagger"):
         mult = resolve_execution("auto", device=gpu, model_name=name)
@@ -167,8 +166,12 @@ def test_resolve_execution_auto_and_refusals():
     for mode in ("graphed", "compiled_graphed"):
         with pytest.raises(ConfigError, match="needs a CUDA device"):
             resolve_execution(mode, device=cpu)
-        with pytest.raises(ConfigError, match="single-process"):
-            resolve_execution(mode, device=gpu, world=2)
+        assert resolve_execution(mode, device=gpu, world=2).mode == mode  # DDP: one all-reduce per window
+        with pytest.raises(ConfigError, match="grad_clip"):
+            resolve_execution(mode, device=gpu, world=2, grad_clip=0.6)
+    assert resolve_execution("eager", device=cpu, world=2, grad_clip=0.6).mode == "eager"
+    auto_ddp = resolve_execution("auto", device=gpu, world=2)
+    assert auto_ddp.mode == "eager" and "not yet on 2 GPUs" in auto_ddp.reason
     with pytest.raises(ConfigError, match="train.execution='fast'"):
         resolve_execution("fast", device=cpu)
 
