@@ -4,6 +4,9 @@
     PYTHONPATH=src python benchmarks/bench_fusion.py --quick   # smoke run (x1, B=32, bf16)
     python benchmarks/bench_fusion.py --quick --device cpu --scale 16 --out /tmp/bench.csv   # CPU smoke
 
+The fusion-block builder, its fp32 oracle, step timing and the environment columns live in the package
+(:mod:`gsit.analysis.fusion_block`, shared with ``gsit memory-scaling``); this script holds the grid.
+
 What is timed: one training step (forward + backward) of the *fusion block only*, from the conv outputs
 ``x`` (B, N, d) (``requires_grad``) to the pooled features, with a fixed random upstream gradient --
 no text encoder, no conv, no head, no optimizer.
@@ -78,12 +81,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from gsit.analysis.fusion_block import (  # the builders this benchmark shares with gsit memory-scaling
+    CONV_KERNEL,
+    DATASET_LENGTHS,
+    GSIT_MODALITIES,
+    BenchInputs,
+    build_fusion,
+    environment,
+    percentile,
+    rel_err,
+    run_oracle,
+    time_steps,
+)
 from gsit.attention import check_backend
 from gsit.data.spec import DATASETS
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout
-from gsit.models.gsit import GraphFusion
-from gsit.models.mult import MulTConfig, MulTFusion
-from gsit.models.registry import model_class
 
 CSV_COLUMNS = (
     "gpu",
@@ -110,14 +122,6 @@ CSV_COLUMNS = (
     "note",
 )
 
-GSIT_MODALITIES = ("text", "vision", "audio")  # GsiTConfig's default concatenation order
-CONV_KERNEL = 5
-# conv-output lengths (raw padded length - kernel 5 + 1: mosi (46, 496, 371), mosei (46, 496, 496)), in
-# GSIT_MODALITIES order, from the dataset table
-DATASET_LENGTHS = {
-    name: tuple(DATASETS[name].shapes[m][0] - CONV_KERNEL + 1 for m in GSIT_MODALITIES)
-    for name in ("mosi", "mosei")
-}
 # the padding experiment: MOSI raw padded lengths (50, 500, 375) and realistic mean valid lengths per modality
 MOSI_RAW_MAX = tuple(DATASETS["mosi"].shapes[m][0] for m in GSIT_MODALITIES)
 MOSI_RAW_MEAN = (14, 42, 38)
@@ -177,77 +181,7 @@ class Job:
         return str(getattr(self, name))
 
 
-# --------------------------------------------------------------------------- the modules
-class SegmentedMulTFusion(nn.Module):
-    """:class:`gsit.models.mult.MulTFusion` behind GraphFusion's signature: the concatenated ``x`` (B, N, d)
-    is cut into its modality segments by ``layout``; ``valid`` is ignored (MulT reads padding)."""
-
-    def __init__(self, fusion: MulTFusion) -> None:
-        super().__init__()
-        self.fusion = fusion
-
-    def forward(
-        self, x: torch.Tensor, layout: SequenceLayout, valid: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        seg = {m: x[:, layout.segment(i)] for i, m in enumerate(layout.modalities)}  # m -> (B, T_m, d)
-        return self.fusion(seg)  # (B, 6d)
-
-
-def build_fusion(model: str, backend: str, cfg: BenchConfig) -> nn.Module:
-    """A fusion block in fp32 on CPU with weights that depend only on (model, seed), in eval mode:
-    GsiT's :class:`GraphFusion`, or the fusion of the registry's ``mult`` model (built whole, as before)."""
-    torch.manual_seed(cfg.seed)
-    if model == "gsit":
-        module = GraphFusion(
-            modalities=GSIT_MODALITIES,
-            d_model=cfg.d_model,
-            num_heads=cfg.num_heads,
-            num_layers=cfg.num_layers,
-            share_layers=True,
-            structure="original",
-            embed_dropout=0.0,
-            attn_dropout=0.0,
-            relu_dropout=0.0,
-            res_dropout=0.0,
-            attention_semantics="paper",
-            attention_backend=backend,
-        )
-    elif model == "mult":
-        mcfg = MulTConfig(
-            d_model=cfg.d_model,
-            num_heads=cfg.num_heads,
-            num_layers=cfg.num_layers,
-            share_layers=True,
-            causal=True,
-            positional=False,
-            attn_dropout=0.0,
-            attn_dropout_a=0.0,
-            attn_dropout_v=0.0,
-            relu_dropout=0.0,
-            res_dropout=0.0,
-            embed_dropout=0.0,
-            text_dropout=0.0,
-            output_dropout=0.0,
-        )
-        module = SegmentedMulTFusion(model_class("mult")(mcfg).fusion)
-    else:
-        raise ValueError(f"unknown model {model!r}; known: gsit, mult")
-    return module.eval()
-
-
 # --------------------------------------------------------------------------- inputs
-@dataclass
-class BenchInputs:
-    """One timed batch of the fusion block's inputs (not gsit.data.Batch: no labels; a fixed upstream
-    gradient)."""
-
-    layout: SequenceLayout
-    x: torch.Tensor  # (B, N, d) fp32 on the device
-    upstream: torch.Tensor  # (B, M * 2d) fp32
-    valid: torch.Tensor | None  # (B, M) or None
-    valid_tokens: int
-
-
 @dataclass
 class Case:
     """The inputs shared by every variant of one (model-independent) configuration."""
@@ -326,35 +260,7 @@ def padding_cases(cfg: BenchConfig) -> dict[str, Case]:
     return cases
 
 
-# --------------------------------------------------------------------------- correctness
-def _rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    got, ref = got.detach().double(), ref.detach().double()
-    if not torch.isfinite(got).all():
-        return float("inf")
-    denom = ref.norm().item()
-    return (got - ref).norm().item() / denom if denom > 0 else (got - ref).norm().item()
-
-
-def run_oracle(
-    model: str, batch: BenchInputs, cb: int, cfg: BenchConfig, *, backend: str = "reference"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 eager output and input gradient of the first ``cb`` samples (GsiT: the dense reference backend
-    unless told otherwise; MulT: the math SDPA kernel)."""
-    module = build_fusion(model, backend, cfg).to(cfg.device)
-    x = batch.x[:cb].detach().clone().requires_grad_(True)
-    valid = None if batch.valid is None else batch.valid[:cb]
-    if model == "mult":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        with sdpa_kernel(SDPBackend.MATH):
-            out = module(x, batch.layout, valid)
-            out.backward(batch.upstream[:cb])
-    else:
-        out = module(x, batch.layout, valid)
-        out.backward(batch.upstream[:cb])
-    return out.detach(), x.grad.detach()
-
-
+# --------------------------------------------------------------------------- the dense reference's size
 def reference_bytes(batch: int, n: int, heads: int) -> float:
     """Rough peak of the dense reference fwd+bwd: 12 attention calls, each keeping ~4 fp32 (B, H, N, N)
     tensors for backward, plus ~3 transient ones."""
@@ -454,52 +360,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(step: Callable[[], None], cfg: BenchConfig) -> list[float]:
-    """Milliseconds of ``reps`` steps after ``warmup`` steps."""
-    for _ in range(cfg.warmup):
-        step()
-    if str(cfg.device).startswith("cuda"):
-        events = [
-            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-            for _ in range(cfg.reps)
-        ]
-        for start, end in events:
-            start.record()
-            step()
-            end.record()
-        torch.cuda.synchronize()
-        return [start.elapsed_time(end) for start, end in events]
-    times = []
-    for _ in range(cfg.reps):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
-
-
-# --------------------------------------------------------------------------- environment
-def environment(device: str) -> dict[str, str]:
-    from importlib import metadata
-
-    try:
-        triton_version = metadata.version("triton")
-    except metadata.PackageNotFoundError:
-        triton_version = ""
-    cuda = str(device).startswith("cuda")
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {
-        "gpu": torch.cuda.get_device_name(torch.device(device)) if cuda else "cpu",
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "cudnn": str(cudnn or ""),
-        "cuda": str(torch.version.cuda or ""),
-    }
-
-
+# --------------------------------------------------------------------------- output
 def default_out_path(results_dir: Path, device: str) -> Path:
     name = environment(device)["gpu"]
     return Path(results_dir) / (re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") + ".csv")
@@ -679,7 +540,7 @@ def run_job(job: Job, case: Case, oracle: Callable[[BenchInputs], tuple], cfg: B
         runner.step()
         out, xgrad = runner.result()
         cb = ref_out.shape[0]
-        err = max(_rel_err(out[:cb], ref_out), _rel_err(xgrad[:cb], ref_grad))
+        err = max(rel_err(out[:cb], ref_out), rel_err(xgrad[:cb], ref_grad))
         row["check_rel_err"] = err
         if runner.note:
             notes.append(runner.note)
@@ -701,14 +562,14 @@ def run_job(job: Job, case: Case, oracle: Callable[[BenchInputs], tuple], cfg: B
         if len(medians) == 1:
             row.update(
                 median_ms=medians[0],
-                p10_ms=_percentile(all_times[0], 10),
-                p90_ms=_percentile(all_times[0], 90),
+                p10_ms=percentile(all_times[0], 10),
+                p90_ms=percentile(all_times[0], 90),
             )
         else:
             row.update(
                 median_ms=statistics.fmean(medians),
-                p10_ms=_percentile(medians, 10),
-                p90_ms=_percentile(medians, 90),
+                p10_ms=percentile(medians, 10),
+                p90_ms=percentile(medians, 90),
             )
         if cuda:
             row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20

@@ -26,8 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bench_fusion import DATASET_LENGTHS, GSIT_MODALITIES, environment  # noqa: E402  (this folder)
-
+from gsit.analysis.fusion_block import DATASET_LENGTHS, GSIT_MODALITIES, environment  # noqa: E402
 from gsit.attention import graph_attention  # noqa: E402
 from gsit.attention.triton.function import TileConfig, default_config  # noqa: E402
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout  # noqa: E402

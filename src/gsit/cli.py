@@ -239,12 +239,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new output directory")
     p.set_defaults(func=cmd_build_mosi)
 
+    from gsit.analysis.commands import cmd_memory_scaling
     from gsit.analysis.commands import register as register_analysis
 
     register_analysis(sub)
+    _add_memory_scaling(sub).set_defaults(func=cmd_memory_scaling)
     for p in sub.choices.values():
         p.formatter_class = HelpFormatter
     return parser
+
+
+def _add_memory_scaling(sub) -> argparse.ArgumentParser:
+    """``gsit memory-scaling``: its options are validated by :func:`gsit.analysis.memory_scaling.make_config`
+    (one ``gsit: error:`` line naming the option), so the lists and fractions stay strings here."""
+    p = sub.add_parser(
+        "memory-scaling",
+        help="peak memory and time of the decomposition against sequence length (Appendix B.2; CSV + PNG)",
+        description="Multiply every segment of the MOSEI (or MOSI) conv-output layout by each --scales "
+        "factor and record, per backend, the peak memory and time of one forward + backward of the "
+        "attention alone and of the fusion block, each checked against the fp32 reference first; then "
+        "log-log slopes.  Writes OUT/memory_scaling_<cpu|gpu>.csv and .png (never overwritten).",
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--out", required=True, help="folder for memory_scaling_<device>.csv / .png")
+    p.add_argument("--dataset", default="mosei", help="mosei | mosi (the layout that is scaled)")
+    p.add_argument("--scales", default=None, help="length factors (GPU default 1/8,...,64; CPU 1/8,...,2)")
+    p.add_argument("--scopes", default=None, help="attention,fusion_block (default: both)")
+    p.add_argument(
+        "--backends", default=None, help="of reference,naive,pairs,triton,flex (default: not flex)"
+    )
+    p.add_argument("--batch", type=int, default=None, help="default 8 on the GPU, 1 on CPU")
+    p.add_argument("--dtype", default=None, help="bf16 | fp32 (default bf16 on the GPU, fp32 on CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="default 3 on the GPU, 1 on CPU")
+    p.add_argument("--reps", type=int, default=None, help="default 10 on the GPU, 3 on CPU")
+    p.add_argument(
+        "--cpu-mem-cap-gb", type=float, default=2.0, help="CPU: skip rows whose scores exceed this"
+    )
+    p.add_argument(
+        "--check-max-n",
+        type=int,
+        default=None,
+        help="check vs the reference up to this N (default GPU 2100, CPU 600)",
+    )
+    p.add_argument("--fit-from", default="1/2", help="fit slopes over scales >= this")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default 1 on CPU: shared machines)"
+    )
+    p.add_argument("--max-seconds", type=float, default=None, help="later rows are written as skipped")
+    p.add_argument("--seed", type=int, default=0, help="seed of the inputs and weights")
+    return p
 
 
 def _os_error_text(e: OSError) -> str:

@@ -1,5 +1,5 @@
 """CLI subcommands of the analysis tools: ablate, robustness, attention-map, tune, report, efficiency,
-weight-stats.
+weight-stats, memory-scaling (its parser is in :mod:`gsit.cli`).
 
 Thin wrappers: each parses its arguments and calls one library function of :mod:`gsit.analysis`.  Plotting
 commands need matplotlib and ``tune`` needs optuna; both are imported lazily and a missing package is one
@@ -244,6 +244,16 @@ def cmd_efficiency(args) -> int:
         print(json.dumps(rows, indent=2))
     else:
         print(format_efficiency(rows))
+    return 0
+
+
+def cmd_memory_scaling(args) -> int:
+    from gsit.analysis.memory_scaling import make_config, memory_scaling
+
+    opts = ("device", "dataset", "scales", "scopes", "backends", "batch", "dtype", "warmup", "reps")
+    opts += ("cpu_mem_cap_gb", "check_max_n", "fit_from", "threads", "max_seconds", "seed")
+    command = "gsit " + " ".join(getattr(args, "argv", None) or ["memory-scaling"])
+    memory_scaling(make_config(**{k: getattr(args, k) for k in opts}, command=command), args.out)
     return 0
 
 

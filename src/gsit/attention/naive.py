@@ -6,7 +6,7 @@ softmax, (dropout), one ``bmm`` with the values; the block outputs are concatena
     out = graph_attention(q, k, v, mask, backend="naive", scale=None, dropout_p=0.0)
 
 What it is for: a readable record of how the paper's numbers were most likely computed, and the third
-curve of the memory-scaling benchmark (``benchmarks/bench_memory.py``).  Unlike ``pairs`` (SDPA, which
+curve of the memory-scaling sweep (``gsit memory-scaling``).  Unlike ``pairs`` (SDPA, which
 dispatches to flash / memory-efficient kernels where it can) it *materialises* every block's
 (B, H, Lq, Lk) score and probability matrices and keeps them for backward, so its memory grows with the
 sum of ``Lq * Lk`` over the allowed pairs -- quadratic in sequence length, only with a smaller constant

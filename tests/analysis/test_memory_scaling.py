@@ -1,36 +1,26 @@
-"""The memory-scaling benchmark (benchmarks/bench_memory.py) on CPU: the CSV it writes, the CPU peak-memory
-measure, the slope fit (with a quadratic negative control), and the ``naive`` decomposition against the
-dense ``reference`` in float64."""
+"""``gsit memory-scaling`` (gsit.analysis.memory_scaling / memory_measure / memory_plot) on CPU: the CSV it
+writes through the CLI, its option errors, the CPU peak-memory measure, the slope fit (with a quadratic
+negative control), and the ``naive`` decomposition against the dense ``reference`` in float64."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
-import sys
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
 import torch
 
+from gsit.analysis import memory_measure
+from gsit.analysis import memory_plot as plot_memory
+from gsit.analysis import memory_scaling as sweep
 from gsit.attention import graph_attention
+from gsit.cli import main
+from gsit.errors import GsitError
 from gsit.graph import GraphMask, ModalGraph, SequenceLayout
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 MODALITIES = ("text", "vision", "audio")
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load("bench_memory")
-plot_memory = sys.modules["plot_memory"]  # imported by bench_memory from the same folder
 
 
 def _rows(path: Path) -> list[dict]:
@@ -40,13 +30,13 @@ def _rows(path: Path) -> list[dict]:
 
 # --------------------------------------------------------------------------- the command
 def _smoke(tmp_path: Path, scopes: str) -> list[dict]:
-    argv = ["--device", "cpu", "--out", str(tmp_path), "--scales", "1/32,1/16", "--scopes", scopes]
-    argv += ["--warmup", "0", "--reps", "1"]
-    assert bench.main(argv) == 0
+    argv = ["memory-scaling", "--device", "cpu", "--out", str(tmp_path), "--scales", "1/32,1/16"]
+    argv += ["--scopes", scopes, "--warmup", "0", "--reps", "1"]
+    assert main(argv) == 0
     csv_path, png_path = tmp_path / "memory_scaling_cpu.csv", tmp_path / "memory_scaling_cpu.png"
     assert png_path.stat().st_size > 0
     with open(csv_path, newline="") as f:
-        assert tuple(next(csv.reader(f))) == bench.COLUMNS
+        assert tuple(next(csv.reader(f))) == sweep.COLUMNS
     rows = _rows(csv_path)
     points = [r for r in rows if r["row"] == "point"]
     assert {(r["scope"], r["backend"]) for r in points} == {
@@ -55,7 +45,7 @@ def _smoke(tmp_path: Path, scopes: str) -> list[dict]:
     assert len(points) == 2 * 4 * len(scopes.split(","))
     for r in points:
         assert r["torch"] == torch.__version__ and r["device"] == "cpu" and r["dtype"] == "fp32"
-        assert r["command"].startswith("python benchmarks/bench_memory.py --device cpu")
+        assert r["command"] == "gsit " + " ".join(argv)
         assert r["mem_method"].startswith("torch.profiler")
         if r["backend"] == "triton":  # never timed on CPU, never replaced by another backend
             assert r["status"].startswith("not run: triton needs CUDA"), r["status"]
@@ -67,35 +57,62 @@ def _smoke(tmp_path: Path, scopes: str) -> list[dict]:
     slopes = {(r["scope"], r["backend"]): r for r in rows if r["row"] == "slope"}
     assert len(slopes) == 4 * len(scopes.split(","))
     assert slopes[(scopes.split(",")[0], "triton")]["status"] == "no fit"
-    # never overwrites a result
-    with pytest.raises(SystemExit):
-        bench.main(argv)
     return rows
 
 
-def test_bench_memory_cpu_smoke_attention_writes_csv_and_png(tmp_path):
+def test_memory_scaling_cli_attention_writes_csv_and_png_and_never_overwrites(tmp_path, capsys):
     rows = _smoke(tmp_path, "attention")
+    before = (tmp_path / "memory_scaling_cpu.csv").read_bytes()
+    assert main(["memory-scaling", "--out", str(tmp_path), "--scales", "1/32", "--scopes", "attention"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gsit: error: ") and "memory_scaling_cpu.csv exists" in err
+    assert (tmp_path / "memory_scaling_cpu.csv").read_bytes() == before
     slope = next(r for r in rows if r["row"] == "slope" and r["backend"] == "reference")
     assert float(slope["slope_mem"]) > 1.5  # the dense (N, N) scores dominate already at N = 33..65
 
 
 @pytest.mark.slow
-def test_bench_memory_cpu_smoke_both_scopes(tmp_path):
+def test_memory_scaling_cli_both_scopes(tmp_path):
     _smoke(tmp_path, "attention,fusion_block")
 
 
-def test_bench_memory_rejects_bad_scales(tmp_path):
-    for bad in ("0,1", "a/b", "1/0"):
-        with pytest.raises(SystemExit):
-            bench.parse_args(["--out", str(tmp_path), "--scales", bad])
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--scales", "0,1", "--scales '0,1': need positive"),
+        ("--scales", "a/b", "--scales 'a/b'"),
+        ("--scales", "1/0", "--scales '1/0'"),
+        ("--backends", "pairs,flash", "--backends 'pairs,flash': unknown ['flash']"),
+        ("--scopes", "model", "--scopes 'model': unknown ['model']"),
+        ("--dataset", "sims", "--dataset 'sims'"),
+        ("--dtype", "fp16", "--dtype 'fp16'"),
+        ("--device", "tpu", "--device 'tpu'"),
+        ("--reps", "0", "--reps 0: must be >= 1"),
+        ("--fit-from", "x", "--fit-from 'x'"),
+    ],
+)
+def test_memory_scaling_cli_bad_option_is_one_error_line(tmp_path, capsys, option, value, says):
+    assert main(["memory-scaling", "--out", str(tmp_path / "out"), option, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gsit: error: ") and says in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_make_config_defaults_per_device():
+    cfg = sweep.make_config()
+    assert (cfg.batch, cfg.dtype, cfg.threads, cfg.check_max_n) == (1, "fp32", 1, 600)
+    assert cfg.scales == tuple(Fraction(s) for s in ("1/8", "1/4", "1/2", "1", "2"))
+    assert (cfg.d_model, cfg.num_heads, cfg.num_layers) == (128, 4, 4)  # the gsit preset
+    with pytest.raises(GsitError, match="--scales"):
+        sweep.parse_scales("")
 
 
 def test_cpu_cap_skips_the_dense_rows(tmp_path):
-    cfg = bench.MemConfig(scales=(Fraction(1, 8),), cpu_mem_cap_gb=1e-4, reps=1, warmup=0)
-    row = bench.measure("attention", "reference", Fraction(1, 8), cfg)
+    cfg = memory_measure.MemConfig(scales=(Fraction(1, 8),), cpu_mem_cap_gb=1e-4, reps=1, warmup=0)
+    row = memory_measure.measure("attention", "reference", Fraction(1, 8), cfg)
     assert row["status"].startswith("skipped: scores ~") and "cpu-mem-cap-gb" in row["status"]
     assert (
-        bench.measure("attention", "pairs", Fraction(1, 8), cfg)["status"] == "ok"
+        memory_measure.measure("attention", "pairs", Fraction(1, 8), cfg)["status"] == "ok"
     )  # no scores: never capped
 
 
@@ -109,25 +126,25 @@ def test_cpu_peak_bytes_counts_the_transient_peak_not_what_came_before():
         del b
         return a.sum()
 
-    peak = bench.cpu_peak_bytes(step)
+    peak = memory_measure.cpu_peak_bytes(step)
     assert 5 * 2**20 <= peak < 5 * 2**20 + 64 * 1024
-    assert bench.cpu_peak_bytes(lambda: kept.add_(1)) < 1024  # in place: nothing allocated
+    assert memory_measure.cpu_peak_bytes(lambda: kept.add_(1)) < 1024  # in place: nothing allocated
 
 
 def test_measured_attention_memory_is_quadratic_dense_and_linear_pairs():
     """The measured peak of the dense reference grows ~N^2, the SDPA pairs' ~N (the benchmark's claim,
     on a short CPU sweep)."""
-    cfg = bench.MemConfig()
+    cfg = memory_measure.MemConfig()
     slopes = {}
     for backend in ("reference", "naive", "pairs"):
         ns, peaks = [], []
         for scale in (Fraction(1, 4), Fraction(1, 2), Fraction(1)):
-            layout = bench.scaled_layout("mosei", scale)
-            clear, run, _ = bench.make_case("attention", backend, layout, cfg)
+            layout = memory_measure.scaled_layout("mosei", scale)
+            clear, run, _ = memory_measure.make_case("attention", backend, layout, cfg)
             run()
             clear()
             ns.append(layout.total)
-            peaks.append(bench.peak_step_bytes(run, "cpu"))
+            peaks.append(memory_measure.peak_step_bytes(run, "cpu"))
         slopes[backend] = plot_memory.loglog_slope(ns, peaks)
     assert slopes["reference"] > 1.8
     assert slopes["naive"] > 1.6  # per-block scores: still quadratic
@@ -135,12 +152,16 @@ def test_measured_attention_memory_is_quadratic_dense_and_linear_pairs():
 
 
 def test_score_estimates_order_dense_over_naive_over_flash():
-    layout = bench.scaled_layout("mosei", Fraction(1))
+    layout = memory_measure.scaled_layout("mosei", Fraction(1))
     fwd = ModalGraph.named("forward", MODALITIES)
-    dense, naive = (bench.score_elements(b, layout, fwd) for b in ("reference", "naive"))
+    dense, naive = (memory_measure.score_elements(b, layout, fwd) for b in ("reference", "naive"))
     assert dense == layout.total**2
     assert naive == 46 * 496 + 496 * 496 + 496 * 46  # text->vision, vision->audio, audio->text
-    assert bench.score_elements("pairs", layout, fwd) == bench.score_elements("triton", layout, fwd) == 0
+    assert (
+        memory_measure.score_elements("pairs", layout, fwd)
+        == memory_measure.score_elements("triton", layout, fwd)
+        == 0
+    )
 
 
 # --------------------------------------------------------------------------- the slope fit

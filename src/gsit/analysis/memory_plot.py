@@ -1,12 +1,13 @@
-"""Log-log slopes and the PNG of a memory-scaling CSV (from bench_memory.py).  Reads result rows only.
+"""Log-log slopes and the PNG of a memory-scaling CSV (from ``gsit memory-scaling``).  Reads result rows only.
 
-    python benchmarks/plot_memory.py benchmarks/results/memory_scaling_cpu.csv [--out FILE.png]
+    python -m gsit.analysis.memory_plot benchmarks/results/memory_scaling_cpu.csv [--out FILE.png]   # redraw
 
 :func:`slope_rows` fits, per (scope, backend), the least-squares slope of log(peak memory) and of log(time)
 against log(N) (slope ~1: linear in length, ~2: quadratic).  :func:`plot` draws 2 x 2 log-log panels:
 (attention, fusion block) x (peak memory, median time) against N, one line per backend, its slopes in
 the legend, a cross where a backend first ran out of memory.  Only ``ok`` rows are drawn or fitted.
-matplotlib is imported when :func:`plot` runs.
+matplotlib is imported when :func:`plot` runs.  What it does not do: measure (that is
+:mod:`gsit.analysis.memory_scaling`).
 """
 
 from __future__ import annotations
@@ -126,7 +127,9 @@ def plot(rows: list[dict], out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m gsit.analysis.memory_plot", description=__doc__.split("\n")[0]
+    )
     p.add_argument("csv", type=Path)
     p.add_argument("--out", type=Path, default=None, help="PNG path (default: the CSV's path with .png)")
     args = p.parse_args(argv)
