@@ -5,7 +5,9 @@
 Runs ONE real ``gsit train`` in this process (MOSI- or MOSEI-shaped generated data, as
 ``benchmarks/bench_train.py`` makes it) and instruments it from outside, without changing what runs:
 
-* every epoch: wall time of ``train_epoch``, of each ``evaluate_split`` and of checkpoint staging;
+* every epoch: wall time of ``train_epoch``, of each ``evaluate_split`` and of checkpoint staging, and
+  ``graphs`` (compiled + captured graphs so far) read right after the epoch's training, before its
+  validation pass (so epoch 1's validation captures show up in epoch 2's count);
 * after the last epoch's training (``--epochs``, default 3), on the same runner and data:
 
   - ``host_prep_s``: building the epoch's padded CPU batches alone (``StepRunner._cpu_batch``);
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 def _instrument(runner, optimizer, split, *, run, seed, epoch) -> dict:
     import numpy as np
 
-    from gsit.capture import _copy_batch
+    from gsit.capture import copy_batch
     from gsit.evaluate import split_dataset
     from gsit.train import epoch_batches
 
@@ -197,7 +199,7 @@ def _instrument(runner, optimizer, split, *, run, seed, epoch) -> dict:
         for _ in range(20):
             _sync()
             t1 = time.perf_counter()
-            _copy_batch(c, b, w)
+            copy_batch(c, b, w)
             _sync()
             times.append(time.perf_counter() - t1)
         res["copy_ms"] = statistics.median(times) * 1e3
@@ -205,7 +207,7 @@ def _instrument(runner, optimizer, split, *, run, seed, epoch) -> dict:
         _sync()
         t0 = time.perf_counter()
         for b, w in prepared:
-            _copy_batch(c, b, w)
+            copy_batch(c, b, w)
             c.graph.replay()
         _sync()
         res["replay_loop_s"] = time.perf_counter() - t0

@@ -24,7 +24,7 @@ def in_static_step() -> bool:
 
 
 @dataclass
-class _Captured:
+class Captured:
     graph: Any
     inputs: dict[str, torch.Tensor]
     lengths: dict[str, torch.Tensor]
@@ -90,7 +90,7 @@ class CapturedOptimizerStep:
         graph.replay()
 
 
-def _copy_batch(c: _Captured, batch, weights: torch.Tensor, scale: float = 1.0) -> None:
+def copy_batch(c: Captured, batch, weights: torch.Tensor, scale: float = 1.0) -> None:
     """Copy a CPU batch into a captured graph's input buffers without stalling the host: the sources go
     through pinned (page-locked) memory, so each copy is queued behind the previous replay instead of
     waiting for it (a copy from pageable memory synchronises the stream first)."""
@@ -116,7 +116,7 @@ def keep_text_encoder_eager(model: torch.nn.Module) -> None:
     enc._gsit_eager_under_compile = True
 
 
-def _raise_recompile_limit(n: int) -> None:
+def raise_recompile_limit(n: int) -> None:
     """Dynamo keeps a few compiled graphs per code object; a run needs one per (shape, train/eval)."""
     cfg = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):

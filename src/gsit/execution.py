@@ -42,6 +42,11 @@ optimizer steps after the window's last batch; the partial window is never stepp
 ``backward()`` so that the accumulation happens inside the graph, in place, and the optimizer update
 itself is a captured graph too (Adam in its ``capturable`` form, :class:`CapturedOptimizerStep`).
 
+**Unused parameters.**  The static steps give every trainable parameter a ``.grad`` (zeros where no
+forward uses it, e.g. a BERT pooler), where the eager loop leaves ``None`` and Adam skips it; with Adam's
+coupled weight decay such a parameter then decays.  Predictions never read it, so results are unchanged,
+but its checkpointed value differs from an eager run's.
+
 **Exactness.**  With dropout off, fp32 losses and metrics equal the eager path up to float summation order
 (GPU test ``tests/train/test_execution_gpu.py``).  With dropout on, the masks are drawn from the same
 generator but in a different order (per captured graph), so runs agree in distribution, not bit for bit.
@@ -56,12 +61,12 @@ import numpy as np
 import torch
 
 from gsit.capture import (
+    Captured,
     CapturedOptimizerStep,
-    _Captured,
-    _copy_batch,
-    _raise_recompile_limit,
+    copy_batch,
     dynamo_graph_count,
     keep_text_encoder_eager,
+    raise_recompile_limit,
 )
 from gsit.distributed import all_reduce_mean_
 from gsit.errors import ConfigError
@@ -121,6 +126,23 @@ def resolve_execution(
 ) -> Execution:
     """The execution mode for ``requested`` on ``device`` (``world`` processes); an impossible explicit
     request is an error, never a silent substitute."""
+    chosen = _choose(
+        requested, device=device, world=world, legacy_compile=legacy_compile, model_name=model_name
+    )
+    if world > 1 and chosen.static and grad_clip > 0:
+        how = "train.compile=true (--compile)" if legacy_compile else f"train.execution={requested!r}"
+        raise ConfigError(
+            f"train.grad_clip={grad_clip} with {how} under DDP ({world} processes): clipping needs the "
+            "rank-averaged gradient after every batch, which the fast path's one all-reduce per "
+            "accumulation window does not give; use train.execution='eager' (without --compile) or no "
+            "clipping"
+        )
+    return chosen
+
+
+def _choose(
+    requested: str, *, device: torch.device, world: int, legacy_compile: bool, model_name: str
+) -> Execution:
     if requested not in EXECUTIONS:
         raise ConfigError(f"train.execution={requested!r}; allowed: {list(EXECUTIONS)}")
     cuda = device.type == "cuda"
@@ -169,12 +191,6 @@ def resolve_execution(
                 f"train.execution={requested!r} needs a CUDA device (device is {device}); "
                 f"use 'eager' or 'compiled'"
             )
-    if world > 1 and requested != "eager" and grad_clip > 0:
-        raise ConfigError(
-            f"train.grad_clip={grad_clip} with train.execution={requested!r} under DDP ({world} processes): "
-            "clipping needs the rank-averaged gradient after every batch, which the fast path's one "
-            "all-reduce per accumulation window does not give; use train.execution='eager' or no clipping"
-        )
     return Execution(requested, requested, "as requested")
 
 
@@ -297,15 +313,15 @@ class StepRunner:
         if execution.compiled:
             # one compiled graph per (shape, train/eval) and per new model structure (seeds, tuning trials);
             # past Dynamo's limit a frame would silently run eager, so the limit is set well above it
-            _raise_recompile_limit(64)
+            raise_recompile_limit(64)
             if not compile_text_encoder:
                 keep_text_encoder_eager(model)
             self.forward = torch.compile(self.train_module, dynamic=False)
             self.eval_forward = (
                 self.forward if self.train_module is model else torch.compile(model, dynamic=False)
             )
-        self._train_graphs: dict[tuple, _Captured] = {}
-        self._eval_graphs: dict[tuple, _Captured] = {}
+        self._train_graphs: dict[tuple, Captured] = {}
+        self._eval_graphs: dict[tuple, Captured] = {}
         self.captures = 0
         self._optimizer_step: CapturedOptimizerStep | None = None
 
@@ -360,7 +376,7 @@ class StepRunner:
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_value_(self.params, self.grad_clip)
 
-    def _train_step(self, c: _Captured) -> torch.Tensor:
+    def _train_step(self, c: Captured) -> torch.Tensor:
         loss = self._weighted_loss(c.inputs, c.lengths, c.labels, c.weights)
         grads = torch.autograd.grad(loss * c.scale, self.params, allow_unused=True)
         pairs = [(p.grad, g) for p, g in zip(self.params, grads) if g is not None]
@@ -390,7 +406,7 @@ class StepRunner:
                 return self.eval_forward(batch.inputs, batch.lengths)["prediction"].float()[:n]
         return self._replay(self._eval_graphs, batch, weights, self._eval_step, training=False)[:n]
 
-    def _eval_step(self, c: _Captured) -> torch.Tensor:
+    def _eval_step(self, c: Captured) -> torch.Tensor:
         with torch.no_grad(), self.autocast(), static_shapes():
             return self.eval_forward(c.inputs, c.lengths)["prediction"].float()
 
@@ -403,18 +419,16 @@ class StepRunner:
         if c is None:
             c = graphs[key] = self._capture(batch, weights, step, training=training, scale=scale)
         else:
-            _copy_batch(c, batch, weights, scale)
+            copy_batch(c, batch, weights, scale)
         c.graph.replay()
         return c.output
 
-    def _capture(
-        self, batch, weights: torch.Tensor, step, *, training: bool, scale: float = 1.0
-    ) -> _Captured:
+    def _capture(self, batch, weights: torch.Tensor, step, *, training: bool, scale: float = 1.0) -> Captured:
         """Warm the step up on a side stream, then capture it.  Neither the gradients, the weights nor the
         random streams see the warm-up or the capture: the accumulated gradients and the RNG states are
         restored afterwards, so capturing mid-window changes nothing."""
         dev = self.device
-        c = _Captured(
+        c = Captured(
             None,
             {m: t.to(dev) for m, t in batch.inputs.items()},
             {m: t.to(dev) for m, t in batch.lengths.items()},

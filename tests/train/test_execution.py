@@ -170,6 +170,9 @@ def test_resolve_execution_auto_and_refusals():
         with pytest.raises(ConfigError, match="grad_clip"):
             resolve_execution(mode, device=gpu, world=2, grad_clip=0.6)
     assert resolve_execution("eager", device=cpu, world=2, grad_clip=0.6).mode == "eager"
+    with pytest.raises(ConfigError, match="--compile"):  # the legacy switch takes the static path too
+        resolve_execution("auto", device=gpu, world=2, legacy_compile=True, grad_clip=0.6)
+    assert resolve_execution("auto", device=gpu, world=2, grad_clip=0.6).mode == "eager"
     auto_ddp = resolve_execution("auto", device=gpu, world=2)
     assert auto_ddp.mode == "eager" and "not yet on 2 GPUs" in auto_ddp.reason
     with pytest.raises(ConfigError, match="train.execution='fast'"):
