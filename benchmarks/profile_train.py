@@ -166,8 +166,8 @@ def _instrument(runner, optimizer, split, *, run, seed, epoch) -> dict:
     import numpy as np
 
     from gsit.capture import copy_batch
+    from gsit.data.batch import epoch_batches
     from gsit.evaluate import split_dataset
-    from gsit.train import epoch_batches
 
     dataset = split_dataset(split)
     batches = epoch_batches(len(split), run.train.batch_size, shuffle=True, seed=seed, epoch=epoch)

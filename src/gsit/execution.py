@@ -54,7 +54,6 @@ generator but in a different order (per captured graph), so runs agree in distri
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,14 +67,13 @@ from gsit.capture import (
     keep_text_encoder_eager,
     raise_recompile_limit,
 )
+from gsit.data.batch import cut_to_level, padded_rows
 from gsit.distributed import all_reduce_mean_
 from gsit.errors import ConfigError
 from gsit.evaluate import amp_context, training_loss
 from gsit.models.gsit import static_shapes
 
 EXECUTIONS = ("auto", "eager", "compiled", "graphed", "compiled_graphed")
-# padding-aware mode: an input is cut to the smallest level x padded length that holds every valid step
-LENGTH_LEVELS = (0.125, 0.25, 0.5, 1.0)
 WARMUP_STEPS = 2
 # eager runs of a step on a side stream before its capture (lazy initialisation)
 # what ``auto`` picks per model on one GPU: modes checked against eager there
@@ -192,57 +190,6 @@ def _choose(
                 f"use 'eager' or 'compiled'"
             )
     return Execution(requested, requested, "as requested")
-
-
-# ----------------------------------------------------------------------------- static batches
-
-
-def padded_rows(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``rows`` padded to ``size`` with copies of its first row; weights 1 for real rows, 0 for copies."""
-    n = len(rows)
-    if n > size:
-        raise ValueError(f"a batch of {n} rows does not fit the static batch size {size}")
-    if n == 0:
-        raise ValueError("an empty batch cannot be padded")
-    idx = np.concatenate([rows, np.full(size - n, rows[0], dtype=rows.dtype)])
-    weights = np.zeros(size, dtype=np.float32)
-    weights[:n] = 1.0
-    return idx, weights
-
-
-def level_length(full: int, needed: int, levels: tuple[float, ...] = LENGTH_LEVELS) -> int:
-    """The smallest ``ceil(f * full)`` over ``levels`` that is >= ``needed`` (``full`` if none is)."""
-    for f in levels:
-        n = min(full, math.ceil(f * full))
-        if n >= needed:
-            return n
-    return full
-
-
-def cut_to_level(
-    batch,
-    *,
-    modalities: tuple[str, ...],
-    kernel_sizes: dict[str, int],
-    levels: tuple[float, ...] = LENGTH_LEVELS,
-):
-    """Padding-aware mode: cut the CPU batch's time axes to one shared length level (see module doc).
-    Text given as ``text_bert`` token rows (B, 3, L) is left whole (BERT runs on it first)."""
-    fraction = 0.0
-    for m in modalities:
-        x = batch.inputs[m]
-        if m == "text" and not x.is_floating_point():
-            continue
-        full = x.shape[1]
-        need = max(int(batch.lengths[m].max()) if len(batch.lengths[m]) else 0, int(kernel_sizes[m]))
-        fraction = max(fraction, next((f for f in levels if min(full, math.ceil(f * full)) >= need), 1.0))
-    for m in modalities:
-        x = batch.inputs[m]
-        if m == "text" and not x.is_floating_point():
-            continue
-        keep = level_length(x.shape[1], math.ceil(fraction * x.shape[1]), levels)
-        batch.inputs[m] = x[:, :keep]
-    return batch
 
 
 # ----------------------------------------------------------------------------- one step

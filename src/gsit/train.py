@@ -45,6 +45,7 @@ from gsit.checkpoint import (
     stage_epoch,
 )
 from gsit.config import RunConfig
+from gsit.data.batch import epoch_batches, total_lengths
 from gsit.distributed import (
     Dist,
     all_gather,
@@ -72,39 +73,6 @@ def set_seed(seed: int, *, deterministic: bool = False) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-
-
-def epoch_batches(
-    n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: int, sizes: np.ndarray | None = None
-) -> list[np.ndarray]:
-    """Global batches of row indices; the permutation depends only on (seed, epoch), so a resumed run and
-    every DDP rank see the same batches.  With ``sizes`` (per-row total valid length), rows are bucketed:
-    each chunk of 32 batches is sorted by size before batching, and the batch order is shuffled."""
-    if shuffle:
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=g).numpy()
-    else:
-        g, order = None, np.arange(n)
-    if sizes is not None:
-        chunk = 32 * batch_size
-        order = np.concatenate(
-            [
-                c[np.argsort(sizes[c], kind="stable")]
-                for c in (order[i : i + chunk] for i in range(0, n, chunk))
-            ]
-        )
-    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    if sizes is not None and g is not None:
-        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-    return batches
-
-
-def total_lengths(split) -> np.ndarray:
-    """Per-row sum of valid lengths over the modalities (for length bucketing)."""
-    split.fill_lengths()
-    return (
-        np.asarray(split.text_lengths) + np.asarray(split.audio_lengths) + np.asarray(split.vision_lengths)
-    ).astype(np.int64)
 
 
 _NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")

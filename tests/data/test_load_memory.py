@@ -114,8 +114,8 @@ def test_converted_npz_load_holds_one_copy(tmp_path):
 def test_an_epoch_of_batches_never_copies_the_split(tmp_path):
     """Training batches are gathered per step (one fancy-index per array): iterating a whole epoch costs
     about one batch of memory, never a second copy of the split."""
+    from gsit.data.batch import epoch_batches, total_lengths
     from gsit.evaluate import batch_from as _batch_from
-    from gsit.train import epoch_batches, total_lengths
 
     data = load_dataset(_mmsa_file(tmp_path / "d.pkl", n=(512, 8, 8)), dataset="mosei")
     split = data.splits["train"]

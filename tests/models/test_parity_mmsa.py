@@ -437,8 +437,9 @@ def test_mmsa_mult_protocol_equals_mmsa_trainer(tmp_path, monkeypatch, dropout):
     ``verbose`` argument, which MMSA passes (line 22); the shim drops it and builds the same scheduler."""
     from gsit.build import build_model as gsit_build_model
     from gsit.checkpoint import load_tensors
+    from gsit.data.batch import epoch_batches
     from gsit.distributed import Dist
-    from gsit.train import Progress, epoch_batches, set_seed, train_seed
+    from gsit.train import Progress, set_seed, train_seed
 
     epochs, seed = PROTOCOL_EPOCHS, 1111
     overrides = [

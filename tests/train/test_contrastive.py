@@ -18,11 +18,12 @@ from gsit.analysis.variants import DEFAULT_VARIANTS, VARIANTS
 from gsit.build import build_model
 from gsit.config import load_config
 from gsit.data import make_synthetic, write_mmsa_pickle
+from gsit.data.batch import epoch_batches
 from gsit.distributed import Dist
 from gsit.errors import ConfigError, GsitError
 from gsit.evaluate import batch_from, contrastive_loss, training_loss
 from gsit.execution import Execution
-from gsit.train import epoch_batches, make_optimizer, make_runner, train_epoch
+from gsit.train import make_optimizer, make_runner, train_epoch
 
 NO_DROPOUT = ["model.text_dropout=0.0", "model.embed_dropout=0.0", "model.attn_dropout=0.0"]
 TINY = ["model.d_model=8", "model.num_heads=2", "model.num_layers=1", *NO_DROPOUT]

@@ -15,17 +15,11 @@ from gsit import cli
 from gsit.build import build_model
 from gsit.config import load_config
 from gsit.data import make_synthetic
+from gsit.data.batch import LENGTH_LEVELS, cut_to_level, level_length, padded_rows
 from gsit.distributed import Dist
 from gsit.errors import ConfigError
 from gsit.evaluate import predict_split, split_dataset
-from gsit.execution import (
-    LENGTH_LEVELS,
-    Execution,
-    cut_to_level,
-    level_length,
-    padded_rows,
-    resolve_execution,
-)
+from gsit.execution import Execution, resolve_execution
 from gsit.models.gsit import _static_step, static_shapes
 from gsit.train import make_optimizer, make_runner, train_epoch
 

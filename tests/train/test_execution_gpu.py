@@ -24,9 +24,10 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 from gsit.build import build_model  # noqa: E402
 from gsit.config import load_config  # noqa: E402
 from gsit.data import make_synthetic  # noqa: E402
+from gsit.data.batch import LENGTH_LEVELS  # noqa: E402
 from gsit.distributed import Dist  # noqa: E402
 from gsit.evaluate import predict_split  # noqa: E402
-from gsit.execution import LENGTH_LEVELS, Execution  # noqa: E402
+from gsit.execution import Execution  # noqa: E402
 from gsit.train import make_optimizer, make_runner, train_epoch  # noqa: E402
 
 DEV = torch.device("cuda", 0)

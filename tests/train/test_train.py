@@ -23,9 +23,10 @@ from gsit.build import build_model
 from gsit.checkpoint import load_model_weights
 from gsit.config import load_config
 from gsit.data import make_synthetic, write_mmsa_pickle
+from gsit.data.batch import epoch_batches
 from gsit.distributed import Dist
 from gsit.evaluate import split_loss
-from gsit.train import Progress, epoch_batches, make_optimizer, train_epoch, train_seed
+from gsit.train import Progress, make_optimizer, train_epoch, train_seed
 
 NO_DROPOUT = ["model.text_dropout=0.0", "model.embed_dropout=0.0", "model.attn_dropout=0.0"]
 TINY_MODEL = ["model.d_model=8", "model.num_heads=2", "model.num_layers=1", *NO_DROPOUT]

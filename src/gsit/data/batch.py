@@ -7,6 +7,7 @@ for map-style datasets, and training calls directly), so only the batch itself i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,3 +121,90 @@ def _label_tensor(a: np.ndarray) -> torch.Tensor:
     if a.dtype.kind in "iu":
         return torch.from_numpy(a.astype(np.int64))
     return torch.from_numpy(a.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------- which rows, which shapes
+
+# padding-aware mode: an input is cut to the smallest level x padded length that holds every valid step
+LENGTH_LEVELS = (0.125, 0.25, 0.5, 1.0)
+
+
+def epoch_batches(
+    n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: int, sizes: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """Global batches of row indices; the permutation depends only on (seed, epoch), so a resumed run and
+    every DDP rank see the same batches.  With ``sizes`` (per-row total valid length), rows are bucketed:
+    each chunk of 32 batches is sorted by size before batching, and the batch order is shuffled."""
+    if shuffle:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=g).numpy()
+    else:
+        g, order = None, np.arange(n)
+    if sizes is not None:
+        chunk = 32 * batch_size
+        order = np.concatenate(
+            [
+                c[np.argsort(sizes[c], kind="stable")]
+                for c in (order[i : i + chunk] for i in range(0, n, chunk))
+            ]
+        )
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if sizes is not None and g is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    return batches
+
+
+def total_lengths(split) -> np.ndarray:
+    """Per-row sum of valid lengths over the modalities (for length bucketing)."""
+    split.fill_lengths()
+    return (
+        np.asarray(split.text_lengths) + np.asarray(split.audio_lengths) + np.asarray(split.vision_lengths)
+    ).astype(np.int64)
+
+
+def padded_rows(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` padded to ``size`` with copies of its first row; weights 1 for real rows, 0 for copies."""
+    n = len(rows)
+    if n > size:
+        raise ValueError(f"a batch of {n} rows does not fit the static batch size {size}")
+    if n == 0:
+        raise ValueError("an empty batch cannot be padded")
+    idx = np.concatenate([rows, np.full(size - n, rows[0], dtype=rows.dtype)])
+    weights = np.zeros(size, dtype=np.float32)
+    weights[:n] = 1.0
+    return idx, weights
+
+
+def level_length(full: int, needed: int, levels: tuple[float, ...] = LENGTH_LEVELS) -> int:
+    """The smallest ``ceil(f * full)`` over ``levels`` that is >= ``needed`` (``full`` if none is)."""
+    for f in levels:
+        n = min(full, math.ceil(f * full))
+        if n >= needed:
+            return n
+    return full
+
+
+def cut_to_level(
+    batch,
+    *,
+    modalities: tuple[str, ...],
+    kernel_sizes: dict[str, int],
+    levels: tuple[float, ...] = LENGTH_LEVELS,
+):
+    """Padding-aware mode: cut the CPU batch's time axes to one shared length level (see module doc).
+    Text given as ``text_bert`` token rows (B, 3, L) is left whole (BERT runs on it first)."""
+    fraction = 0.0
+    for m in modalities:
+        x = batch.inputs[m]
+        if m == "text" and not x.is_floating_point():
+            continue
+        full = x.shape[1]
+        need = max(int(batch.lengths[m].max()) if len(batch.lengths[m]) else 0, int(kernel_sizes[m]))
+        fraction = max(fraction, next((f for f in levels if min(full, math.ceil(f * full)) >= need), 1.0))
+    for m in modalities:
+        x = batch.inputs[m]
+        if m == "text" and not x.is_floating_point():
+            continue
+        keep = level_length(x.shape[1], math.ceil(fraction * x.shape[1]), levels)
+        batch.inputs[m] = x[:, :keep]
+    return batch
