@@ -13,16 +13,6 @@ import torch
 from gsit.errors import ConfigError
 
 
-def _is_capturing() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-
-
-def in_static_step() -> bool:
-    """True while a compiled graph is traced or a CUDA graph is captured: code on this path must not read
-    tensor values on the host (the model skips its own padding trim there; the executor has cut already)."""
-    return torch.compiler.is_compiling() or _is_capturing()
-
-
 @dataclass
 class Captured:
     graph: Any

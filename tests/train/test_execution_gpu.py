@@ -65,14 +65,23 @@ def _data(text_kind="features"):
     )
 
 
-def _train(run, data, mode, epochs=3, text_encoder=None):
+def _train(run, data, mode, epochs=3, text_encoder=None, cut_after_epoch=0):
+    """Train one model; ``mode``: one execution, or a list of one per epoch (the same model and optimizer go
+    on: an eagerly started optimizer continues as a captured one); ``cut_after_epoch``: every lr x 0.1
+    after that epoch (a plateau scheduler's cut).  Returns losses, state, last predictions, graph counts
+    per epoch and the runners by mode."""
+    modes = [mode] * epochs if isinstance(mode, str) else list(mode)
     torch.manual_seed(0)
     model = build_model(run, data, text_encoder).to(DEV)
     opt = make_optimizer(run, model)
     ctx = Dist(device=DEV)
-    runner = make_runner(run, model, Execution("test", mode, "test"), task=data.task, ctx=ctx)
+    runners = {
+        m: make_runner(run, model, Execution("test", m, "test"), task=data.task, ctx=ctx)
+        for m in dict.fromkeys(modes)
+    }
     losses, graphs = [], []
-    for e in range(1, epochs + 1):
+    for e, m in enumerate(modes, start=1):
+        runner = runners[m]
         losses.append(
             train_epoch(
                 model,
@@ -86,10 +95,13 @@ def _train(run, data, mode, epochs=3, text_encoder=None):
                 runner=runner,
             )
         )
+        if e == cut_after_epoch:
+            for g in opt.param_groups:
+                g["lr"] *= 0.1
         preds = predict_split(model, data.splits["valid"], run=run, ctx=ctx, runner=runner)
         graphs.append(runner.graph_count())
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    return np.array(losses), state, preds, graphs
+    return np.array(losses), state, preds, graphs, runners
 
 
 def _close(fast, eager, rtol, atol, what=""):
@@ -248,46 +260,14 @@ def test_triton_accepts_valid_lengths_on_the_cpu():
         torch.testing.assert_close(fusion(x, layout, vl), fusion(x, layout, vl.to(DEV)))
 
 
-def _epochs(run, data, modes, cut_after_epoch=0):
-    """Train one model through ``modes`` (one execution per epoch, the same model and optimizer: an
-    eagerly started optimizer continues as a captured one); optionally cut every lr by 10x after an epoch."""
-    torch.manual_seed(0)
-    model = build_model(run, data).to(DEV)
-    opt = make_optimizer(run, model)
-    ctx = Dist(device=DEV)
-    runners = {
-        m: make_runner(run, model, Execution("test", m, "test"), task=data.task, ctx=ctx) for m in set(modes)
-    }
-    losses = []
-    for e, mode in enumerate(modes, start=1):
-        losses.append(
-            train_epoch(
-                model,
-                opt,
-                data.splits["train"],
-                run=run,
-                seed=1,
-                epoch=e,
-                task=data.task,
-                ctx=ctx,
-                runner=runners[mode],
-            )
-        )
-        if e == cut_after_epoch:
-            for g in opt.param_groups:
-                g["lr"] *= 0.1
-    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    return np.array(losses), state, runners
-
-
 def test_captured_optimizer_continues_an_eager_optimizer_and_follows_lr_changes():
     """The optimizer update captured in a CUDA graph: (a) an optimizer whose state was created eagerly (as
     after a resume: step counters on the CPU) continues captured; (b) an lr change (a plateau scheduler's
     cut) gives a new captured update with the new lr; both equal the all-eager run."""
     run = load_config("gsit", "synthetic", None, [*SMALL, *NO_DROPOUT])
     data = _data()
-    eager = _epochs(run, data, ["eager"] * 3, cut_after_epoch=2)
-    mixed = _epochs(run, data, ["eager", "graphed", "graphed"], cut_after_epoch=2)
+    eager = _train(run, data, "eager", cut_after_epoch=2)
+    mixed = _train(run, data, ["eager", "graphed", "graphed"], cut_after_epoch=2)
     print(
         f"MAXDIFF optimizer continue + lr cut: loss rel {np.max(np.abs(mixed[0] - eager[0]) / eager[0]):.2e}"
     )
@@ -296,8 +276,8 @@ def test_captured_optimizer_continues_an_eager_optimizer_and_follows_lr_changes(
         torch.testing.assert_close(
             _without_key_bias(k, mixed[1][k]), _without_key_bias(k, eager[1][k]), rtol=1e-2, atol=1e-2, msg=k
         )
-    step = mixed[2]["graphed"]._optimizer_step
+    step = mixed[4]["graphed"]._optimizer_step
     assert step is not None and len(step.graphs) == 2  # one captured update per lr setting
     # negative control: without the lr cut the captured run must differ from the eager run with it
-    uncut = _epochs(run, data, ["eager", "graphed", "graphed"])
+    uncut = _train(run, data, ["eager", "graphed", "graphed"])
     assert abs(uncut[0][2] - eager[0][2]) > 1e-6
